@@ -1,0 +1,1 @@
+"""Input/output: the input-file validator (``config``) and file formats."""

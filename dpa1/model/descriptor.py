@@ -1,0 +1,195 @@
+"""The DPA-1 descriptor (``se_atten`` / ``dpa1`` / ``se_atten_v2``), spec §3–§7.
+
+For centre ``i`` with neighbour slots ``j = 1..N_c``:
+
+1. ``R_ij = κ_ij · (R̃_ij − davg[t_i, j]) / dstd[t_i, j]`` (padding rows become −davg/dstd);
+2. ``G_ij = N_g([σ_ij, T_nei, T_i])`` (concat) or ``N_s(σ)⊙(1 + N_t(T_nei, T_i)·ŝ)`` (strip);
+3. ``attn_layer`` gated self-attention layers over the slots;
+4. ``T1 = Gᵀ R / N_c`` and ``D = T1 · T1[:na]ᵀ`` (flattened row-major), plus ``T_i``.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from dpa1.model.attention import NeighborGatedAttention
+from dpa1.model.env_mat import env_matrix
+from dpa1.model.network import EmbeddingNet, to_dtype
+from dpa1.model.type_embedding import TypeEmbedding
+
+
+def pair_keep_table(ntypes: int, exclude_types: list[list[int]]) -> Tensor:
+    """``(ntypes, ntypes + 1)`` bool table: pair (t_i, t_j) kept; column ``ntypes`` (padding) kept."""
+    keep = torch.ones(ntypes, ntypes + 1, dtype=torch.bool)
+    for a, b in exclude_types:
+        keep[a, b] = False
+        keep[b, a] = False
+    return keep
+
+
+class DescrptDPA1(nn.Module):
+    """se_atten descriptor. Arguments are those of the serialized descriptor (§13.4).
+
+    ``forward`` takes the per-slot geometry (see :meth:`forward`) and returns the
+    descriptor ``(nf, nloc, ng·na [+ nt])`` in the model's global precision (float64).
+    """
+
+    def __init__(
+        self,
+        *,
+        rcut: float,
+        rcut_smth: float,
+        sel: int,
+        ntypes: int,
+        neuron: list[int],
+        axis_neuron: int,
+        tebd_dim: int,
+        tebd_input_mode: str,
+        set_davg_zero: bool,
+        attn: int,
+        attn_layer: int,
+        attn_dotr: bool,
+        attn_mask: bool,
+        activation_function: str,
+        resnet_dt: bool,
+        scaling_factor: float,
+        normalize: bool,
+        temperature: Optional[float],
+        trainable_ln: bool,
+        ln_eps: float,
+        smooth_type_embedding: bool,
+        type_one_side: bool,
+        concat_output_tebd: bool,
+        use_econf_tebd: bool,
+        use_tebd_bias: bool,
+        type_map: Optional[list[str]],
+        precision: str,
+        exclude_types: list[list[int]],
+        env_protection: float,
+        descriptor_type: str = "dpa1",
+        trainable: bool = True,
+        seed: Optional[int] = None,
+    ) -> None:
+        super().__init__()
+        if rcut_smth >= rcut:
+            raise ValueError(f"rcut_smth ({rcut_smth}) must be smaller than rcut ({rcut})")
+        if axis_neuron > neuron[-1]:
+            raise ValueError(f"axis_neuron ({axis_neuron}) must not exceed neuron[-1] ({neuron[-1]})")
+        if descriptor_type == "se_atten_v2":
+            tebd_input_mode, smooth_type_embedding = "strip", True
+        if tebd_input_mode not in ("concat", "strip"):
+            raise ValueError(f"tebd_input_mode must be 'concat' or 'strip', got {tebd_input_mode!r}")
+        dtype = to_dtype(precision)
+        gen = torch.Generator().manual_seed(seed) if seed is not None else None
+        self.descriptor_type = descriptor_type
+        self.rcut, self.rcut_smth, self.env_protection = float(rcut), float(rcut_smth), float(env_protection)
+        self.nnei = int(sel)
+        self.ntypes = ntypes
+        self.neuron = list(neuron)
+        self.axis_neuron = axis_neuron
+        self.tebd_dim = tebd_dim
+        self.tebd_input_mode = tebd_input_mode
+        self.set_davg_zero = set_davg_zero
+        self.attn, self.attn_layer, self.attn_dotr, self.attn_mask = attn, attn_layer, attn_dotr, attn_mask
+        self.activation_function, self.resnet_dt = activation_function, resnet_dt
+        self.scaling_factor, self.normalize, self.temperature = scaling_factor, normalize, temperature
+        self.trainable_ln, self.ln_eps = trainable_ln, ln_eps
+        self.smooth = smooth_type_embedding
+        self.type_one_side = type_one_side
+        self.concat_output_tebd = concat_output_tebd
+        self.use_econf_tebd, self.use_tebd_bias = use_econf_tebd, use_tebd_bias
+        self.type_map = list(type_map) if type_map is not None else None
+        self.precision = "float64" if precision == "default" else precision
+        self.exclude_types = [list(p) for p in exclude_types]
+        self.trainable = trainable
+        self.dtype = dtype
+        self.strip = tebd_input_mode == "strip"
+
+        self.type_embedding = TypeEmbedding(
+            ntypes, tebd_dim, use_econf_tebd=use_econf_tebd, use_tebd_bias=use_tebd_bias,
+            type_map=type_map, dtype=dtype, generator=gen, trainable=trainable,
+        )
+        type_width = tebd_dim if type_one_side else 2 * tebd_dim
+        net = dict(activation_function=activation_function, resnet_dt=resnet_dt, dtype=dtype,
+                   generator=gen, trainable=trainable)
+        self.embedding = EmbeddingNet(1 if self.strip else 1 + type_width, neuron, **net)
+        self.embedding_strip: Optional[EmbeddingNet] = (
+            EmbeddingNet(type_width, neuron, **net) if self.strip else None
+        )
+        self.attention = NeighborGatedAttention(
+            attn_layer, neuron[-1], attn, dotr=attn_dotr, do_mask=attn_mask,
+            scaling_factor=scaling_factor, normalize=normalize, temperature=temperature,
+            smooth=self.smooth, trainable_ln=trainable_ln, ln_eps=ln_eps, dtype=dtype, generator=gen,
+        )
+        self.register_buffer("davg", torch.zeros(ntypes, self.nnei, 4, dtype=dtype))
+        self.register_buffer("dstd", torch.ones(ntypes, self.nnei, 4, dtype=dtype))
+        self.register_buffer("keep", pair_keep_table(ntypes, self.exclude_types), persistent=False)
+
+    @property
+    def dim_out(self) -> int:
+        return self.neuron[-1] * self.axis_neuron + (self.tebd_dim if self.concat_output_tebd else 0)
+
+    def forward(self, rij: Tensor, nei_mask: Tensor, nei_type: Tensor, atype: Tensor) -> Tensor:
+        """Descriptor of every local atom.
+
+        Args:
+            rij: ``(nf, nloc, nnei, 3)`` neighbour minus centre, any value on padding.
+            nei_mask: ``(nf, nloc, nnei)`` true for neighbour slots (after pair exclusion).
+            nei_type: ``(nf, nloc, nnei)`` neighbour types ≥ 0; padding slots carry the
+                type of extended atom 0 (§4.2).
+            atype: ``(nf, nloc)`` centre types, already clamped ≥ 0.
+
+        Returns:
+            ``(nf, nloc, dim_out)`` in float64.
+        """
+        nf, nloc, nnei = nei_mask.shape
+        dtype = self.dtype
+        env, sw = env_matrix(rij.to(dtype), nei_mask, self.rcut, self.rcut_smth, self.env_protection)
+        rr = (env - self.davg[atype]) / self.dstd[atype]  # (nf, nloc, nnei, 4)
+        # Descriptor-level exclusion: κ is 1 on padding, so padding keeps −davg/dstd (§3.4).
+        keep = self.keep[atype.unsqueeze(-1), torch.where(nei_mask, nei_type, self.ntypes)]
+        rr = rr * keep.unsqueeze(-1).to(dtype)
+        mask = nei_mask & keep
+        sw = sw * mask.to(dtype)
+
+        table = self.type_embedding()  # (ntypes + 1, nt)
+        t_nei = table[nei_type]  # (nf, nloc, nnei, nt)
+        t_center = table[atype]  # (nf, nloc, nt)
+        if self.type_one_side:
+            t_in = t_nei
+        else:
+            t_in = torch.cat([t_nei, t_center.unsqueeze(2).expand(-1, -1, nnei, -1)], dim=-1)
+        sigma = rr[..., :1]
+        strip_net = self.embedding_strip
+        if strip_net is None:
+            g = self.embedding(torch.cat([sigma, t_in], dim=-1))
+        else:
+            g_s = self.embedding(sigma)
+            g_t = strip_net(t_in)
+            if self.smooth:
+                g_t = g_t * sw.unsqueeze(-1)
+            g = g_s * g_t + g_s  # (nf, nloc, nnei, ng)
+
+        nb = nf * nloc
+        g = g.reshape(nb, nnei, -1)
+        direction = F.normalize(rr[..., 1:4], dim=-1).reshape(nb, nnei, 3)
+        g = self.attention(g, mask.reshape(nb, nnei), sw.reshape(nb, nnei), direction)
+
+        t1 = torch.matmul(g.transpose(-1, -2), rr.reshape(nb, nnei, 4)) / self.nnei  # (nb, ng, 4)
+        d = torch.matmul(t1, t1[:, : self.axis_neuron].transpose(-1, -2))  # (nb, ng, na)
+        d = d.reshape(nf, nloc, -1)
+        if self.concat_output_tebd:
+            d = torch.cat([d, t_center], dim=-1)
+        return d.to(torch.float64)
+
+    # --- statistics -------------------------------------------------------------------
+    @torch.jit.unused
+    def set_stat(self, davg: Tensor, dstd: Tensor) -> None:
+        """Install ``davg``/``dstd`` of shape ``(ntypes, nnei, 4)`` (§9.2)."""
+        with torch.no_grad():
+            self.davg.copy_(torch.as_tensor(davg).reshape(self.davg.shape))
+            self.dstd.copy_(torch.as_tensor(dstd).reshape(self.dstd.shape))

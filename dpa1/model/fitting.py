@@ -1,0 +1,101 @@
+"""Energy fitting (spec §8.1–8.2): one shared network for all types (mixed types)."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import Tensor, nn
+
+from dpa1.model.network import FittingNet, to_dtype
+
+
+class EnergyFitting(nn.Module):
+    """``e_i = FN([D_i, f̂, â_i]) + bias_atom_e[t_i]`` (− ``FN`` of the zero descriptor if
+    ``atom_ener`` asks for vacuum removal); zero for ``exclude_types``."""
+
+    def __init__(
+        self,
+        *,
+        ntypes: int,
+        dim_descrpt: int,
+        neuron: list[int],
+        resnet_dt: bool,
+        numb_fparam: int,
+        numb_aparam: int,
+        activation_function: str,
+        precision: str,
+        exclude_types: list[int],
+        atom_ener: list[Optional[float]],
+        default_fparam: Optional[list[float]] = None,
+        use_aparam_as_mask: bool = False,
+        rcond: Optional[float] = None,
+        type_map: Optional[list[str]] = None,
+        trainable: bool = True,
+        seed: Optional[int] = None,
+    ) -> None:
+        super().__init__()
+        dtype = to_dtype(precision)
+        gen = torch.Generator().manual_seed(seed) if seed is not None else None
+        self.dtype = dtype
+        self.ntypes, self.dim_descrpt = ntypes, dim_descrpt
+        self.neuron, self.resnet_dt = list(neuron), resnet_dt
+        self.numb_fparam, self.numb_aparam = numb_fparam, numb_aparam
+        self.activation_function = activation_function
+        self.precision = "float64" if precision == "default" else precision
+        self.exclude_types = list(exclude_types)
+        self.atom_ener = list(atom_ener)
+        self.default_fparam = list(default_fparam) if default_fparam is not None else None
+        self.use_aparam_as_mask = use_aparam_as_mask
+        self.rcond = rcond
+        self.type_map = list(type_map) if type_map is not None else None
+        self.trainable = trainable
+        self.remove_vacuum = any(e is not None for e in self.atom_ener)
+        self.n_aparam_in = 0 if use_aparam_as_mask else numb_aparam
+        in_dim = dim_descrpt + numb_fparam + self.n_aparam_in
+        self.net = FittingNet(
+            in_dim, 1, self.neuron, activation_function=activation_function, resnet_dt=resnet_dt,
+            dtype=dtype, generator=gen, trainable=trainable,
+        )
+        self.register_buffer("bias_atom_e", torch.zeros(ntypes, 1, dtype=dtype))
+        self.register_buffer("fparam_avg", torch.zeros(numb_fparam, dtype=dtype))
+        self.register_buffer("fparam_inv_std", torch.ones(numb_fparam, dtype=dtype))
+        self.register_buffer("aparam_avg", torch.zeros(numb_aparam, dtype=dtype))
+        self.register_buffer("aparam_inv_std", torch.ones(numb_aparam, dtype=dtype))
+        default = torch.tensor(self.default_fparam if self.default_fparam else [], dtype=dtype)
+        self.register_buffer("default_fparam_tensor", default, persistent=False)
+        keep = torch.ones(ntypes, dtype=dtype)
+        for t in self.exclude_types:
+            keep[t] = 0.0
+        self.register_buffer("type_keep", keep, persistent=False)
+
+    def forward(
+        self, descriptor: Tensor, atype: Tensor, fparam: Optional[Tensor], aparam: Optional[Tensor]
+    ) -> Tensor:
+        """Atomic energies ``(nf, nloc)`` in float64.
+
+        Args:
+            descriptor: ``(nf, nloc, dim_descrpt)``; atype: ``(nf, nloc)`` clamped ≥ 0;
+            fparam: ``(nf, numb_fparam)``; aparam: ``(nf, nloc, numb_aparam)``.
+        """
+        nf, nloc, _ = descriptor.shape
+        parts = [descriptor.to(self.dtype)]
+        if self.numb_fparam > 0:
+            if fparam is None:
+                if self.default_fparam_tensor.numel() == 0:
+                    raise ValueError(f"the model needs fparam of width {self.numb_fparam}")
+                fparam = self.default_fparam_tensor.unsqueeze(0).expand(nf, -1)
+            fp = (fparam.to(self.dtype).reshape(nf, -1) - self.fparam_avg) * self.fparam_inv_std
+            parts.append(fp.unsqueeze(1).expand(-1, nloc, -1))
+        if self.n_aparam_in > 0:
+            if aparam is None:
+                raise ValueError(f"the model needs aparam of width {self.numb_aparam}")
+            ap = aparam.to(self.dtype).reshape(nf, nloc, -1)
+            parts.append((ap - self.aparam_avg) * self.aparam_inv_std)
+        x = torch.cat(parts, dim=-1) if len(parts) > 1 else parts[0]
+        e = self.net(x).squeeze(-1) + self.bias_atom_e[atype, 0]
+        if self.remove_vacuum:
+            x0 = torch.cat([torch.zeros_like(parts[0])] + parts[1:], dim=-1)
+            e = e - self.net(x0).squeeze(-1)
+        e = e * self.type_keep[atype]
+        return e.to(torch.float64)

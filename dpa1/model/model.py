@@ -1,0 +1,208 @@
+"""The DPA-1 energy model (spec §8): descriptor + fitting + output bias, with forces
+and virials from one autograd pass.
+
+Derivatives are taken with respect to the pair vectors ``r_ij = x_n − x_i`` of the
+neighbour list (``g = ∂E/∂r_ij``). Every DeePMD output follows from ``g`` exactly:
+
+- extended force ``F_e = Σ_j g_ej (e local) − Σ_{(l,j): n_lj = e} g_lj``;
+- virial ``V = −Σ g ⊗ r`` (= ``Σ_e F_e ⊗ x_e``);
+- atomic virial ``AV_e = −Σ_{(l,j): n_lj = e} g_lj ⊗ r_lj``, which is DeePMD's
+  ``F_e ⊗ x_e + C_e`` (§8.4) because ``E_l`` depends on ``x_e`` only through ``r_le``.
+
+This needs a single backward pass and no strain trick.
+"""
+
+from __future__ import annotations
+
+from typing import Dict, List, Optional
+
+import torch
+from torch import Tensor, nn
+
+from dpa1.model.descriptor import DescrptDPA1, pair_keep_table
+from dpa1.model.fitting import EnergyFitting
+from dpa1.model.neighbor import build_extended_system
+
+
+class EnergyModel(nn.Module):
+    """Energy model: ``E_i = fitting(descriptor)_i + out_bias[t_i]``, masked (§8.3)."""
+
+    def __init__(
+        self,
+        descriptor: DescrptDPA1,
+        fitting: EnergyFitting,
+        type_map: list[str],
+        *,
+        atom_exclude_types: Optional[list[int]] = None,
+        pair_exclude_types: Optional[list[list[int]]] = None,
+        preset_out_bias: Optional[dict] = None,
+        rcond: Optional[float] = None,
+    ) -> None:
+        super().__init__()
+        ntypes = len(type_map)
+        if descriptor.ntypes != ntypes or fitting.ntypes != ntypes:
+            raise ValueError("descriptor, fitting and type_map disagree on the number of types")
+        self.descriptor = descriptor
+        self.fitting = fitting
+        self.type_map = list(type_map)
+        self.ntypes = ntypes
+        self.rcut = descriptor.rcut
+        self.nnei = descriptor.nnei
+        self.atom_exclude_types = list(atom_exclude_types or [])
+        self.pair_exclude_types = [list(p) for p in (pair_exclude_types or [])]
+        self.preset_out_bias = preset_out_bias
+        self.rcond = rcond
+        self.has_pair_exclusion = len(self.pair_exclude_types) > 0
+        self.register_buffer("out_bias", torch.zeros(1, ntypes, 1, dtype=torch.float64))
+        self.register_buffer("out_std", torch.ones(1, ntypes, 1, dtype=torch.float64))
+        keep = torch.ones(ntypes, dtype=torch.float64)
+        for t in self.atom_exclude_types:
+            keep[t] = 0.0
+        self.register_buffer("atom_keep", keep, persistent=False)
+        self.register_buffer(
+            "pair_keep", pair_keep_table(ntypes, self.pair_exclude_types), persistent=False
+        )
+        # Model inputs are cast to the global precision (§2.1).
+        self.global_dtype = torch.float64
+
+    # === the upper interface: coordinates in, everything out ===============================
+    @torch.jit.unused
+    def forward(
+        self,
+        coord: Tensor,
+        atype: Tensor,
+        box: Optional[Tensor] = None,
+        fparam: Optional[Tensor] = None,
+        aparam: Optional[Tensor] = None,
+        do_atomic_virial: bool = False,
+    ) -> Dict[str, Tensor]:
+        """Evaluate frames.
+
+        Args:
+            coord: ``(nf, nloc, 3)`` Å; atype: ``(nf, nloc)`` (−1 = virtual atom);
+            box: ``(nf, 3, 3)`` or ``(nf, 9)`` with rows = lattice vectors, None = no PBC;
+            fparam: ``(nf, numb_fparam)``; aparam: ``(nf, nloc, numb_aparam)``.
+
+        Returns:
+            ``energy (nf, 1)``, ``atom_energy (nf, nloc, 1)``, ``force (nf, nloc, 3)``,
+            ``virial (nf, 9)``, ``mask (nf, nloc)`` and with ``do_atomic_virial``
+            ``atom_virial (nf, nloc, 9)``.
+        """
+        coord = coord.to(self.global_dtype)
+        nf = coord.shape[0]
+        coord = coord.reshape(nf, -1, 3)
+        atype = atype.reshape(nf, -1).to(torch.long)
+        if box is not None:
+            box = box.to(self.global_dtype).reshape(nf, 3, 3)
+        with torch.no_grad():
+            ext_coord, ext_atype, mapping, nlist = build_extended_system(
+                coord, atype, box, self.rcut, self.nnei
+            )
+        return self.forward_lower(ext_coord, ext_atype, nlist, mapping, fparam, aparam, do_atomic_virial)
+
+    # === the lower interface: an extended system and its neighbour list =====================
+    @torch.jit.export
+    def forward_lower(
+        self,
+        ext_coord: Tensor,
+        ext_atype: Tensor,
+        nlist: Tensor,
+        mapping: Tensor,
+        fparam: Optional[Tensor] = None,
+        aparam: Optional[Tensor] = None,
+        do_atomic_virial: bool = False,
+    ) -> Dict[str, Tensor]:
+        """Evaluate an extended system.
+
+        Args:
+            ext_coord: ``(nf, nall, 3)``; ext_atype: ``(nf, nall)`` (−1 = virtual/padding);
+            nlist: ``(nf, nloc, nnei)`` extended indices, −1 padded (see ``neighbor.py``);
+            mapping: ``(nf, nall)`` extended → local index.
+
+        Returns:
+            ``energy``, ``atom_energy``, ``force`` (folded to local atoms), ``virial``,
+            ``mask``, ``extended_force (nf, nall, 3)`` and with ``do_atomic_virial``
+            ``atom_virial (nf, nloc, 9)`` and ``extended_virial (nf, nall, 9)``.
+        """
+        nf, nloc, nnei = nlist.shape
+        nall = ext_coord.shape[1]
+        ext_coord = ext_coord.to(self.global_dtype).detach()
+        atype_raw = ext_atype[:, :nloc]
+        real = atype_raw >= 0
+        ext_type = ext_atype.clamp(min=0)
+        atype = ext_type[:, :nloc]
+
+        # === pairs: model-level exclusion leaves holes after truncation (§2.5) ===
+        mask = nlist >= 0
+        idx = nlist.clamp(min=0)
+        nei_type = torch.gather(ext_type, 1, idx.reshape(nf, -1)).reshape(nf, nloc, nnei)
+        if self.has_pair_exclusion:
+            mask = mask & self.pair_keep[atype.unsqueeze(-1), nei_type]
+        flat_idx = idx.reshape(nf, -1, 1).expand(-1, -1, 3)
+        xn = torch.gather(ext_coord, 1, flat_idx).reshape(nf, nloc, nnei, 3)
+        with torch.enable_grad():
+            rij = (xn - ext_coord[:, :nloc].unsqueeze(2)).detach().requires_grad_(True)
+            desc = self.descriptor(rij, mask, nei_type, atype)
+            e_fit = self.fitting(desc, atype, fparam, aparam)
+            atom_energy = (e_fit + self.out_bias[0, atype, 0]) * self.atom_keep[atype]
+            atom_energy = torch.where(real, atom_energy, torch.zeros_like(atom_energy))
+            energy = atom_energy.sum(dim=1, keepdim=True)
+            grad_out: List[Optional[Tensor]] = [torch.ones_like(energy)]
+            g = torch.autograd.grad(
+                [energy], [rij], grad_outputs=grad_out, create_graph=self.training, allow_unused=True
+            )[0]
+        if g is None:
+            g = torch.zeros_like(rij)
+        g = torch.where(mask.unsqueeze(-1), g, torch.zeros_like(g))  # (nf, nloc, nnei, 3)
+        rij = rij.detach()
+
+        # === forces on extended atoms, folded back to local atoms ===
+        ext_force = torch.zeros(nf, nall, 3, dtype=g.dtype, device=g.device)
+        ext_force = ext_force.scatter_add(1, flat_idx, -g.reshape(nf, -1, 3))
+        local_force = g.sum(dim=2)
+        ext_force = torch.cat([ext_force[:, :nloc] + local_force, ext_force[:, nloc:]], dim=1)
+        map3 = mapping.unsqueeze(-1).expand(-1, -1, 3)
+        force = torch.zeros(nf, nloc, 3, dtype=g.dtype, device=g.device).scatter_add(1, map3, ext_force)
+
+        # V[3k+j] = −Σ g_k r_j
+        pair_virial = -g.unsqueeze(-1) * rij.unsqueeze(-2)  # (nf, nloc, nnei, 3, 3)
+        virial = pair_virial.sum(dim=(1, 2)).reshape(nf, 9)
+        out: Dict[str, Tensor] = {
+            "energy": energy,
+            "atom_energy": atom_energy.unsqueeze(-1),
+            "force": force,
+            "virial": virial,
+            "extended_force": ext_force,
+            "mask": real.to(torch.int32),
+        }
+        if do_atomic_virial:
+            map9 = mapping.unsqueeze(-1).expand(-1, -1, 9)
+            ext_virial = torch.zeros(nf, nall, 9, dtype=g.dtype, device=g.device).scatter_add(
+                1, idx.reshape(nf, -1, 1).expand(-1, -1, 9), pair_virial.reshape(nf, -1, 9)
+            )
+            out["extended_virial"] = ext_virial
+            out["atom_virial"] = torch.zeros(nf, nloc, 9, dtype=g.dtype, device=g.device).scatter_add(
+                1, map9, ext_virial
+            )
+        return out
+
+    # --- metadata used by inference front-ends ---------------------------------------------
+    @torch.jit.export
+    def get_rcut(self) -> float:
+        return self.rcut
+
+    @torch.jit.export
+    def get_type_map(self) -> List[str]:
+        return self.type_map
+
+    @torch.jit.export
+    def get_nnei(self) -> int:
+        return self.nnei
+
+    @torch.jit.export
+    def get_dim_fparam(self) -> int:
+        return self.fitting.numb_fparam
+
+    @torch.jit.export
+    def get_dim_aparam(self) -> int:
+        return self.fitting.numb_aparam

@@ -1,0 +1,171 @@
+"""Neighbour lists (spec §2): built without gradients, apart from the model.
+
+The model never searches for neighbours itself: it receives extended coordinates
+(local atoms first, then periodic images), a ``mapping`` from extended to local
+atoms and a fixed-width list ``nlist (nf, nloc, nnei)`` of extended indices sorted
+by distance and padded with −1. :func:`build_extended_system` produces these with
+vesin's O(N) cell lists, creating only the ghost images that are actually
+neighbours, so ``nall`` stays close to ``nloc`` for large cells. An MD engine can
+supply its own list instead (:func:`format_nlist`).
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import numpy as np
+import torch
+import vesin
+from torch import Tensor
+
+
+def _frame_pairs(
+    coord: np.ndarray, box: Optional[np.ndarray], rcut: float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """All pairs ``i → j`` within ``rcut`` (inclusive) of one frame: ``i, j, S (npair, 3), d``.
+
+    ``r_ij = x_j − x_i + S·H`` with the rows of ``H`` the lattice vectors.
+    """
+    # vesin's cutoff is exclusive; DeePMD's is inclusive (§2.4): widen, then filter.
+    nl = vesin.NeighborList(cutoff=rcut * (1.0 + 1e-12) + 1e-12, full_list=True)
+    if box is None:
+        i, j, s, d = nl.compute(coord, np.zeros((3, 3)), False, "ijSd")
+    else:
+        i, j, s, d = nl.compute(coord, box, True, "ijSd")
+    keep = d <= rcut
+    return i[keep].astype(np.int64), j[keep].astype(np.int64), s[keep].astype(np.int64), d[keep]
+
+
+def frame_neighbors(
+    coord: np.ndarray, atype: np.ndarray, box: Optional[np.ndarray], rcut: float, nnei: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Extended system of one frame.
+
+    Args:
+        coord: ``(nloc, 3)``; atype: ``(nloc,)`` (−1 = virtual); box: ``(3, 3)`` or None.
+
+    Returns:
+        ``mapping (nall,)``, integer ``shift (nall, 3)`` (image = ``x[mapping] + shift·H``)
+        and ``nlist (nloc, nnei)`` of extended indices, nearest first, −1 padded.
+    """
+    nloc = coord.shape[0]
+    real = np.flatnonzero(atype >= 0)
+    nlist = np.full((nloc, nnei), -1, dtype=np.int64)
+    mapping = np.arange(nloc, dtype=np.int64)
+    shift = np.zeros((nloc, 3), dtype=np.int64)
+    if real.size == 0:
+        return mapping, shift, nlist
+    i, j, s, d = _frame_pairs(coord[real], box, rcut)
+    i, j = real[i], real[j]  # virtual atoms were never offered: nobody's neighbour
+    order = np.lexsort((d, i))  # by centre, then by distance
+    i, j, s = i[order], j[order], s[order]
+    first = np.searchsorted(i, i, side="left")
+    rank = np.arange(i.size) - first
+    keep = rank < nnei  # truncation keeps the nnei nearest
+    i, j, s, rank = i[keep], j[keep], s[keep], rank[keep]
+
+    ext = j.copy()
+    ghost = np.any(s != 0, axis=1)
+    if ghost.any():
+        keys = np.concatenate([j[ghost, None], s[ghost]], axis=1)
+        uniq, inverse = np.unique(keys, axis=0, return_inverse=True)
+        ext[ghost] = nloc + inverse.reshape(-1)
+        mapping = np.concatenate([mapping, uniq[:, 0]])
+        shift = np.concatenate([shift, uniq[:, 1:]])
+    nlist[i, rank] = ext
+    return mapping, shift, nlist
+
+
+def build_extended_system(
+    coord: Tensor, atype: Tensor, box: Optional[Tensor], rcut: float, nnei: int
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Extended coordinates, types, mapping and neighbour list of a batch.
+
+    Args:
+        coord: ``(nf, nloc, 3)``; atype: ``(nf, nloc)``; box: ``(nf, 3, 3)`` / ``(nf, 9)`` or None.
+
+    Returns:
+        ``ext_coord (nf, nall, 3)`` (differentiable in ``coord`` and ``box``),
+        ``ext_atype (nf, nall)`` (−1 on padding), ``mapping (nf, nall)``,
+        ``nlist (nf, nloc, nnei)``.
+    """
+    nf, nloc, _ = coord.shape
+    device = coord.device
+    c_np = coord.detach().cpu().to(torch.float64).numpy()
+    t_np = atype.detach().cpu().numpy()
+    b_np = None if box is None else box.detach().cpu().to(torch.float64).numpy().reshape(nf, 3, 3)
+    frames = [
+        frame_neighbors(c_np[f], t_np[f], None if b_np is None else b_np[f], rcut, nnei)
+        for f in range(nf)
+    ]
+    nall = max(m.shape[0] for m, _, _ in frames)
+    mapping = np.zeros((nf, nall), dtype=np.int64)
+    shift = np.zeros((nf, nall, 3), dtype=np.float64)
+    valid = np.zeros((nf, nall), dtype=bool)
+    nlist = np.stack([n for _, _, n in frames])
+    for f, (m, s, _) in enumerate(frames):
+        mapping[f, : m.size] = m
+        shift[f, : m.size] = s
+        valid[f, : m.size] = True
+    mapping_t = torch.from_numpy(mapping).to(device)
+    ext_coord = torch.gather(coord, 1, mapping_t.unsqueeze(-1).expand(-1, -1, 3))
+    if box is not None:
+        shift_t = torch.from_numpy(shift).to(device=device, dtype=coord.dtype)
+        ext_coord = ext_coord + torch.bmm(shift_t, box.reshape(nf, 3, 3).to(coord.dtype))
+    ext_atype = torch.gather(atype, 1, mapping_t)
+    ext_atype = torch.where(torch.from_numpy(valid).to(device), ext_atype, -1)
+    return ext_coord, ext_atype, mapping_t, torch.from_numpy(nlist).to(device)
+
+
+def format_nlist(ext_coord: Tensor, nlist: Tensor, nnei: int, rcut: float) -> Tensor:
+    """Bring an externally supplied list ``(nf, nloc, n)`` to width ``nnei`` (§2.6)."""
+    nf, nloc, n = nlist.shape
+    if n < nnei:
+        pad = torch.full((nf, nloc, nnei - n), -1, dtype=nlist.dtype, device=nlist.device)
+        return torch.cat([nlist, pad], dim=-1)
+    mask = nlist >= 0
+    idx = nlist.clamp(min=0)
+    xn = torch.gather(ext_coord, 1, idx.reshape(nf, -1, 1).expand(-1, -1, 3)).reshape(nf, nloc, n, 3)
+    r = torch.linalg.norm(xn - ext_coord[:, :nloc].unsqueeze(2), dim=-1)
+    r = torch.where(mask, r, torch.full_like(r, float("inf")))
+    if n > nnei:
+        r, order = torch.sort(r, dim=-1)
+        nlist = torch.gather(nlist, 2, order)[..., :nnei]
+        r = r[..., :nnei]
+    return torch.where(r <= rcut, nlist, -1)
+
+
+def brute_force_neighbors(
+    coord: np.ndarray, atype: np.ndarray, box: Optional[np.ndarray], rcut: float
+) -> list[list[tuple[float, int, tuple[int, int, int]]]]:
+    """All-images reference: for each atom, sorted ``(d, j, shift)`` within ``rcut``.
+
+    Used by tests only; it enumerates every lattice shift that can reach ``rcut``.
+    """
+    nloc = coord.shape[0]
+    if box is None:
+        shifts = np.zeros((1, 3), dtype=np.int64)
+    else:
+        vol = abs(np.linalg.det(box))
+        a, b, c = box
+        faces = vol / np.linalg.norm([np.cross(b, c), np.cross(c, a), np.cross(a, b)], axis=1)
+        # Unwrapped input: allow for atoms up to a few cells away from each other.
+        span = np.abs(np.floor(coord @ np.linalg.inv(box))).max(initial=0) * 2 + 1
+        n = (np.ceil(rcut / faces) + span).astype(int)
+        grids = np.meshgrid(*[np.arange(-k, k + 1) for k in n], indexing="ij")
+        shifts = np.stack([g.reshape(-1) for g in grids], axis=1)
+    out: list[list[tuple[float, int, tuple[int, int, int]]]] = []
+    for i in range(nloc):
+        rows: list[tuple[float, int, tuple[int, int, int]]] = []
+        if atype[i] >= 0:
+            for j in range(nloc):
+                if atype[j] < 0:
+                    continue
+                disp = coord[j] - coord[i] + (shifts @ box if box is not None else 0.0)
+                d = np.linalg.norm(disp, axis=-1)
+                for k in np.flatnonzero(d <= rcut):
+                    if j == i and not shifts[k].any():
+                        continue
+                    rows.append((float(d[k]), j, tuple(int(x) for x in shifts[k])))
+        out.append(sorted(rows))
+    return out

@@ -1,0 +1,1 @@
+"""Training utilities: learning-rate schedule, loss, learning-curve output and the training loop."""
