@@ -47,6 +47,7 @@ class GatedAttentionLayer(nn.Module):
         self.normalize = normalize
         self.temperature = temperature
         self.smooth = smooth
+        self.attnw_shift = ATTNW_SHIFT
         self.scaling = (
             (hidden_dim * scaling_factor) ** -0.5 if temperature is None else float(temperature)
         )
@@ -72,7 +73,7 @@ class GatedAttentionLayer(nn.Module):
         logits = torch.matmul(q * self.scaling, k.transpose(-1, -2))  # (nb, nnei, nnei)
         if self.smooth:
             sw_pair = sw.unsqueeze(-1) * sw.unsqueeze(-2)
-            logits = (logits + ATTNW_SHIFT) * sw_pair - ATTNW_SHIFT
+            logits = (logits + self.attnw_shift) * sw_pair - self.attnw_shift
         else:
             # A finite fill instead of −inf: exp underflows to exactly 0 all the same, but a
             # centre without any neighbour yields zeros rather than NaN (and NaN gradients).

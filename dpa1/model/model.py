@@ -140,17 +140,20 @@ class EnergyModel(nn.Module):
             mask = mask & self.pair_keep[atype.unsqueeze(-1), nei_type]
         flat_idx = idx.reshape(nf, -1, 1).expand(-1, -1, 3)
         xn = torch.gather(ext_coord, 1, flat_idx).reshape(nf, nloc, nnei, 3)
-        with torch.enable_grad():
-            rij = (xn - ext_coord[:, :nloc].unsqueeze(2)).detach().requires_grad_(True)
-            desc = self.descriptor(rij, mask, nei_type, atype)
-            e_fit = self.fitting(desc, atype, fparam, aparam)
-            atom_energy = (e_fit + self.out_bias[0, atype, 0]) * self.atom_keep[atype]
-            atom_energy = torch.where(real, atom_energy, torch.zeros_like(atom_energy))
-            energy = atom_energy.sum(dim=1, keepdim=True)
-            grad_out: List[Optional[Tensor]] = [torch.ones_like(energy)]
-            g = torch.autograd.grad(
-                [energy], [rij], grad_outputs=grad_out, create_graph=self.training, allow_unused=True
-            )[0]
+        # Forces come from autograd: callers must not wrap the model in torch.no_grad()
+        # (TorchScript cannot re-enable gradients here).
+        rij = (xn - ext_coord[:, :nloc].unsqueeze(2)).detach().requires_grad_(True)
+        desc = self.descriptor(rij, mask, nei_type, atype)
+        e_fit = self.fitting(desc, atype, fparam, aparam)
+        atom_energy = (e_fit + self.out_bias[0, atype, 0]) * self.atom_keep[atype]
+        atom_energy = torch.where(real, atom_energy, torch.zeros_like(atom_energy))
+        energy = atom_energy.sum(dim=1, keepdim=True)
+        if not energy.requires_grad:
+            raise RuntimeError("dpa1 computes forces by autograd: do not call it under torch.no_grad()")
+        grad_out: List[Optional[Tensor]] = [torch.ones_like(energy)]
+        g = torch.autograd.grad(
+            [energy], [rij], grad_outputs=grad_out, create_graph=self.training, allow_unused=True
+        )[0]
         if g is None:
             g = torch.zeros_like(rij)
         g = torch.where(mask.unsqueeze(-1), g, torch.zeros_like(g))  # (nf, nloc, nnei, 3)

@@ -1,0 +1,138 @@
+"""``DeepPot``: DeePMD-kit's Python inference API for any dpa1-readable model file."""
+
+from __future__ import annotations
+
+import os
+from typing import Optional, Sequence, Union
+
+import numpy as np
+import torch
+
+from dpa1.io.model_file import load_model
+from dpa1.model.neighbor import build_extended_system
+
+
+def default_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+class DeepPot:
+    """Evaluate energies, forces and virials like ``deepmd.infer.DeepPot``.
+
+    Args:
+        model: a ``.pth`` (frozen), ``.pt`` (checkpoint) or ``.dp``/``.yaml`` file, or a
+            loaded :class:`~dpa1.model.model.EnergyModel`.
+        device: ``"cpu"``, ``"cuda"``…; default: cuda when available.
+        batch_frames: frames evaluated together (bounds memory for long trajectories).
+    """
+
+    def __init__(
+        self,
+        model: Union[str, os.PathLike, torch.nn.Module],
+        device: Optional[Union[str, torch.device]] = None,
+        batch_frames: int = 16,
+    ) -> None:
+        self.device = torch.device(device) if device is not None else default_device()
+        if isinstance(model, torch.nn.Module):
+            self.module = model.to(self.device).eval()
+            self.meta = {"type_map": list(model.type_map), "rcut": model.rcut, "sel": model.nnei,
+                         "dim_fparam": model.fitting.numb_fparam,
+                         "dim_aparam": model.fitting.numb_aparam}
+        else:
+            self.module, self.meta = load_model(model, self.device)
+        self.batch_frames = max(1, int(batch_frames))
+        self._dtype = torch.float64
+
+    # --- metadata (DeePMD names) ---------------------------------------------------------
+    def get_type_map(self) -> list[str]:
+        return list(self.meta["type_map"])
+
+    def get_rcut(self) -> float:
+        return float(self.meta["rcut"])
+
+    def get_ntypes(self) -> int:
+        return len(self.meta["type_map"])
+
+    def get_sel(self) -> list[int]:
+        return [int(self.meta["sel"])]
+
+    def get_dim_fparam(self) -> int:
+        return int(self.meta.get("dim_fparam", 0))
+
+    def get_dim_aparam(self) -> int:
+        return int(self.meta.get("dim_aparam", 0))
+
+    # --- evaluation ------------------------------------------------------------------------
+    def types_from(self, atom_types: Union[Sequence[int], Sequence[str], np.ndarray]) -> np.ndarray:
+        """Model type indices from integers or element symbols; clear error if unknown."""
+        arr = np.asarray(atom_types)
+        tmap = self.get_type_map()
+        if arr.dtype.kind in "US":
+            unknown = sorted(set(arr.reshape(-1).tolist()) - set(tmap))
+            if unknown:
+                raise ValueError(f"element(s) {unknown} not in the model's type_map {tmap}")
+            lookup = {name: k for k, name in enumerate(tmap)}
+            return np.vectorize(lookup.__getitem__, otypes=[np.int64])(arr)
+        arr = arr.astype(np.int64)
+        bad = arr[(arr < -1) | (arr >= len(tmap))]
+        if bad.size:
+            raise ValueError(f"atom type {int(bad[0])} is not in the model's type_map {tmap} "
+                             f"(valid: 0..{len(tmap) - 1}, or -1 for a virtual atom)")
+        return arr
+
+    def eval(
+        self,
+        coords: np.ndarray,
+        cells: Optional[np.ndarray],
+        atom_types: Union[Sequence[int], Sequence[str], np.ndarray],
+        atomic: bool = False,
+        fparam: Optional[np.ndarray] = None,
+        aparam: Optional[np.ndarray] = None,
+    ) -> tuple[np.ndarray, ...]:
+        """Evaluate frames.
+
+        Args:
+            coords: ``(nf, natoms*3)`` or ``(nf, natoms, 3)`` Å.
+            cells: ``(nf, 9)`` / ``(nf, 3, 3)`` rows = lattice vectors, or None (non-periodic).
+            atom_types: ``(natoms,)`` or ``(nf, natoms)`` indices into ``type_map`` or
+                element symbols; atoms may come in any order.
+            atomic: also return atomic energies and virials.
+
+        Returns:
+            ``e (nf, 1)``, ``f (nf, natoms, 3)``, ``v (nf, 9)`` and with ``atomic``
+            ``ae (nf, natoms, 1)``, ``av (nf, natoms, 9)``, in the caller's atom order.
+        """
+        atype = self.types_from(atom_types)
+        coords = np.asarray(coords, dtype=np.float64)
+        natoms = atype.shape[-1]
+        coords = coords.reshape(-1, natoms, 3)
+        nf = coords.shape[0]
+        atype = np.broadcast_to(atype.reshape(-1, natoms), (nf, natoms))
+        box = None if cells is None else np.asarray(cells, dtype=np.float64).reshape(nf, 3, 3)
+        fp = None if fparam is None else np.asarray(fparam, dtype=np.float64).reshape(nf, -1)
+        ap = None if aparam is None else np.asarray(aparam, dtype=np.float64).reshape(nf, natoms, -1)
+        outs: dict[str, list[np.ndarray]] = {}
+        for start in range(0, nf, self.batch_frames):
+            sl = slice(start, start + self.batch_frames)
+            res = self._eval_batch(coords[sl], atype[sl], None if box is None else box[sl],
+                                   None if fp is None else fp[sl], None if ap is None else ap[sl], atomic)
+            for k, v in res.items():
+                outs.setdefault(k, []).append(v)
+        out = {k: np.concatenate(v) for k, v in outs.items()}
+        result = (out["energy"], out["force"], out["virial"])
+        if atomic:
+            result += (out["atom_energy"], out["atom_virial"])
+        return result
+
+    def _eval_batch(self, coord, atype, box, fparam, aparam, atomic) -> dict[str, np.ndarray]:
+        dev, dt = self.device, self._dtype
+        coord_t = torch.as_tensor(coord, dtype=dt, device=dev)
+        atype_t = torch.as_tensor(np.ascontiguousarray(atype), dtype=torch.long, device=dev)
+        box_t = None if box is None else torch.as_tensor(box, dtype=dt, device=dev)
+        ext_coord, ext_atype, mapping, nlist = build_extended_system(
+            coord_t, atype_t, box_t, self.get_rcut(), int(self.meta["sel"]))
+        fp_t = None if fparam is None else torch.as_tensor(fparam, dtype=dt, device=dev)
+        ap_t = None if aparam is None else torch.as_tensor(aparam, dtype=dt, device=dev)
+        out = self.module.forward_lower(ext_coord, ext_atype, nlist, mapping, fp_t, ap_t, atomic)
+        keys = ["energy", "force", "virial"] + (["atom_energy", "atom_virial"] if atomic else [])
+        return {k: out[k].detach().cpu().numpy() for k in keys}

@@ -1,0 +1,155 @@
+"""Our model files, and one loader for every model file a user may hand us.
+
+- ``*.pt`` — a training checkpoint: ``{"format": "dpa1-checkpoint", "version": 1,
+  "model": <DeePMD-style model dict with tensors>, "config": <normalised input>,
+  "step": int, "optimizer": state_dict | None, ...}``. The model is stored in the same
+  dictionary layout as ``.dp`` files (§13), so the two formats cannot drift apart;
+  tensors instead of numpy arrays let it load with ``torch.load(weights_only=True)``.
+- ``*.pth`` — a frozen model: TorchScript (``forward_lower`` + metadata methods) with
+  ``dpa1.json`` (type_map, rcut, sel, the model config) in its extra files.
+- ``*.dp`` / ``*.yaml`` — DeePMD-kit's serialized format.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any, Optional, Union
+
+import numpy as np
+import torch
+
+from dpa1.io.atomic import atomic_path
+from dpa1.io.serialize import load_dp_model, model_from_dict, model_to_dict, save_dp_model
+from dpa1.model.model import EnergyModel
+
+CKPT_FORMAT = "dpa1-checkpoint"
+CKPT_VERSION = 1
+FROZEN_META = "dpa1.json"
+
+
+def _tree_map(obj: Any, fn) -> Any:
+    if isinstance(obj, dict):
+        return {k: _tree_map(v, fn) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_tree_map(v, fn) for v in obj]
+    return fn(obj)
+
+
+def _to_tensors(obj: Any) -> Any:
+    return _tree_map(obj, lambda v: torch.from_numpy(np.ascontiguousarray(v)) if isinstance(v, np.ndarray) else v)
+
+
+def _to_numpy(obj: Any) -> Any:
+    return _tree_map(obj, lambda v: v.numpy() if isinstance(v, torch.Tensor) else v)
+
+
+def save_checkpoint(
+    path: Union[str, os.PathLike], model: EnergyModel, *, config: Optional[dict] = None,
+    step: int = 0, optimizer_state: Optional[dict] = None, extra: Optional[dict] = None,
+) -> None:
+    """Write a checkpoint atomically (temp file + rename): a crash never leaves a torn file."""
+    payload = {
+        "format": CKPT_FORMAT, "version": CKPT_VERSION,
+        "model": _to_tensors(model_to_dict(_unwrap(model))), "config": config, "step": int(step),
+        "optimizer": optimizer_state, **(extra or {}),
+    }
+    with atomic_path(path) as tmp:
+        torch.save(payload, tmp)
+
+
+def load_checkpoint(path: Union[str, os.PathLike]) -> tuple[EnergyModel, dict]:
+    """Load a checkpoint (``weights_only=True``): the model and the raw payload."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no such checkpoint")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # pickle/zip errors of many kinds
+        raise ValueError(f"{path}: not a readable dpa1 checkpoint ({type(err).__name__}: {err})") from None
+    if not isinstance(payload, dict) or payload.get("format") != CKPT_FORMAT:
+        raise ValueError(f"{path}: not a dpa1 checkpoint (no format tag {CKPT_FORMAT!r})")
+    if payload.get("version", 0) > CKPT_VERSION:
+        raise ValueError(f"{path}: checkpoint version {payload['version']} is newer than this dpa1")
+    return model_from_dict(_to_numpy(payload["model"])), payload
+
+
+def _unwrap(model: torch.nn.Module) -> EnergyModel:
+    return getattr(model, "module", model)  # DDP wrapper
+
+
+def freeze(model: EnergyModel, path: Union[str, os.PathLike], config: Optional[dict] = None) -> None:
+    """Write a self-contained TorchScript model that needs no training code to run."""
+    model = _unwrap(model)
+    was_training = model.training
+    model.eval()
+    try:
+        scripted = torch.jit.script(model)
+    finally:
+        model.train(was_training)
+    meta = {
+        "type_map": model.type_map, "rcut": model.rcut, "sel": model.nnei,
+        "dim_fparam": model.fitting.numb_fparam, "dim_aparam": model.fitting.numb_aparam,
+        "model": config,
+    }
+    with atomic_path(path) as tmp:
+        torch.jit.save(scripted, str(tmp), _extra_files={FROZEN_META: json.dumps(meta)})
+
+
+def load_frozen(path: Union[str, os.PathLike], device: Union[str, torch.device] = "cpu"):
+    """Load a frozen ``.pth`` model: the TorchScript module and its metadata."""
+    extra = {FROZEN_META: ""}
+    try:
+        module = torch.jit.load(str(path), map_location=device, _extra_files=extra)
+    except Exception as err:
+        raise ValueError(f"{path}: not a frozen dpa1 model ({type(err).__name__})") from None
+    meta = json.loads(extra[FROZEN_META]) if extra[FROZEN_META] else {}
+    return module, meta
+
+
+def load_model(path: Union[str, os.PathLike], device: Union[str, torch.device] = "cpu"):
+    """Load any supported model file for evaluation.
+
+    Returns:
+        ``(module, meta)``: ``module`` has ``forward_lower``; ``meta`` has ``type_map``,
+        ``rcut``, ``sel`` and ``kind`` (``checkpoint``, ``frozen`` or ``dp``).
+    """
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no such model file")
+    suffix = path.suffix.lower()
+    if suffix in (".dp", ".yaml", ".yml", ".hlo"):
+        model, data = load_dp_model(path)
+        kind = "dp"
+    elif suffix == ".pth":
+        module, meta = load_frozen(path, device)
+        meta["kind"] = "frozen"
+        return module, meta
+    else:
+        model, data = load_checkpoint(path)
+        kind = "checkpoint"
+    model = model.to(device).eval()
+    meta = {"type_map": model.type_map, "rcut": model.rcut, "sel": model.nnei, "kind": kind,
+            "dim_fparam": model.fitting.numb_fparam, "dim_aparam": model.fitting.numb_aparam}
+    return model, meta
+
+
+def load_energy_model(path: Union[str, os.PathLike]) -> tuple[EnergyModel, Optional[dict]]:
+    """Load an editable (non-TorchScript) model from a checkpoint or ``.dp`` file.
+
+    Returns the model and the training config stored with it (None for ``.dp``).
+    """
+    path = Path(path)
+    if path.suffix.lower() in (".dp", ".yaml", ".yml", ".hlo"):
+        model, data = load_dp_model(path)
+        return model, None
+    if path.suffix.lower() == ".pth":
+        raise ValueError(f"{path}: a frozen TorchScript model cannot be trained further; "
+                         "use its checkpoint (.pt) or a .dp file")
+    model, payload = load_checkpoint(path)
+    return model, payload.get("config")
+
+
+__all__ = ["save_checkpoint", "load_checkpoint", "freeze", "load_frozen", "load_model",
+           "load_energy_model", "save_dp_model"]
