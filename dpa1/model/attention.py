@@ -56,39 +56,30 @@ class GatedAttentionLayer(nn.Module):
         self.out_proj = Layer(hidden_dim, embed_dim, activation_function="none", **common)
         self.layer_norm = LayerNorm(embed_dim, ln_eps, trainable_ln, dtype)
 
-    def forward(self, g: Tensor, mask: Tensor, sw: Tensor, direction: Tensor) -> Tensor:
+    def forward(self, g: Tensor, logit_scale: Tensor, logit_shift: Tensor, gate: Tensor) -> Tensor:
         """One layer.
 
         Args:
             g: ``(nb, nnei, ng)`` embedded neighbour rows (``nb = nf·nloc``).
-            mask: ``(nb, nnei)`` valid (non-padding, non-excluded) slots.
-            sw: ``(nb, nnei)`` masked switch ``ŝ``.
-            direction: ``(nb, nnei, 3)`` unit neighbour directions (zero on padding).
+            logit_scale, logit_shift: the logits are ``L·scale + shift`` before the softmax
+                (smooth: ``ŝ_jŝ_k`` and ``20ŝ_jŝ_k − 20``; else 1 and 0/−1e30 on masked keys).
+            gate: multiplies the softmax weights (query mask, switches, ``u_j·u_k``, diagonal).
+            All three are shared by every layer (see :meth:`NeighborGatedAttention.forward`).
         """
         q, k, v = self.in_proj(g).split(self.hidden_dim, dim=-1)
         if self.normalize:
-            q = F.normalize(q, dim=-1)
-            k = F.normalize(k, dim=-1)
-            v = F.normalize(v, dim=-1)
-        logits = torch.matmul(q * self.scaling, k.transpose(-1, -2))  # (nb, nnei, nnei)
-        if self.smooth:
-            sw_pair = sw.unsqueeze(-1) * sw.unsqueeze(-2)
-            logits = (logits + self.attnw_shift) * sw_pair - self.attnw_shift
+            # F.normalize semantics (x / max(|x|, 1e-12)); the scale is folded into q.
+            q = q * (self.scaling / torch.linalg.vector_norm(q, dim=-1, keepdim=True).clamp_min(1e-12))
+            k = k / torch.linalg.vector_norm(k, dim=-1, keepdim=True).clamp_min(1e-12)
+            v = v / torch.linalg.vector_norm(v, dim=-1, keepdim=True).clamp_min(1e-12)
         else:
-            # A finite fill instead of −inf: exp underflows to exactly 0 all the same, but a
-            # centre without any neighbour yields zeros rather than NaN (and NaN gradients).
-            logits = logits.masked_fill(~mask.unsqueeze(-2), -1e30)
-        weights = torch.softmax(logits, dim=-1)
-        weights = weights.masked_fill(~mask.unsqueeze(-1), 0.0)
+            q = q * self.scaling
         if self.smooth:
-            weights = weights * sw.unsqueeze(-1) * sw.unsqueeze(-2)
-        if self.dotr:
-            weights = weights * torch.matmul(direction, direction.transpose(-1, -2))
-        if self.do_mask:
-            # TensorFlow's attn_mask: the final weights lose their diagonal.
-            eye = torch.eye(weights.shape[-1], dtype=torch.bool, device=weights.device)
-            weights = weights.masked_fill(eye, 0.0)
-        out = self.out_proj(torch.matmul(weights, v))
+            logits = torch.addcmul(logit_shift, torch.bmm(q, k.transpose(-1, -2)), logit_scale)
+        else:
+            logits = torch.baddbmm(logit_shift, q, k.transpose(-1, -2))
+        weights = torch.softmax(logits, dim=-1) * gate
+        out = self.out_proj(torch.bmm(weights, v))
         return self.layer_norm(g + out)
 
 
@@ -102,7 +93,42 @@ class NeighborGatedAttention(nn.Module):
             GatedAttentionLayer(embed_dim, hidden_dim, **kwargs) for _ in range(layer_num)
         )
 
-    def forward(self, g: Tensor, mask: Tensor, sw: Tensor, direction: Tensor) -> Tensor:
+    def forward(
+        self, g: Tensor, mask: Tensor, sw: Tensor, direction: Tensor, key_log_weight: Optional[Tensor] = None
+    ) -> Tensor:
+        """Apply all layers.
+
+        Args:
+            g: ``(nb, nnei, ng)``; mask: ``(nb, nnei)`` valid slots; sw: ``(nb, nnei)`` masked
+            switch ``ŝ``; direction: ``(nb, nnei, 3)`` unit vectors (zero on padding).
+            key_log_weight: ``(nnei,)`` log-multiplicity of each key slot: a slot standing
+                for several identical padding slots keeps their share of the smooth softmax
+                denominator (exact padding trimming, see the descriptor).
+        """
+        if self.layer_num == 0:
+            return g
+        layer0 = self.layers[0]
+        # Everything below is the same in every layer: build it once.
+        if layer0.smooth:
+            scale = sw.unsqueeze(-1) * sw.unsqueeze(-2)  # (nb, nnei, nnei)
+            # (L + 20)·ŝŝ − 20: padding/excluded keys sit at exactly −20 (they stay in the
+            # softmax denominator, as in DeePMD-kit); then weights are gated by ŝŝ again.
+            shift = scale * layer0.attnw_shift - layer0.attnw_shift
+            if key_log_weight is not None:
+                shift = shift + key_log_weight
+            gate = scale
+        else:
+            scale = torch.ones(1, dtype=g.dtype, device=g.device)
+            # A finite −1e30 instead of −inf: exp underflows to exactly 0 all the same, but
+            # a centre without neighbours yields zeros instead of NaN (and NaN gradients).
+            shift = torch.where(mask, 0.0, -1e30).to(g.dtype).unsqueeze(-2)  # (nb, 1, nnei)
+            gate = mask.to(g.dtype).unsqueeze(-1)  # query rows of padding get no output
+        if layer0.dotr:
+            gate = gate * torch.bmm(direction, direction.transpose(-1, -2))
+        if layer0.do_mask:
+            # TensorFlow's attn_mask: the final weights lose their diagonal.
+            eye = torch.eye(g.shape[1], dtype=torch.bool, device=g.device)
+            gate = gate.masked_fill(eye, 0.0)
         for layer in self.layers:
-            g = layer(g, mask, sw, direction)
+            g = layer(g, scale, shift, gate)
         return g

@@ -128,6 +128,9 @@ class DescrptDPA1(nn.Module):
         self.register_buffer("davg", torch.zeros(ntypes, self.nnei, 4, dtype=dtype))
         self.register_buffer("dstd", torch.ones(ntypes, self.nnei, 4, dtype=dtype))
         self.register_buffer("keep", pair_keep_table(ntypes, self.exclude_types), persistent=False)
+        # Trimming needs davg/dstd constant along the slot axis (always true for statistics
+        # computed as in §9.2); set_stat re-checks it for loaded values.
+        self.trim_padding = True
 
     @property
     def dim_out(self) -> int:
@@ -148,8 +151,26 @@ class DescrptDPA1(nn.Module):
         """
         nf, nloc, nnei = nei_mask.shape
         dtype = self.dtype
+        # === exact padding trimming ===
+        # Slots beyond the last neighbour of every atom are identical padding rows: one
+        # representative slot, weighted by their number, reproduces them exactly (its moment
+        # contribution and its share of the smooth softmax denominator); see §3.4, §6.
+        slot_weight: Optional[Tensor] = None
+        key_log_weight: Optional[Tensor] = None
+        if self.trim_padding:
+            used = nei_mask.reshape(-1, nnei).any(dim=0)
+            last = int(torch.nonzero(used).max()) + 1 if bool(used.any()) else 0
+            if last + 1 < nnei:
+                keep_n = last + 1
+                rij, nei_mask, nei_type = rij[:, :, :keep_n], nei_mask[:, :, :keep_n], nei_type[:, :, :keep_n]
+                slot_weight = torch.ones(keep_n, dtype=dtype, device=rij.device)
+                slot_weight[last] = float(nnei - last)
+                key_log_weight = torch.log(slot_weight)
+                nnei = keep_n
+        davg = self.davg[:, :nnei][atype]
+        dstd = self.dstd[:, :nnei][atype]
         env, sw = env_matrix(rij.to(dtype), nei_mask, self.rcut, self.rcut_smth, self.env_protection)
-        rr = (env - self.davg[atype]) / self.dstd[atype]  # (nf, nloc, nnei, 4)
+        rr = (env - davg) / dstd  # (nf, nloc, nnei, 4)
         # Descriptor-level exclusion: κ is 1 on padding, so padding keeps −davg/dstd (§3.4).
         keep = self.keep[atype.unsqueeze(-1), torch.where(nei_mask, nei_type, self.ntypes)]
         rr = rr * keep.unsqueeze(-1).to(dtype)
@@ -177,9 +198,12 @@ class DescrptDPA1(nn.Module):
         nb = nf * nloc
         g = g.reshape(nb, nnei, -1)
         direction = F.normalize(rr[..., 1:4], dim=-1).reshape(nb, nnei, 3)
-        g = self.attention(g, mask.reshape(nb, nnei), sw.reshape(nb, nnei), direction)
+        g = self.attention(g, mask.reshape(nb, nnei), sw.reshape(nb, nnei), direction, key_log_weight)
 
-        t1 = torch.matmul(g.transpose(-1, -2), rr.reshape(nb, nnei, 4)) / self.nnei  # (nb, ng, 4)
+        rr = rr.reshape(nb, nnei, 4)
+        if slot_weight is not None:
+            rr = rr * slot_weight.unsqueeze(-1)
+        t1 = torch.matmul(g.transpose(-1, -2), rr) / self.nnei  # (nb, ng, 4): N_c is the full sel
         d = torch.matmul(t1, t1[:, : self.axis_neuron].transpose(-1, -2))  # (nb, ng, na)
         d = d.reshape(nf, nloc, -1)
         if self.concat_output_tebd:
@@ -193,3 +217,6 @@ class DescrptDPA1(nn.Module):
         with torch.no_grad():
             self.davg.copy_(torch.as_tensor(davg).reshape(self.davg.shape))
             self.dstd.copy_(torch.as_tensor(dstd).reshape(self.dstd.shape))
+        self.trim_padding = bool(
+            torch.all(self.davg == self.davg[:, :1]) and torch.all(self.dstd == self.dstd[:, :1])
+        )

@@ -146,7 +146,8 @@ class Layer(nn.Module):
         if self.skip == 1:
             y = y + x
         elif self.skip == 2:
-            y = y + torch.cat([x, x], dim=-1)
+            # y + [x, x] without materialising the concatenation
+            y = (y.unflatten(-1, (2, self.num_in)) + x.unsqueeze(-2)).flatten(-2)
         return y
 
 

@@ -1,0 +1,26 @@
+"""``dpa1 freeze``: checkpoint → self-contained TorchScript model (``.pth``)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from dpa1.io.model_file import freeze, load_energy_model
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("freeze", help="write a self-contained TorchScript model (.pth)")
+    p.add_argument("-c", "--checkpoint", default="model.ckpt.pt",
+                   help="checkpoint file (or a directory holding model.ckpt.pt), or a .dp file")
+    p.add_argument("-o", "--output", default="frozen_model.pth", help="output .pth file")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    src = Path(args.checkpoint)
+    if src.is_dir():
+        src = src / "model.ckpt.pt"
+    model, config = load_energy_model(src)
+    freeze(model, args.output, config=(config or {}).get("model") if config else None)
+    print(f"froze {src} -> {args.output}")
+    return 0

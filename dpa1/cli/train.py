@@ -1,0 +1,74 @@
+"""``dpa1 train input.json [--restart CKPT | --init-model CKPT | --finetune MODEL] [-o DIR]``.
+
+Also the entry point of multi-process training:
+``torchrun --nproc_per_node N -m dpa1 train input.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from dpa1.io.config import load_config
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("train", help="train a model from a DeePMD-kit style input.json")
+    p.add_argument("input", help="input.json (DeePMD-kit format)")
+    start = p.add_mutually_exclusive_group()
+    start.add_argument("--restart", metavar="CKPT", help="continue a run from its checkpoint")
+    start.add_argument("--init-model", metavar="CKPT", help="start from a checkpoint's weights only")
+    start.add_argument("--finetune", metavar="MODEL",
+                       help="fine-tune a pretrained model (.pt or .dp) on this input's data")
+    p.add_argument("-o", "--output", default=".", help="output directory (default: current)")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
+    p.add_argument("--skip-neighbor-stat", action="store_true",
+                   help="do not scan the data for sel (requires an integer sel)")
+    p.add_argument("--log-level", default="INFO")
+    p.set_defaults(func=run)
+
+
+def setup_logging(out_dir: Path, level: str, is_main: bool) -> None:
+    logger = logging.getLogger("dpa1")
+    logger.setLevel(level.upper())
+    logger.handlers.clear()
+    if not is_main:
+        logger.addHandler(logging.NullHandler())
+        return
+    fmt = logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    fh = logging.FileHandler(out_dir / "train.log")
+    fh.setFormatter(fmt)
+    sh = logging.StreamHandler(sys.stderr)
+    sh.setFormatter(fmt)
+    logger.addHandler(fh)
+    logger.addHandler(sh)
+
+
+def run(args: argparse.Namespace) -> int:
+    from dpa1.train.distributed import cleanup, init_distributed, pick_device
+    from dpa1.train.trainer import Trainer, write_out_json
+
+    config = load_config(args.input)
+    device = pick_device(args.device)
+    info = init_distributed(device)
+    out_dir = Path(args.output)
+    setup_logging(out_dir, args.log_level, info.is_main)
+    try:
+        trainer = Trainer(
+            config, out_dir, input_dir=Path(args.input).resolve().parent,
+            restart=Path(args.restart) if args.restart else None,
+            init_model=Path(args.init_model) if args.init_model else None,
+            finetune=Path(args.finetune) if args.finetune else None,
+            device=device, dist_info=info, skip_neighbor_stat=args.skip_neighbor_stat,
+        )
+        if info.is_main:
+            write_out_json(trainer.config, out_dir)
+        ckpt = trainer.run()
+        if info.is_main:
+            logging.getLogger("dpa1").info("latest checkpoint: %s", ckpt)
+    finally:
+        cleanup(info)
+    return 0

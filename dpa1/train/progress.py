@@ -1,0 +1,36 @@
+"""A live progress bar (rich) with ETA and the current errors; silent when disabled."""
+
+from __future__ import annotations
+
+import sys
+from typing import Optional
+
+
+class TrainProgress:
+    def __init__(self, total: int, start: int, enabled: bool = True) -> None:
+        self.enabled = enabled and total > start
+        self._progress = None
+        self._task: Optional[int] = None
+        if not self.enabled:
+            return
+        from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
+                                   TimeElapsedColumn, TimeRemainingColumn)
+
+        self._progress = Progress(
+            TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+            TextColumn("eta"), TimeRemainingColumn(), TextColumn("{task.fields[info]}"),
+            transient=False, disable=not sys.stderr.isatty(),
+        )
+        self._progress.start()
+        self._task = self._progress.add_task("train", total=total, completed=start, info="")
+
+    def update(self, step: int, metrics: dict[str, float], lr: float) -> None:
+        if self._progress is None or self._task is None:
+            return
+        shown = " ".join(f"{k}={v:.2e}" for k, v in sorted(metrics.items()) if k != "rmse")
+        self._progress.update(self._task, completed=step, info=f"{shown} lr={lr:.1e}")
+
+    def close(self) -> None:
+        if self._progress is not None:
+            self._progress.stop()
+            self._progress = None

@@ -1,0 +1,314 @@
+"""The training loop of ``dpa1 train`` (spec §12), DeePMD-kit PyTorch semantics.
+
+Start modes: fresh (statistics computed), ``restart`` (weights, optimizer, step and
+data-sampler state restored: the continuation equals an uninterrupted run),
+``init_model`` (weights only) and ``finetune`` (weights of a pretrained model adapted
+to the new ``type_map``, energy bias re-fitted on the new data).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+import torch
+
+from dpa1.data import stats as dstats
+from dpa1.data.loader import SystemSampler, stat_batches
+from dpa1.data.system import DeepmdSystem, expand_systems
+from dpa1.io.atomic import atomic_path
+from dpa1.io.model_file import load_checkpoint, load_energy_model
+from dpa1.io.serialize import model_from_dict, model_to_dict
+from dpa1.model.build import build_model
+from dpa1.model.model import EnergyModel
+from dpa1.train.checkpoints import CheckpointManager
+from dpa1.train.distributed import DistInfo, barrier
+from dpa1.train.finetune import change_type_map
+from dpa1.train.lcurve import LCurveWriter
+from dpa1.train.loss import EnerLoss
+from dpa1.train.lr import ExpDecayLR
+from dpa1.train.progress import TrainProgress
+
+log = logging.getLogger("dpa1.train")
+
+
+def _resolve_paths(systems: Any, base: Path) -> list[str]:
+    """Systems relative to the working directory, else to the input file's directory."""
+    items = [systems] if isinstance(systems, str) else list(systems)
+    out = []
+    for s in items:
+        p = Path(s)
+        if not p.is_absolute() and not any(ch in s for ch in "*?[") and not p.exists():
+            if (base / p).exists():
+                p = base / p
+        elif not p.is_absolute() and any(ch in s for ch in "*?[") and not list(Path().glob(s)):
+            p = base / p
+        out.append(str(p))
+    return out
+
+
+def open_systems(data_cfg: dict, type_map: list[str], base: Path) -> list[DeepmdSystem]:
+    paths = expand_systems(_resolve_paths(data_cfg["systems"], base), data_cfg.get("rglob_patterns"))
+    return [DeepmdSystem(p, type_map) for p in paths]
+
+
+def _batch_to_model_args(batch: dict, device: torch.device) -> dict:
+    return {
+        "coord": batch["coord"].to(device),
+        "atype": batch["atype"].to(device),
+        "box": batch["box"].to(device) if "box" in batch else None,
+        "fparam": batch["fparam"].to(device) if "fparam" in batch else None,
+        "aparam": batch["aparam"].to(device) if "aparam" in batch else None,
+    }
+
+
+def _labels(batch: dict, device: torch.device) -> dict:
+    return {k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in batch.items()}
+
+
+class Trainer:
+    """One training run, configured by a normalised input (see :mod:`dpa1.io.config`)."""
+
+    def __init__(
+        self,
+        config: dict,
+        out_dir: Path,
+        *,
+        input_dir: Path = Path("."),
+        restart: Optional[Path] = None,
+        init_model: Optional[Path] = None,
+        finetune: Optional[Path] = None,
+        device: torch.device = torch.device("cpu"),
+        dist_info: DistInfo = DistInfo(),
+        skip_neighbor_stat: bool = False,
+    ) -> None:
+        self.config = config
+        self.out_dir = Path(out_dir)
+        self.device = device
+        self.dist = dist_info
+        tcfg = config["training"]
+        mcfg = config["model"]
+        self.type_map = list(mcfg["type_map"])
+        seed = tcfg.get("seed")
+        self.seed = seed
+        if seed is not None:
+            torch.manual_seed(seed + self.dist.rank)
+
+        # === data ===
+        self.train_systems = open_systems(tcfg["training_data"], self.type_map, input_dir)
+        self.valid_systems = (
+            open_systems(tcfg["validation_data"], self.type_map, input_dir)
+            if tcfg.get("validation_data") else []
+        )
+        self.loss_fn = EnerLoss.from_config(config.get("loss") or {}, config["learning_rate"]["start_lr"])
+        label_keys = self.loss_fn.label_keys
+        td = tcfg["training_data"]
+        self.sampler = SystemSampler(
+            self.train_systems, td["batch_size"], auto_prob=td["auto_prob"], sys_probs=td["sys_probs"],
+            seed=seed, label_keys=label_keys, rank=self.dist.rank, world_size=self.dist.world_size,
+        )
+        self.valid_sampler = None
+        if self.valid_systems:
+            vd = tcfg["validation_data"]
+            self.valid_sampler = SystemSampler(
+                self.valid_systems, vd["batch_size"], auto_prob=vd["auto_prob"],
+                sys_probs=vd["sys_probs"], seed=seed, label_keys=label_keys,
+            )
+            self.numb_btch = int(vd.get("numb_btch", 1))
+
+        # === steps and learning rate ===
+        numb_steps = tcfg.get("numb_steps")
+        if not numb_steps:
+            numb_steps = int(math.ceil(tcfg["numb_epoch"] * self.sampler.steps_per_epoch()))
+        self.numb_steps = int(numb_steps)
+        self.lr = ExpDecayLR.from_config(config["learning_rate"], self.numb_steps)
+
+        # === model ===
+        self.start_step = 0
+        self.sampler_state: Optional[dict] = None
+        optimizer_state = None
+        if restart is not None:
+            model, payload = load_checkpoint(restart)
+            self.start_step = int(payload["step"])
+            optimizer_state = payload.get("optimizer")
+            self.sampler_state = payload.get("sampler")
+            if payload.get("torch_rng") is not None:
+                torch.set_rng_state(payload["torch_rng"])
+        elif init_model is not None:
+            model, _ = load_energy_model(init_model)
+        elif finetune is not None:
+            model = self._finetune_model(Path(finetune))
+        else:
+            model = self._fresh_model(skip_neighbor_stat)
+        self.model: EnergyModel = model.to(device)
+        self.model.train()
+        opt_cfg = config.get("optimizer") or {"type": "Adam"}
+        opt_cls = torch.optim.AdamW if opt_cfg.get("type") == "AdamW" else torch.optim.Adam
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        self.optimizer = opt_cls(
+            params, lr=self.lr.start_lr, betas=(opt_cfg.get("adam_beta1", 0.9), opt_cfg.get("adam_beta2", 0.999)),
+            weight_decay=opt_cfg.get("weight_decay", 0.0),
+        )
+        if optimizer_state is not None:
+            self.optimizer.load_state_dict(optimizer_state)
+        if self.sampler_state is not None:
+            self.sampler.load_state_dict(self.sampler_state)
+        self.wrapped = self.model
+        if self.dist.enabled:
+            self.wrapped = torch.nn.parallel.DistributedDataParallel(
+                self.model, device_ids=[device.index] if device.type == "cuda" else None)
+        self.ckpt = CheckpointManager(
+            self.out_dir / (tcfg.get("save_dir") or "."), tcfg["save_ckpt"], tcfg["max_ckpt_keep"])
+        self.restarted = restart is not None
+
+    # === start modes ==========================================================================
+    def _stat_batches(self) -> list[dict]:
+        nbatch = int(self.config["model"]["data_stat_nbatch"])
+        return stat_batches(self.train_systems, self.config["training"]["training_data"]["batch_size"],
+                            nbatch, seed=self.seed)
+
+    def _fresh_model(self, skip_neighbor_stat: bool) -> EnergyModel:
+        mcfg = self.config["model"]
+        sel = mcfg["descriptor"]["sel"]
+        if isinstance(sel, str):
+            if skip_neighbor_stat:
+                raise ValueError("model.descriptor.sel is 'auto': the neighbour statistics cannot be skipped")
+            max_nnei, min_dist = dstats.neighbor_stat(self.train_systems, mcfg["descriptor"]["rcut"])
+            sel = dstats.resolve_sel(sel, max_nnei)
+            log.info("neighbour statistics: max %d neighbours, min distance %.4f Å -> sel %d",
+                     max_nnei, min_dist, sel)
+        mcfg["descriptor"]["sel"] = int(sel)  # out.json and checkpoints record the value used
+        model = build_model(mcfg, sel=sel)
+        dstats.apply_statistics(model, self._stat_batches(),
+                                protect=float(mcfg.get("data_stat_protect", 1e-2)))
+        return model
+
+    def _finetune_model(self, path: Path) -> EnergyModel:
+        pretrained, _ = load_energy_model(path)
+        mdict, new_types = change_type_map(model_to_dict(pretrained), self.type_map, seed=self.seed)
+        model = model_from_dict(mdict)
+        batches = self._stat_batches()
+        if new_types:
+            # new types: descriptor statistics from the new data, kept types untouched
+            davg, dstd = dstats.compute_descriptor_stats(model, batches)
+            d = model.descriptor
+            new_davg, new_dstd = d.davg.clone(), d.dstd.clone()
+            for t in new_types:
+                new_davg[t], new_dstd[t] = torch.as_tensor(davg[t]), torch.as_tensor(dstd[t])
+            d.set_stat(new_davg, new_dstd)
+        dstats.change_energy_bias(model, batches)
+        return model
+
+    # === the loop =============================================================================
+    def _validate(self) -> Optional[dict[str, float]]:
+        if self.valid_sampler is None:
+            return None
+        self.model.eval()
+        sums: dict[str, float] = {}
+        weight = 0.0
+        for _ in range(self.numb_btch):
+            batch = self.valid_sampler.next_batch()
+            pred = self.model(**_batch_to_model_args(batch, self.device))
+            _, metrics = self.loss_fn(pred, _labels(batch, self.device), self.lr.value(0))
+            natoms = float(batch["atype"].shape[1])
+            for k, v in metrics.items():
+                sums[k] = sums.get(k, 0.0) + v * natoms
+            weight += natoms
+        self.model.train()
+        return {k: v / weight for k, v in sums.items()}
+
+    def _save(self, step: int) -> None:
+        if not self.dist.is_main:
+            return
+        self.ckpt.save(
+            step, self.model, config=self.config, optimizer_state=self.optimizer.state_dict(),
+            extra={"sampler": self.sampler.state_dict(), "torch_rng": torch.get_rng_state(),
+                   "lr": self.lr.value(step - 1)},
+        )
+
+    def run(self) -> Path:
+        tcfg = self.config["training"]
+        disp_freq, save_freq = int(tcfg["disp_freq"]), int(tcfg["save_freq"])
+        disp_avg = bool(tcfg.get("disp_avg", False))
+        main = self.dist.is_main
+        lcurve = None
+        if main:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+            if self.restarted:
+                truncate_lcurve(self.out_dir / tcfg["disp_file"], self.start_step)
+            lcurve = LCurveWriter(
+                self.out_dir / tcfg["disp_file"], self.loss_fn.metric_keys(),
+                has_validation=self.valid_sampler is not None, append=self.restarted,
+            )
+        progress = TrainProgress(self.numb_steps, self.start_step, enabled=main)
+        accum: dict[str, float] = {}
+        naccum = 0
+        t0 = time.perf_counter()
+        last_step = self.start_step
+        try:
+            for step in range(self.start_step, self.numb_steps):
+                lr = self.lr.value(step)
+                for group in self.optimizer.param_groups:
+                    group["lr"] = lr
+                batch = self.sampler.next_batch()
+                pred = self.wrapped(**_batch_to_model_args(batch, self.device))
+                loss, metrics = self.loss_fn(pred, _labels(batch, self.device), lr)
+                self.optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                gmax = tcfg.get("gradient_max_norm")
+                if gmax:
+                    torch.nn.utils.clip_grad_norm_(self.model.parameters(), float(gmax))
+                self.optimizer.step()
+                if not math.isfinite(float(loss)):
+                    raise FloatingPointError(f"step {step + 1}: loss is {float(loss)}; "
+                                             "check the data and lower start_lr")
+                for k, v in metrics.items():
+                    accum[k] = accum.get(k, 0.0) + v
+                naccum += 1
+                display = (step + 1) % disp_freq == 0 or step == 0
+                if display:
+                    train_m = {k: v / naccum for k, v in accum.items()} if disp_avg else metrics
+                    valid_m = self._validate() if main else None
+                    if main and lcurve is not None:
+                        lcurve.write(step + 1, train_m, valid_m, lr)
+                        log.info("step %d lr %.2e %s", step + 1, lr, " ".join(
+                            f"{k}={v:.3e}" for k, v in sorted((valid_m or train_m).items())))
+                    accum, naccum = {}, 0
+                progress.update(step + 1, metrics, lr)
+                last_step = step + 1
+                if (step + 1) % save_freq == 0 or step + 1 == self.numb_steps:
+                    self._save(step + 1)
+        finally:
+            progress.close()
+            if lcurve is not None:
+                lcurve.close()
+        if main and tcfg.get("change_bias_after_training"):
+            dstats.change_energy_bias(self.model, self._stat_batches())
+            self._save(last_step)
+        barrier(self.dist)
+        elapsed = time.perf_counter() - t0
+        if main and last_step > self.start_step:
+            log.info("trained %d steps in %.1f s (%.3f s/step)", last_step - self.start_step,
+                     elapsed, elapsed / (last_step - self.start_step))
+        return self.ckpt.pointer
+
+
+def write_out_json(config: dict, out_dir: Path) -> None:
+    with atomic_path(Path(out_dir) / "out.json") as tmp:
+        tmp.write_text(json.dumps(config, indent=2))
+
+
+def truncate_lcurve(path: Path, last_step: int) -> None:
+    """Drop rows written after the checkpoint a restart resumes from (no duplicates)."""
+    path = Path(path)
+    if not path.exists():
+        return
+    kept = [line for line in path.read_text().splitlines(keepends=True)
+            if line.startswith("#") or not line.strip() or int(line.split()[0]) <= last_step]
+    with atomic_path(path) as tmp:
+        tmp.write_text("".join(kept))
