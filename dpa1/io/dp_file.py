@@ -37,8 +37,13 @@ def load_dp(path: str | os.PathLike) -> dict:
     if path.suffix in (".yaml", ".yml"):
         import yaml
 
-        with open(path) as f:
-            data = yaml.safe_load(f)
+        try:
+            with open(path) as f:
+                data = yaml.safe_load(f)
+        except (yaml.YAMLError, UnicodeDecodeError) as err:
+            raise ValueError(f"{path}: not a DeePMD-kit .yaml model file ({err})") from None
+        if not isinstance(data, dict):
+            raise ValueError(f"{path}: not a DeePMD-kit .yaml model file (no mapping at the top)")
 
         def _from_yaml(v: Any) -> Any:
             if isinstance(v, dict) and v.get("@class") == "np.ndarray":
@@ -51,12 +56,14 @@ def load_dp(path: str | os.PathLike) -> dict:
     try:
         with h5py.File(path, "r") as f:
             data = json.loads(f.attrs["json"])
+            if not isinstance(data, dict):
+                raise ValueError("the 'json' attribute is not a JSON object")
 
             def _read(v: Any) -> Any:
                 return np.asarray(f[v][()]) if isinstance(v, str) else v
 
             return _walk_variables(data, False, _read)
-    except (OSError, KeyError) as err:
+    except (OSError, KeyError, ValueError) as err:  # ValueError includes bad JSON
         raise ValueError(f"{path}: not a DeePMD-kit .dp model file ({err})") from None
 
 

@@ -39,9 +39,10 @@ def _set(param: torch.Tensor, value: Any, what: str) -> None:
 
 # === layers and networks ====================================================================
 def layer_to_dict(layer: Layer) -> dict:
+    # DeePMD-kit records use_timestep only where an idt exists (skip connections, §5.1).
     return {
         "@class": "Layer", "@version": 2, "bias": layer.b is not None,
-        "use_timestep": layer.use_timestep, "activation_function": layer.activation_function,
+        "use_timestep": layer.idt is not None, "activation_function": layer.activation_function,
         "resnet": layer.resnet, "precision": dtype_name(layer.w.dtype),
         "trainable": layer.w.requires_grad,
         "@variables": {"w": _np(layer.w), "b": _np(layer.b), "idt": _np(layer.idt)},
@@ -314,6 +315,8 @@ def load_dp_model(path: str | os.PathLike) -> tuple[EnergyModel, dict]:
         return model_from_dict(data["model"]), data
     except KeyError as err:
         raise ValueError(f"{path}: missing key {err} in the serialized model") from None
+    except ValueError as err:  # e.g. an array of the wrong shape: say which file
+        raise ValueError(f"{path}: {err}") from None
 
 
 def save_dp_model(
@@ -324,7 +327,7 @@ def save_dp_model(
     data = {
         "software": "deepmd-kit", "version": f"3.2.0 (written by dpa1 {dpa1.__version__})",
         "time": datetime.datetime.now(datetime.timezone.utc).isoformat(),
-        "backend": "PyTorch", "pt_version": torch.__version__,
+        "backend": "PyTorch", "pt_version": str(torch.__version__),
         "model": model_to_dict(model),
         "model_def_script": model_def_script or {"type_map": model.type_map},
         "@variables": {} if min_nbor_dist is None else {"min_nbor_dist": np.asarray(min_nbor_dist)},

@@ -138,6 +138,9 @@ class EnergyModel(nn.Module):
         nei_type = torch.gather(ext_type, 1, idx.reshape(nf, -1)).reshape(nf, nloc, nnei)
         if self.has_pair_exclusion:
             mask = mask & self.pair_keep[atype.unsqueeze(-1), nei_type]
+            # Excluded slots are padding from here on (§2.5), so they take the padding type,
+            # that of extended atom 0 (§4.2), not the true neighbour's type.
+            nei_type = torch.where(mask, nei_type, ext_type[:, :1].unsqueeze(-1))
         flat_idx = idx.reshape(nf, -1, 1).expand(-1, -1, 3)
         xn = torch.gather(ext_coord, 1, flat_idx).reshape(nf, nloc, nnei, 3)
         # Forces come from autograd: callers must not wrap the model in torch.no_grad()

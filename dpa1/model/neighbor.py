@@ -161,7 +161,7 @@ def brute_force_neighbors(
             for j in range(nloc):
                 if atype[j] < 0:
                     continue
-                disp = coord[j] - coord[i] + (shifts @ box if box is not None else 0.0)
+                disp = coord[j] - coord[i] + (shifts @ box if box is not None else shifts)
                 d = np.linalg.norm(disp, axis=-1)
                 for k in np.flatnonzero(d <= rcut):
                     if j == i and not shifts[k].any():

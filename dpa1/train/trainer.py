@@ -19,8 +19,8 @@ import numpy as np
 import torch
 
 from dpa1.data import stats as dstats
-from dpa1.data.loader import SystemSampler, stat_batches
-from dpa1.data.system import DeepmdSystem, expand_systems
+from dpa1.data.loader import SystemSampler
+from dpa1.data.system import DeepmdSystem, expand_systems, labels_for_model
 from dpa1.io.atomic import atomic_path
 from dpa1.io.model_file import load_checkpoint, load_energy_model
 from dpa1.io.serialize import model_from_dict, model_to_dict
@@ -106,37 +106,40 @@ class Trainer:
             if tcfg.get("validation_data") else []
         )
         self.loss_fn = EnerLoss.from_config(config.get("loss") or {}, config["learning_rate"]["start_lr"])
-        label_keys = self.loss_fn.label_keys
+        fcfg = mcfg["fitting_net"]
+        self.labels = labels_for_model(fcfg["numb_fparam"], fcfg["numb_aparam"])
         td = tcfg["training_data"]
         self.sampler = SystemSampler(
             self.train_systems, td["batch_size"], auto_prob=td["auto_prob"], sys_probs=td["sys_probs"],
-            seed=seed, label_keys=label_keys, rank=self.dist.rank, world_size=self.dist.world_size,
+            seed=seed, labels=self.labels, rank=self.dist.rank, world_size=self.dist.world_size,
         )
         self.valid_sampler = None
         if self.valid_systems:
             vd = tcfg["validation_data"]
             self.valid_sampler = SystemSampler(
                 self.valid_systems, vd["batch_size"], auto_prob=vd["auto_prob"],
-                sys_probs=vd["sys_probs"], seed=seed, label_keys=label_keys,
+                sys_probs=vd["sys_probs"], seed=seed, labels=self.labels,
             )
             self.numb_btch = int(vd.get("numb_btch", 1))
 
         # === steps and learning rate ===
         numb_steps = tcfg.get("numb_steps")
         if not numb_steps:
-            numb_steps = int(math.ceil(tcfg["numb_epoch"] * self.sampler.steps_per_epoch()))
+            numb_steps = int(math.ceil(tcfg["numb_epoch"] * self.sampler.steps_per_epoch))
         self.numb_steps = int(numb_steps)
         self.lr = ExpDecayLR.from_config(config["learning_rate"], self.numb_steps)
 
         # === model ===
         self.start_step = 0
         self.sampler_state: Optional[dict] = None
+        self.valid_sampler_state: Optional[dict] = None
         optimizer_state = None
         if restart is not None:
             model, payload = load_checkpoint(restart)
             self.start_step = int(payload["step"])
             optimizer_state = payload.get("optimizer")
             self.sampler_state = payload.get("sampler")
+            self.valid_sampler_state = payload.get("valid_sampler")
             if payload.get("torch_rng") is not None:
                 torch.set_rng_state(payload["torch_rng"])
         elif init_model is not None:
@@ -158,6 +161,8 @@ class Trainer:
             self.optimizer.load_state_dict(optimizer_state)
         if self.sampler_state is not None:
             self.sampler.load_state_dict(self.sampler_state)
+        if self.valid_sampler_state is not None and self.valid_sampler is not None:
+            self.valid_sampler.load_state_dict(self.valid_sampler_state)
         self.wrapped = self.model
         if self.dist.enabled:
             self.wrapped = torch.nn.parallel.DistributedDataParallel(
@@ -168,9 +173,11 @@ class Trainer:
 
     # === start modes ==========================================================================
     def _stat_batches(self) -> list[dict]:
-        nbatch = int(self.config["model"]["data_stat_nbatch"])
-        return stat_batches(self.train_systems, self.config["training"]["training_data"]["batch_size"],
-                            nbatch, seed=self.seed)
+        # Same sample on every rank (the statistics must agree): rank 0's view, fixed seed.
+        sampler = SystemSampler(
+            self.train_systems, self.config["training"]["training_data"]["batch_size"],
+            seed=self.seed if self.seed is not None else 0, labels=self.labels)
+        return sampler.stat_batches(int(self.config["model"]["data_stat_nbatch"]))
 
     def _fresh_model(self, skip_neighbor_stat: bool) -> EnergyModel:
         mcfg = self.config["model"]
@@ -205,7 +212,7 @@ class Trainer:
         return model
 
     # === the loop =============================================================================
-    def _validate(self) -> Optional[dict[str, float]]:
+    def _validate(self, lr: float) -> Optional[dict[str, float]]:
         if self.valid_sampler is None:
             return None
         self.model.eval()
@@ -214,7 +221,7 @@ class Trainer:
         for _ in range(self.numb_btch):
             batch = self.valid_sampler.next_batch()
             pred = self.model(**_batch_to_model_args(batch, self.device))
-            _, metrics = self.loss_fn(pred, _labels(batch, self.device), self.lr.value(0))
+            _, metrics = self.loss_fn(pred, _labels(batch, self.device), lr)
             natoms = float(batch["atype"].shape[1])
             for k, v in metrics.items():
                 sums[k] = sums.get(k, 0.0) + v * natoms
@@ -228,6 +235,7 @@ class Trainer:
         self.ckpt.save(
             step, self.model, config=self.config, optimizer_state=self.optimizer.state_dict(),
             extra={"sampler": self.sampler.state_dict(), "torch_rng": torch.get_rng_state(),
+                   "valid_sampler": self.valid_sampler.state_dict() if self.valid_sampler else None,
                    "lr": self.lr.value(step - 1)},
         )
 
@@ -264,8 +272,8 @@ class Trainer:
                 if gmax:
                     torch.nn.utils.clip_grad_norm_(self.model.parameters(), float(gmax))
                 self.optimizer.step()
-                if not math.isfinite(float(loss)):
-                    raise FloatingPointError(f"step {step + 1}: loss is {float(loss)}; "
+                if not math.isfinite(float(loss.detach())):
+                    raise FloatingPointError(f"step {step + 1}: loss is {float(loss.detach())}; "
                                              "check the data and lower start_lr")
                 for k, v in metrics.items():
                     accum[k] = accum.get(k, 0.0) + v
@@ -273,7 +281,7 @@ class Trainer:
                 display = (step + 1) % disp_freq == 0 or step == 0
                 if display:
                     train_m = {k: v / naccum for k, v in accum.items()} if disp_avg else metrics
-                    valid_m = self._validate() if main else None
+                    valid_m = self._validate(lr) if main else None
                     if main and lcurve is not None:
                         lcurve.write(step + 1, train_m, valid_m, lr)
                         log.info("step %d lr %.2e %s", step + 1, lr, " ".join(

@@ -1,0 +1,103 @@
+"""``dpa1 test -m MODEL -s SYSTEMS... [-n N] [--detail-file P] [--json F] [--plot F.png]``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+
+from dpa1.io.atomic import atomic_path
+
+UNITS = {"energy": "eV", "energy_per_atom": "eV/atom", "force": "eV/Å", "virial": "eV",
+         "virial_per_atom": "eV/atom"}
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("test", help="energy/force/virial errors of a model on labelled systems")
+    p.add_argument("-m", "--model", required=True, help="frozen .pth, checkpoint .pt or DeePMD-kit .dp")
+    p.add_argument("-s", "--systems", nargs="+", required=True,
+                   help="system directories, a root directory searched recursively, or globs")
+    p.add_argument("-n", "--numb-test", type=int, default=0, help="frames per system (0 = all)")
+    p.add_argument("--detail-file", help="prefix for per-frame/per-atom label vs prediction files")
+    p.add_argument("--json", help="write the errors as JSON")
+    p.add_argument("--plot", help="parity plots (PNG)")
+    p.add_argument("--device", default=None)
+    p.set_defaults(func=run)
+
+
+def _write_detail(prefix: str, results) -> None:
+    """``PREFIX.{e,e_peratom,f,v}.out``: label and prediction columns, one block per system."""
+    spec = {"energy": ("e", 1, "data_e pred_e"), "energy_per_atom": ("e_peratom", 1, "data_e pred_e"),
+            "force": ("f", 3, "data_fx data_fy data_fz pred_fx pred_fy pred_fz"),
+            "virial": ("v", 9, "data_v[9] pred_v[9]")}
+    for name, (suffix, k, cols) in spec.items():
+        blocks = [(r.path, r.pairs[name]) for r in results if name in r.pairs]
+        if not blocks:
+            continue
+        with atomic_path(f"{prefix}.{suffix}.out") as tmp, open(tmp, "w") as f:
+            for path, (lab, pred) in blocks:
+                np.savetxt(f, np.concatenate([lab.reshape(-1, k), pred.reshape(-1, k)], axis=1),
+                           header=f"{path}: {cols}")
+
+
+def _plot(path: str, results) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = [n for n in ("energy_per_atom", "force", "virial_per_atom") if any(n in r.pairs for r in results)]
+    if not names:
+        raise ValueError("nothing to plot: the systems have no energy, force or virial labels")
+    fig, axes = plt.subplots(1, len(names), figsize=(4.2 * len(names), 4), squeeze=False)
+    for ax, name in zip(axes[0], names):
+        for r in results:
+            if name in r.pairs:
+                lab, pred = r.pairs[name]
+                ax.plot(lab, pred, ".", ms=2, alpha=0.6, label=Path(r.path).name)
+        lo, hi = ax.get_xlim()
+        ax.plot([lo, hi], [lo, hi], "k-", lw=0.8)
+        ax.set_xlabel(f"label ({UNITS[name]})")
+        ax.set_ylabel(f"prediction ({UNITS[name]})")
+        ax.set_title(name.replace("_", " "))
+    axes[0][0].legend(fontsize=7)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=120)
+    plt.close(fig)
+
+
+def run(args: argparse.Namespace) -> int:
+    from dpa1.data.system import DeepmdSystem, expand_systems
+    from dpa1.infer.deep_pot import DeepPot
+    from dpa1.infer.evaluate import evaluate_system, weighted_total
+
+    dp = DeepPot(args.model, device=args.device)
+    paths = expand_systems(args.systems)
+    results = []
+    for path in paths:
+        system = DeepmdSystem(path, dp.get_type_map())
+        res = evaluate_system(dp, system, args.numb_test)
+        results.append(res)
+        err = res.errors()
+        print(f"# system {path}: {res.nframes} frames")
+        for key in sorted(err):
+            if key.startswith("rmse_"):
+                name = key[5:]
+                print(f"  {key:28s} {err[key]:.6e} {UNITS[name]}   mae {err['mae_' + name]:.6e}")
+    total = weighted_total(results)
+    print(f"# weighted total over {len(results)} systems, {total['nframes']} frames")
+    for key in sorted(total):
+        if key.startswith("rmse_"):
+            print(f"  {key:28s} {total[key]:.6e} {UNITS[key[5:]]}   mae {total['mae_' + key[5:]]:.6e}")
+    if args.detail_file:
+        _write_detail(args.detail_file, results)
+    if args.json:
+        out = {"systems": {r.path: r.errors() for r in results}, "total": total}
+        with atomic_path(args.json) as tmp:
+            tmp.write_text(json.dumps(out, indent=2))
+    if args.plot:
+        _plot(args.plot, results)
+    return 0

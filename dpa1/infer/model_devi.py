@@ -1,0 +1,340 @@
+"""Model deviation of an ensemble of models, as ``dp model-devi`` computes and writes it.
+
+The formulas and the ``model_devi.out`` layout copy DeePMD-kit 3.2.0
+(``deepmd/infer/model_devi.py``) so that files from either code are interchangeable
+(DP-GEN and similar tools parse them by column):
+
+- force: ``σ_F,i = ‖std_models(F_i)‖`` = sqrt(mean over models of ``|F_i − F̄_i|²``), then
+  max / min / mean over atoms;
+- virial: the virial divided by ``natoms``, its standard deviation over models per
+  component, then max / min over the 9 components and ``‖σ_V‖ / 3`` as "avg";
+- energy: the standard deviation over models of the energy per atom (``devi_e``).
+
+Standard deviations are population ones (``ddof=0``), like ``numpy.std``.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Iterator, NamedTuple, Optional, Sequence, Union
+
+import numpy as np
+
+from dpa1.io.atomic import atomic_path
+
+ModelLike = Union[str, os.PathLike, "DeepPot"]  # noqa: F821 (resolved lazily)
+
+#: column names of ``model_devi.out`` after ``step``, in DeePMD-kit's order
+COLUMNS = ("max_devi_v", "min_devi_v", "avg_devi_v", "max_devi_f", "min_devi_f", "avg_devi_f",
+           "devi_e")
+
+
+# === the statistics =========================================================================
+def calc_model_devi_f(
+    fs: np.ndarray, relative: Optional[float] = None, atomic: bool = False
+) -> tuple[np.ndarray, ...]:
+    """Force deviation.
+
+    Args:
+        fs: ``(nmodels, nf, natoms, 3)`` forces.
+        relative: if given, divide each atom's deviation by ``|F̄_i| + relative``
+            (DeePMD-kit's relative model deviation, eq. 71 of the DeePMD-kit v2 paper).
+        atomic: also return the per-atom deviations.
+
+    Returns:
+        ``max (nf,)``, ``min (nf,)``, ``avg (nf,)`` [, ``per_atom (nf, natoms)``].
+    """
+    fs = np.asarray(fs, dtype=np.float64)
+    fs_devi = np.linalg.norm(np.std(fs, axis=0), axis=-1)
+    if relative is not None:
+        fs_devi = fs_devi / (np.linalg.norm(np.mean(fs, axis=0), axis=-1) + relative)
+    out = (fs_devi.max(axis=-1), fs_devi.min(axis=-1), fs_devi.mean(axis=-1))
+    return out + (fs_devi,) if atomic else out
+
+
+def calc_model_devi_v(
+    vs: np.ndarray, relative: Optional[float] = None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Virial deviation of ``vs (nmodels, nf, 9)`` (already divided by natoms, as in DeePMD-kit).
+
+    Returns ``max``, ``min`` over the 9 components and ``avg = ‖σ‖ / 3``, each ``(nf,)``.
+    """
+    vs = np.asarray(vs, dtype=np.float64)
+    vs_devi = np.std(vs, axis=0)
+    if relative is not None:
+        vs_devi = vs_devi / (np.linalg.norm(np.mean(vs, axis=0), axis=-1, keepdims=True) + relative)
+    return vs_devi.max(axis=-1), vs_devi.min(axis=-1), np.linalg.norm(vs_devi, axis=-1) / 3
+
+
+def calc_model_devi_e(es: np.ndarray) -> np.ndarray:
+    """Energy deviation of ``es (nmodels, nf, 1)`` (energy per atom): ``(nf,)``."""
+    return np.std(np.asarray(es, dtype=np.float64), axis=0).reshape(-1)
+
+
+def devi_from_predictions(
+    energies: np.ndarray, forces: np.ndarray, virials: np.ndarray, natoms: int,
+    steps: Optional[np.ndarray] = None, relative: Optional[float] = None,
+    relative_v: Optional[float] = None, atomic: bool = False,
+) -> np.ndarray:
+    """The ``model_devi.out`` table from the ensemble's raw predictions.
+
+    Args:
+        energies: ``(nmodels, nf, 1)`` total energies; forces ``(nmodels, nf, natoms, 3)``;
+            virials ``(nmodels, nf, 9)``.
+        steps: the first column (default ``0..nf-1``).
+
+    Returns:
+        ``(nf, 8)`` (``(nf, 8 + natoms)`` with ``atomic``): step, then :data:`COLUMNS`.
+    """
+    energies = np.asarray(energies, dtype=np.float64)
+    nf = energies.shape[1]
+    steps = np.arange(nf) if steps is None else np.asarray(steps)
+    cols = [steps.astype(np.float64)]
+    cols += list(calc_model_devi_v(np.asarray(virials) / natoms, relative=relative_v))
+    devi_f = calc_model_devi_f(forces, relative=relative, atomic=atomic)
+    cols += list(devi_f[:3])
+    cols.append(calc_model_devi_e(energies / natoms))
+    table = np.vstack(cols).T
+    if atomic:
+        table = np.concatenate([table, devi_f[3]], axis=1)
+    return table
+
+
+# === evaluation =============================================================================
+def _as_deep_pots(models: Sequence[ModelLike], device=None) -> list:
+    from dpa1.infer.deep_pot import DeepPot
+
+    dps = [m if isinstance(m, DeepPot) else DeepPot(m, device=device) for m in models]
+    if len(dps) < 2:
+        raise ValueError("model deviation needs at least two models")
+    tmaps = [dp.get_type_map() for dp in dps]
+    if any(t != tmaps[0] for t in tmaps[1:]):
+        raise ValueError(f"the models do not share one type_map: {tmaps}")
+    return dps
+
+
+def calc_model_devi(
+    coord: np.ndarray, box: Optional[np.ndarray], atype: np.ndarray, models: Sequence[ModelLike],
+    fname: Optional[Union[str, os.PathLike]] = None, frequency: int = 1,
+    fparam: Optional[np.ndarray] = None, aparam: Optional[np.ndarray] = None,
+    atomic: bool = False, relative: Optional[float] = None, relative_v: Optional[float] = None,
+) -> np.ndarray:
+    """Evaluate every model on the frames and return the deviation table.
+
+    Mirrors ``deepmd.infer.model_devi.calc_model_devi``: ``coord (nf, natoms*3 | natoms, 3)``,
+    ``box (nf, 9)`` or None, ``atype (natoms,)`` type indices or element symbols. Row ``k``
+    is labelled step ``k * frequency``. With ``fname`` the table is also written.
+    """
+    dps = _as_deep_pots(models)
+    atype = np.asarray(atype)
+    natoms = atype.shape[-1]
+    preds = [dp.eval(coord, box, atype, fparam=fparam, aparam=aparam) for dp in dps]
+    es, fs, vs = (np.stack([p[k] for p in preds]) for k in range(3))
+    nf = es.shape[1]
+    table = devi_from_predictions(es, fs, vs, natoms, steps=np.arange(nf) * frequency,
+                                  relative=relative, relative_v=relative_v, atomic=atomic)
+    if fname:
+        write_model_devi_out(table, fname, atomic=atomic)
+    return table
+
+
+# === the output file ========================================================================
+def format_model_devi(devi: np.ndarray, header: str = "", atomic: bool = False) -> str:
+    """Text of one ``model_devi.out`` block, byte for byte as DeePMD-kit writes it.
+
+    DeePMD-kit calls ``np.savetxt(fmt=["%12d"] + ["%19.6e"] * 7, delimiter="")`` with
+    the header ``"{header}\\n{'step':10s}{'max_devi_v':19s}…{'devi_e':19s}"``, so every
+    block starts with ``# {header}`` then ``# step      max_devi_v …``.
+    """
+    import io
+
+    devi = np.asarray(devi, dtype=np.float64)
+    if devi.ndim != 2 or devi.shape[1] < 8 or (devi.shape[1] > 8) != atomic:
+        raise ValueError(f"model deviation table has shape {devi.shape}; expected (nf, 8)"
+                         + (" plus one column per atom" if atomic else ""))
+    head = f"{header}\n{'step':10s}"
+    for item in "vf":
+        head += f"{'max_devi_' + item:19s}{'min_devi_' + item:19s}{'avg_devi_' + item:19s}"
+    head += f"{'devi_e':19s}"
+    if atomic:
+        head += f"{'atm_devi_f(N)':19s}"
+    buf = io.StringIO()
+    np.savetxt(buf, devi, fmt=["%12d"] + ["%19.6e"] * (devi.shape[1] - 1), delimiter="",
+               header=head)
+    return buf.getvalue()
+
+
+def write_model_devi_out(
+    devi: np.ndarray, fname: Union[str, os.PathLike], header: str = "", atomic: bool = False,
+    append: bool = False,
+) -> np.ndarray:
+    """Write a ``model_devi.out`` block.
+
+    DeePMD-kit always appends (so re-running ``dp model-devi`` grows the file); we
+    replace the file atomically unless ``append`` is set, and the ``dpa1 model-devi``
+    command writes all systems' blocks in one go.
+    """
+    text = format_model_devi(devi, header=header, atomic=atomic)
+    if append:
+        with open(fname, "a") as f:
+            f.write(text)
+    else:
+        with atomic_path(fname) as tmp:
+            Path(tmp).write_text(text)
+    return devi
+
+
+# === systems ================================================================================
+class Frames(NamedTuple):
+    """Frames sharing one atom list: ``coord (nf, natoms, 3)``, ``box (nf, 3, 3) | None``,
+    ``atype (natoms,)`` model type indices, optional ``fparam``/``aparam``."""
+
+    coord: np.ndarray
+    box: Optional[np.ndarray]
+    atype: np.ndarray
+    fparam: Optional[np.ndarray] = None
+    aparam: Optional[np.ndarray] = None
+
+
+def find_npy_systems(path: Union[str, os.PathLike]) -> list[Path]:
+    """``path`` itself if it holds ``type.raw``, else every directory below it that does
+    (sorted), like DeePMD-kit's ``expand_sys_str``."""
+    path = Path(path)
+    if (path / "type.raw").is_file():
+        return [path]
+    return sorted(p.parent for p in path.rglob("type.raw"))
+
+
+def read_npy_system(
+    path: Union[str, os.PathLike], type_map: Sequence[str], dim_fparam: int = 0, dim_aparam: int = 0,
+) -> Iterator[Frames]:
+    """Frames of a ``deepmd/npy`` system, one :class:`Frames` per ``set.*`` directory
+    (per frame for ``mixed_type`` sets, whose atom types change from frame to frame).
+
+    Types are remapped through ``type_map.raw`` to the model's ``type_map``; a ``nopbc``
+    marker file means no cell. Only what evaluation needs is read (no labels).
+    """
+    path = Path(path)
+    atype = np.loadtxt(path / "type.raw", dtype=np.int64, ndmin=1)
+    tmap_file = path / "type_map.raw"
+    names = tmap_file.read_text().split() if tmap_file.is_file() else None
+    lookup = {name: k for k, name in enumerate(type_map)}
+
+    def remap(t: np.ndarray) -> np.ndarray:
+        if names is None:
+            if t.size and t.max() >= len(type_map):
+                raise ValueError(f"{path}: atom type {int(t.max())} but the model has "
+                                 f"{len(type_map)} types and there is no type_map.raw")
+            return t
+        unknown = sorted({names[i] for i in np.unique(t[t >= 0])} - set(lookup))
+        if unknown:
+            raise ValueError(f"{path}: element(s) {unknown} not in the model's type_map "
+                             f"{list(type_map)}")
+        table = np.array([lookup.get(n, -1) for n in names], dtype=np.int64)
+        return np.where(t >= 0, table[np.clip(t, 0, None)], -1)
+
+    nopbc = (path / "nopbc").is_file()
+    sets = sorted(p for p in path.glob("set.*") if p.is_dir())
+    if not sets:
+        raise ValueError(f"{path}: no set.* directories")
+    for s in sets:
+        coord = np.load(s / "coord.npy").astype(np.float64)
+        nf = coord.shape[0]
+        coord = coord.reshape(nf, -1, 3)
+        box = None if nopbc else np.load(s / "box.npy").astype(np.float64).reshape(nf, 3, 3)
+        fp = np.load(s / "fparam.npy").reshape(nf, dim_fparam) if dim_fparam else None
+        ap = np.load(s / "aparam.npy").reshape(nf, coord.shape[1], dim_aparam) if dim_aparam else None
+        real = s / "real_atom_types.npy"
+        if real.is_file():  # mixed_type: per-frame types; evaluate frame by frame
+            types = remap(np.load(real).astype(np.int64).reshape(nf, -1))
+            for f in range(nf):
+                yield Frames(coord[f:f + 1], None if box is None else box[f:f + 1], types[f],
+                             None if fp is None else fp[f:f + 1], None if ap is None else ap[f:f + 1])
+        else:
+            yield Frames(coord, box, remap(atype), fp, ap)
+
+
+def read_ase_frames(path: Union[str, os.PathLike], type_map: Sequence[str]) -> Iterator[Frames]:
+    """Frames of any ASE-readable trajectory, grouped into runs of identical atom lists."""
+    from ase.io import iread
+
+    lookup = {name: k for k, name in enumerate(type_map)}
+    run: list = []
+
+    def flush() -> Frames:
+        first = run[0]
+        unknown = sorted(set(first.get_chemical_symbols()) - set(lookup))
+        if unknown:
+            raise ValueError(f"{path}: element(s) {unknown} not in the model's type_map "
+                             f"{list(type_map)}")
+        pbc = first.pbc
+        if pbc.any() and not pbc.all():
+            raise ValueError(f"{path}: mixed periodicity {pbc.tolist()} is not supported")
+        atype = np.array([lookup[s] for s in first.get_chemical_symbols()], dtype=np.int64)
+        box = np.stack([a.cell.array for a in run]) if pbc.all() else None
+        return Frames(np.stack([a.positions for a in run]), box, atype)
+
+    for atoms in iread(str(path), index=":"):
+        if run and (len(atoms) != len(run[0]) or (atoms.numbers != run[0].numbers).any()
+                    or (atoms.pbc != run[0].pbc).any()):
+            yield flush()
+            run = []
+        run.append(atoms)
+    if not run:
+        raise ValueError(f"{path}: no frames")
+    yield flush()
+
+
+def make_model_devi(
+    models: Sequence[ModelLike], system: Union[str, os.PathLike], output: Union[str, os.PathLike],
+    frequency: int = 1, atomic: bool = False, relative: Optional[float] = None,
+    relative_v: Optional[float] = None, device=None,
+) -> list[np.ndarray]:
+    """``dp model-devi``: deviation tables of every system under ``system`` (a deepmd/npy
+    system or a directory of them) or of an ASE-readable trajectory file, written to
+    ``output`` as one block per system headed by its path.
+
+    Steps are numbered ``0, frequency, 2·frequency, …`` over all frames of a system.
+    """
+    dps = _as_deep_pots(models, device=device)
+    first = dps[0]
+    tmap = first.get_type_map()
+    system = Path(system)
+    if not system.exists():
+        raise FileNotFoundError(f"{system}: no such system or trajectory")
+    if system.is_dir():
+        paths = find_npy_systems(system)
+        if not paths:
+            raise ValueError(f"{system}: no deepmd/npy system (no type.raw found below it)")
+        sources = [(str(p), read_npy_system(p, tmap, first.get_dim_fparam(),
+                                            first.get_dim_aparam())) for p in paths]
+    else:
+        if first.get_dim_fparam() or first.get_dim_aparam():
+            raise ValueError("models with fparam/aparam need a deepmd/npy system, not a trajectory")
+        sources = [(str(system), read_ase_frames(system, tmap))]
+
+    tables, text = [], []
+    for name, frames in sources:
+        blocks = []
+        for fr in frames:
+            natoms = fr.atype.shape[0]
+            preds = [dp.eval(fr.coord, fr.box, fr.atype, fparam=fr.fparam, aparam=fr.aparam)
+                     for dp in dps]
+            es, fs, vs = (np.stack([p[k] for p in preds]) for k in range(3))
+            blocks.append(devi_from_predictions(es, fs, vs, natoms, relative=relative,
+                                                relative_v=relative_v, atomic=atomic))
+        if atomic and len({b.shape[1] for b in blocks}) > 1:
+            raise ValueError(f"{name}: --atomic needs the same number of atoms in every frame")
+        table = np.vstack(blocks)
+        table[:, 0] = np.arange(table.shape[0]) * frequency
+        tables.append(table)
+        text.append(format_model_devi(table, header=name, atomic=atomic))
+    with atomic_path(output) as tmp:
+        Path(tmp).write_text("".join(text))
+    return tables
+
+
+__all__ = ["COLUMNS", "calc_model_devi", "calc_model_devi_e", "calc_model_devi_f",
+           "calc_model_devi_v", "devi_from_predictions", "format_model_devi", "make_model_devi",
+           "write_model_devi_out", "read_npy_system", "read_ase_frames", "find_npy_systems"]

@@ -1,0 +1,182 @@
+"""Model deviation: the numbers (against a direct numpy computation from each model's
+predictions) and DeePMD-kit's ``model_devi.out`` layout."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from ase import Atoms
+from ase.io import write
+
+from dpa1.cli.main import main
+from dpa1.infer.deep_pot import DeepPot
+from dpa1.infer.model_devi import (calc_model_devi, format_model_devi, make_model_devi,
+                                   write_model_devi_out)
+from dpa1.io.serialize import load_dp_model, save_dp_model
+
+SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+TINY_DP = SHARED / "reference" / "tiny.dp"
+WATER = SHARED / "data" / "water" / "data_0"
+NFRAMES = 3
+
+pytestmark = [
+    pytest.mark.skipif(not TINY_DP.exists(), reason="shared/reference/tiny.dp not available"),
+    pytest.mark.filterwarnings("ignore:The given NumPy array is not writable"),
+]
+
+# DeePMD-kit 3.2.0's header line (deepmd/infer/model_devi.py: "{'step':10s}" then 19-wide names)
+HEADER = ("# step      max_devi_v         min_devi_v         avg_devi_v         max_devi_f"
+          "         min_devi_f         avg_devi_f         devi_e             ")
+
+
+@pytest.fixture(scope="module")
+def model_files(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
+    """The reference model and two copies with perturbed weights (an ensemble)."""
+    root = tmp_path_factory.mktemp("ensemble")
+    paths = [TINY_DP]
+    for seed in (1, 2):
+        model, _ = load_dp_model(TINY_DP)
+        gen = torch.Generator().manual_seed(seed)
+        with torch.no_grad():
+            for p in model.parameters():
+                p.mul_(1 + 0.02 * torch.randn(p.shape, generator=gen, dtype=p.dtype))
+        path = root / f"m{seed}.dp"
+        save_dp_model(path, model)
+        paths.append(path)
+    return paths
+
+
+@pytest.fixture(scope="module")
+def frames() -> dict[str, np.ndarray]:
+    coord = np.load(WATER / "set.000" / "coord.npy")[:NFRAMES].reshape(NFRAMES, -1, 3)
+    box = np.load(WATER / "set.000" / "box.npy")[:NFRAMES]
+    atype = np.loadtxt(WATER / "type.raw", dtype=np.int64)
+    return {"coord": coord, "box": box, "atype": atype}
+
+
+def direct_devi(model_files: list[Path], frames: dict[str, np.ndarray]) -> np.ndarray:
+    """Columns 1..7 of model_devi.out, computed here from scratch."""
+    preds = [DeepPot(p, device="cpu").eval(frames["coord"], frames["box"], frames["atype"])
+             for p in model_files]
+    natoms = frames["atype"].size
+    e = np.stack([p[0][:, 0] for p in preds]) / natoms   # (nm, nf)
+    f = np.stack([p[1] for p in preds])                  # (nm, nf, natoms, 3)
+    v = np.stack([p[2] for p in preds]) / natoms         # (nm, nf, 9)
+    # force: per atom, root mean square over models of |f - <f>|
+    df = np.sqrt(np.mean(np.sum((f - f.mean(0)) ** 2, axis=-1), axis=0))  # (nf, natoms)
+    # virial: population std per component, then max / min / (2-norm)/3
+    dv = np.sqrt(np.mean((v - v.mean(0)) ** 2, axis=0))                    # (nf, 9)
+    de = np.sqrt(np.mean((e - e.mean(0)) ** 2, axis=0))
+    return np.column_stack([dv.max(1), dv.min(1), np.sqrt((dv**2).sum(1)) / 3,
+                            df.max(1), df.min(1), df.mean(1), de])
+
+
+def test_calc_model_devi_matches_direct(model_files, frames) -> None:
+    table = calc_model_devi(frames["coord"], frames["box"], frames["atype"],
+                            [DeepPot(p, device="cpu") for p in model_files], frequency=10)
+    expected = direct_devi(model_files, frames)
+    assert table.shape == (NFRAMES, 8)
+    np.testing.assert_array_equal(table[:, 0], [0, 10, 20])
+    assert expected[:, 3].min() > 1e-3  # the ensemble really disagrees
+    np.testing.assert_allclose(table[:, 1:], expected, rtol=1e-10, atol=1e-14)
+
+
+def test_output_file_format(tmp_path: Path) -> None:
+    devi = np.array([[0, 1.5e-3, 2e-4, 7.25e-4, 0.123456789, 1e-5, 0.05, 3.3e-4],
+                     [50, 1, 2, 3, 4, 5, 6, 7]], dtype=float)
+    out = tmp_path / "model_devi.out"
+    write_model_devi_out(devi, out, header="my/system")
+    lines = out.read_text().splitlines()
+    assert lines[0] == "# my/system"
+    assert lines[1] == HEADER
+    assert lines[2] == ("           0       1.500000e-03       2.000000e-04       7.250000e-04"
+                        "       1.234568e-01       1.000000e-05       5.000000e-02       3.300000e-04")
+    assert lines[3].startswith("          50       1.000000e+00")
+    assert all(len(line) == 12 + 7 * 19 for line in lines[2:])
+    np.testing.assert_allclose(np.loadtxt(out), devi, rtol=1e-6)
+    atomic = np.concatenate([devi, np.ones((2, 3))], axis=1)
+    text = format_model_devi(atomic, atomic=True).splitlines()
+    assert text[1] == HEADER + "atm_devi_f(N)      "
+    assert len(text[2]) == 12 + 10 * 19
+
+
+def test_format_identical_to_deepmd(tmp_path: Path) -> None:
+    pytest.importorskip("deepmd")
+    from deepmd.infer.model_devi import write_model_devi_out as theirs
+
+    devi = np.random.default_rng(0).uniform(0, 1, size=(4, 8))
+    devi[:, 0] = np.arange(4) * 7
+    theirs(devi, str(tmp_path / "theirs.out"), header="sys")
+    write_model_devi_out(devi, tmp_path / "ours.out", header="sys")
+    assert (tmp_path / "ours.out").read_text() == (tmp_path / "theirs.out").read_text()
+
+
+def _write_system(root: Path, swap_types: bool) -> Path:
+    """The first NFRAMES water frames as a deepmd/npy system; with ``swap_types`` the file's
+    own type_map is ``H O`` (so types must be remapped to the model's ``O H``)."""
+    sysdir = root / ("swapped" if swap_types else "plain")
+    (sysdir / "set.000").mkdir(parents=True)
+    atype = np.loadtxt(WATER / "type.raw", dtype=np.int64)
+    names = ["O", "H"]
+    if swap_types:
+        atype, names = 1 - atype, ["H", "O"]
+    np.savetxt(sysdir / "type.raw", atype, fmt="%d")
+    (sysdir / "type_map.raw").write_text("\n".join(names) + "\n")
+    for key in ("coord", "box"):
+        np.save(sysdir / "set.000" / f"{key}.npy", np.load(WATER / "set.000" / f"{key}.npy")[:NFRAMES])
+    return sysdir
+
+
+def test_cli_on_npy_systems(tmp_path: Path, model_files, frames) -> None:
+    _write_system(tmp_path / "data", swap_types=False)
+    _write_system(tmp_path / "data", swap_types=True)
+    out = tmp_path / "model_devi.out"
+    rc = main(["model-devi", "-m", *map(str, model_files), "-s", str(tmp_path / "data"),
+               "-o", str(out), "-f", "5", "--device", "cpu"])
+    assert rc == 0
+    lines = out.read_text().splitlines()
+    assert lines[0] == f"# {tmp_path / 'data' / 'plain'}"
+    assert lines[1] == HEADER
+    assert lines[2 + NFRAMES] == f"# {tmp_path / 'data' / 'swapped'}"
+    table = np.loadtxt(out)  # both blocks: comment lines are skipped
+    assert table.shape == (2 * NFRAMES, 8)
+    np.testing.assert_array_equal(table[:, 0], [0, 5, 10, 0, 5, 10])
+    expected = direct_devi(model_files, frames)
+    np.testing.assert_allclose(table[:NFRAMES, 1:], expected, rtol=2e-6)  # 7 significant digits
+    np.testing.assert_allclose(table[NFRAMES:, 1:], table[:NFRAMES, 1:], rtol=1e-12)
+
+
+def test_trajectory_input_equals_system_input(tmp_path: Path, model_files, frames) -> None:
+    traj = tmp_path / "traj.extxyz"
+    symbols = np.array(["O", "H"])[frames["atype"]]
+    write(traj, [Atoms(symbols, positions=c, cell=b.reshape(3, 3), pbc=True)
+                 for c, b in zip(frames["coord"], frames["box"])])
+    sysdir = _write_system(tmp_path, swap_types=False)
+    from_traj = make_model_devi(model_files, traj, tmp_path / "a.out", atomic=True)[0]
+    from_sys = make_model_devi(model_files, sysdir, tmp_path / "b.out", atomic=True)[0]
+    assert from_traj.shape == (NFRAMES, 8 + frames["atype"].size)
+    np.testing.assert_allclose(from_traj, from_sys, rtol=1e-10, atol=1e-14)
+
+
+def test_errors(tmp_path: Path, model_files, capsys: pytest.CaptureFixture) -> None:
+    sysdir = _write_system(tmp_path, swap_types=False)
+    rc = main(["model-devi", "-m", str(model_files[0]), "-s", str(sysdir)])
+    assert rc == 2 and "at least two models" in capsys.readouterr().err
+    rc = main(["model-devi", "-m", *map(str, model_files[:2]), "-s", str(tmp_path / "nothing")])
+    assert rc == 2
+    # a model with another type_map cannot join the ensemble
+    model, _ = load_dp_model(TINY_DP)
+    model.type_map = ["H", "O"]
+    other = tmp_path / "other.dp"
+    save_dp_model(other, model)
+    with pytest.raises(ValueError, match="type_map"):
+        make_model_devi([model_files[0], other], sysdir, tmp_path / "x.out")
+    # an element the models do not know
+    shutil.copy(sysdir / "type.raw", sysdir / "type.raw.bak")
+    (sysdir / "type_map.raw").write_text("O\nNa\n")
+    with pytest.raises(ValueError, match="Na"):
+        make_model_devi(model_files[:2], sysdir, tmp_path / "y.out")

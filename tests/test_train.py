@@ -1,0 +1,156 @@
+"""End-to-end training: lcurve, checkpoints, restart, reproducibility, crash safety, errors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from dpa1.cli.main import main
+from dpa1.io.model_file import load_checkpoint
+from dpa1.train.lcurve import read_lcurve
+
+from train_utils import WATER, water_input
+
+pytestmark = pytest.mark.skipif(not WATER.exists(), reason="shared water data not available")
+
+
+def _lcurve(path: Path) -> tuple[list[str], np.ndarray]:
+    return read_lcurve(path)
+
+
+def test_train_writes_lcurve_checkpoints_and_out_json(tmp_path):
+    inp = water_input(tmp_path, numb_steps=12, disp_freq=4, save_freq=4, max_ckpt_keep=2)
+    assert main(["train", str(inp), "-o", str(tmp_path / "run")]) == 0
+    run = tmp_path / "run"
+    lines = (run / "lcurve.out").read_text().splitlines()
+    assert lines[0].startswith("# step")
+    assert "rmse_f_val" in lines[0] and "rmse_e_trn" in lines[0]
+    names, data = _lcurve(run / "lcurve.out")
+    assert data[:, 0].tolist() == [1, 4, 8, 12]
+    assert np.all(np.isfinite(data[:, 1:]))
+    # rotation keeps the newest max_ckpt_keep files; the pointer names the last one
+    ckpts = sorted(p.name for p in run.glob("model.ckpt-*.pt"))
+    assert ckpts == ["model.ckpt-12.pt", "model.ckpt-8.pt"]
+    model, payload = load_checkpoint(run / "model.ckpt.pt")
+    assert payload["step"] == 12
+    out = json.loads((run / "out.json").read_text())
+    assert out["model"]["descriptor"]["neuron"] == [4, 8]
+    assert out["model"]["descriptor"]["smooth_type_embedding"] is False  # defaults filled
+    assert "model.ckpt-12.pt" in (run / "checkpoint").read_text()
+
+
+def test_same_seed_same_numbers(tmp_path):
+    curves = []
+    for k in range(2):
+        (tmp_path / f"r{k}").mkdir()
+        inp = water_input(tmp_path / f"r{k}", numb_steps=6, disp_freq=2)
+        assert main(["train", str(inp), "-o", str(tmp_path / f"r{k}" / "run")]) == 0
+        curves.append(_lcurve(tmp_path / f"r{k}" / "run" / "lcurve.out")[1])
+    np.testing.assert_array_equal(curves[0], curves[1])
+
+
+class _Killed(Exception):
+    pass
+
+
+def test_restart_continues_like_an_uninterrupted_run(tmp_path, monkeypatch):
+    for name in ("full", "cut"):
+        (tmp_path / name).mkdir()
+    full = water_input(tmp_path / "full", numb_steps=12, disp_freq=1, save_freq=5)
+    assert main(["train", str(full), "-o", str(tmp_path / "full" / "run")]) == 0
+
+    # The same run, killed inside step 8 (after the step-5 checkpoint). Each step draws one
+    # training batch and numb_btch = 2 validation batches from SystemSampler.next_batch.
+    cut = water_input(tmp_path / "cut", numb_steps=12, disp_freq=1, save_freq=5)
+    from dpa1.data.loader import SystemSampler
+
+    real_next = SystemSampler.next_batch
+    calls = {"n": 0}
+
+    def killed_next(self):
+        calls["n"] += 1
+        if calls["n"] == 3 * 7 + 1:
+            raise _Killed()
+        return real_next(self)
+
+    monkeypatch.setattr(SystemSampler, "next_batch", killed_next)
+    run = tmp_path / "cut" / "run"
+    with pytest.raises(_Killed):
+        main(["train", str(cut), "-o", str(run)])
+    monkeypatch.setattr(SystemSampler, "next_batch", real_next)
+    assert len(_lcurve(run / "lcurve.out")[1]) == 7  # rows 1..7 were written before the kill
+    assert main(["train", str(cut), "-o", str(run), "--restart", str(run / "model.ckpt.pt")]) == 0
+    a = _lcurve(tmp_path / "full" / "run" / "lcurve.out")[1]
+    b = _lcurve(run / "lcurve.out")[1]
+    assert a.shape == b.shape
+    np.testing.assert_allclose(b, a, rtol=1e-10, atol=0)
+    ma, _ = load_checkpoint(tmp_path / "full" / "run" / "model.ckpt.pt")
+    mb, _ = load_checkpoint(run / "model.ckpt.pt")
+    for (ka, va), (_, vb) in zip(ma.state_dict().items(), mb.state_dict().items()):
+        torch.testing.assert_close(va, vb, rtol=1e-10, atol=1e-12, msg=ka)
+
+
+def test_kill_during_save_keeps_last_checkpoint(tmp_path, monkeypatch):
+    inp = water_input(tmp_path, numb_steps=4, disp_freq=2, save_freq=2)
+    run = tmp_path / "run"
+    import dpa1.io.model_file as mf
+
+    real_save = torch.save
+    calls = {"n": 0}
+
+    def dying_save(obj, f, *a, **k):
+        calls["n"] += 1
+        if calls["n"] == 2:  # the second checkpoint: write half a file, then die
+            Path(f).write_bytes(b"PK\x03\x04 torn")
+            raise KeyboardInterrupt
+        return real_save(obj, f, *a, **k)
+
+    monkeypatch.setattr(mf.torch, "save", dying_save)
+    assert main(["train", str(inp), "-o", str(run)]) == 130
+    monkeypatch.setattr(mf.torch, "save", real_save)
+    # the torn temp file is gone and the pointer still loads the step-2 checkpoint
+    assert not list(run.glob(".*.tmp"))
+    assert not (run / "model.ckpt-4.pt").exists()
+    _, payload = load_checkpoint(run / "model.ckpt.pt")
+    assert payload["step"] == 2
+    # and training resumes from it
+    assert main(["train", str(inp), "-o", str(run), "--restart", str(run / "model.ckpt.pt")]) == 0
+    _, payload = load_checkpoint(run / "model.ckpt.pt")
+    assert payload["step"] == 4
+
+
+def test_checkpoint_loads_with_weights_only(tmp_path):
+    inp = water_input(tmp_path, numb_steps=2, disp_freq=1, save_freq=2)
+    assert main(["train", str(inp), "-o", str(tmp_path / "run")]) == 0
+    payload = torch.load(tmp_path / "run" / "model.ckpt-2.pt", weights_only=True)
+    assert payload["format"] == "dpa1-checkpoint" and payload["step"] == 2
+
+
+def test_misspelled_key_is_reported_with_path_and_suggestion(tmp_path, capsys):
+    inp = water_input(tmp_path)
+    cfg = json.loads(inp.read_text())
+    cfg["model"]["descriptor"]["nueron"] = cfg["model"]["descriptor"].pop("neuron")
+    inp.write_text(json.dumps(cfg))
+    assert main(["train", str(inp), "-o", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err
+    assert "model.descriptor.nueron" in err and "did you mean 'neuron'" in err
+    assert "Traceback" not in err
+
+
+@pytest.mark.slow
+def test_water_training_reduces_validation_force_error(tmp_path):
+    inp = water_input(tmp_path, numb_steps=150, disp_freq=150, save_freq=150,
+                      train=[str(WATER / "data_0"), str(WATER / "data_1")])
+    cfg = json.loads(inp.read_text())
+    cfg["learning_rate"].update(start_lr=2e-3, stop_lr=1e-4, decay_steps=20)
+    cfg["training"]["validation_data"]["numb_btch"] = 4
+    inp.write_text(json.dumps(cfg))
+    assert main(["train", str(inp), "-o", str(tmp_path / "run")]) == 0
+    names, data = _lcurve(tmp_path / "run" / "lcurve.out")
+    f_val = data[:, names.index("rmse_f_val")]
+    assert data[0, 0] == 1 and data[-1, 0] == 150
+    assert f_val[-1] <= 0.7 * f_val[0], f_val
