@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import copy
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import pytest
@@ -50,8 +51,8 @@ def _labelled(atoms):
 
     work = atoms.copy()
     work.calc = EMT()
-    results = dict(energy=work.get_potential_energy(), forces=work.get_forces(),
-                   stress=work.get_stress(voigt=False))
+    results = {"energy": work.get_potential_energy(), "forces": work.get_forces(),
+                   "stress": work.get_stress(voigt=False)}
     out = atoms.copy()
     out.calc = SinglePointCalculator(out, **results)
     return out

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 import numpy as np
+import pytest
 import torch
 
 from dpa1.io.config import normalize_config
@@ -26,6 +27,20 @@ SEL = 40
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 REFERENCE = SHARED / "reference"
+
+
+@pytest.fixture(autouse=True, scope="module")
+def single_thread():
+    """Run a test module on one intra-op thread (restored afterwards).
+
+    The model tests evaluate many tiny tensors; on a busy 2-core machine torch's
+    thread pool spins and slows them down by an order of magnitude. Import this
+    fixture into a test module to activate it there.
+    """
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 # === configurations ========================================================================
@@ -190,7 +205,8 @@ def params_for(model: EnergyModel, nf: int, nloc: int, seed: int = 5):
     """Random ``fparam (nf, nfp)`` / ``aparam (nf, nloc, nap)`` if the model needs them."""
     rng = np.random.default_rng(seed)
     fp = rng.normal(size=(nf, model.fitting.numb_fparam)) if model.fitting.numb_fparam else None
-    ap = rng.normal(size=(nf, nloc, model.fitting.numb_aparam)) if model.fitting.numb_aparam else None
+    nap = model.fitting.numb_aparam
+    ap = rng.normal(size=(nf, nloc, nap)) if nap else None
     return fp, ap
 
 
@@ -211,7 +227,9 @@ def evaluate(
     box_t = None
     if box is not None:
         box_t = torch.tensor(np.broadcast_to(np.asarray(box, dtype=np.float64), (nf, 3, 3)).copy())
-    fp = None if fparam is None else torch.tensor(np.broadcast_to(fparam, (nf, np.shape(fparam)[-1])).copy())
+    fp = None
+    if fparam is not None:
+        fp = torch.tensor(np.broadcast_to(fparam, (nf, np.shape(fparam)[-1])).copy())
     ap = None
     if aparam is not None:
         ap = torch.tensor(np.broadcast_to(aparam, (nf, nloc, np.shape(aparam)[-1])).copy())
@@ -230,7 +248,9 @@ def evaluate(
     return res
 
 
-def fd_forces(model, coord, atype, box=None, fparam=None, aparam=None, h: float = 1e-5) -> np.ndarray:
+def fd_forces(
+    model, coord, atype, box=None, fparam=None, aparam=None, h: float = 1e-5
+) -> np.ndarray:
     """Central finite-difference forces ``−∂E/∂x`` (all displaced frames in one batch)."""
     nloc = coord.shape[0]
     disp = np.zeros((nloc, 3, 2, nloc, 3))
@@ -244,7 +264,9 @@ def fd_forces(model, coord, atype, box=None, fparam=None, aparam=None, h: float 
     return -(e[..., 0] - e[..., 1]) / (2 * h)
 
 
-def fd_virial(model, coord, atype, box=None, fparam=None, aparam=None, h: float = 1e-5) -> np.ndarray:
+def fd_virial(
+    model, coord, atype, box=None, fparam=None, aparam=None, h: float = 1e-5
+) -> np.ndarray:
     """``V = −∂E/∂ε`` by central differences of the homogeneous strain of coords AND cell.
 
     With row vectors the deformation is ``x ← x (I + ε)``, ``H ← H (I + ε)``. Then

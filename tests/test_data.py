@@ -140,9 +140,21 @@ def test_mixed_type_names_are_mapped_in_both_layouts(tmp_path: Path) -> None:
     np.testing.assert_array_equal(DeepmdSystem(path).get_frames([0])["atype"], [[1, 0, 0, -1]])
 
 
-def test_memory_mapped_and_lazy(shared_dir: Path) -> None:
-    system = DeepmdSystem(shared_dir / "data" / "water" / "data_0")
-    assert all(isinstance(f.mm, np.memmap) for s in system.sets for f in s.files.values())
+def test_rows_read_on_demand_any_order_and_layout(tmp_path: Path) -> None:
+    """Repeated/unsorted indices, Fortran-ordered and big-endian files read correctly."""
+    rng = np.random.default_rng(2)
+    coord = rng.normal(size=(9, 6))
+    force = rng.normal(size=(9, 6))
+    path = write_system(tmp_path / "s", [0, 1], [{
+        "coord": np.asfortranarray(coord), "force": force.astype(">f8"), "energy": np.arange(9.0),
+    }], nopbc=True)
+    system = DeepmdSystem(path)
+    assert all(isinstance(f.mm, np.memmap) for f in system.sets[0].files.values())  # headers mapped only
+    idx = np.array([8, 2, 2, 3, 4, 0, 8])
+    fr = system.get_frames(idx)
+    np.testing.assert_array_equal(fr["coord"], coord[idx].reshape(-1, 2, 3))
+    np.testing.assert_array_equal(fr["force"], force[idx].reshape(-1, 2, 3))
+    np.testing.assert_array_equal(fr["energy"][:, 0], idx.astype(float))
 
 
 def test_expand_systems(tmp_path: Path, shared_dir: Path) -> None:
@@ -246,6 +258,21 @@ def test_sampler_seed_and_rank(alloy_systems) -> None:
     assert sorted(f0 + f1) == list(range(n))
     with pytest.raises(ValueError, match="rank 2 is outside"):
         SystemSampler(alloy_systems, 1, rank=2, world_size=2)
+
+
+def test_sampler_state_round_trip(alloy_systems, tmp_path: Path) -> None:
+    """A restarted sampler continues the same sequence (state saved like a checkpoint)."""
+    a = SystemSampler(alloy_systems, 2, seed=9)
+    _trace(a, 7)
+    torch.save({"sampler": a.state_dict()}, tmp_path / "ckpt.pt")
+    b = SystemSampler(alloy_systems, 2, seed=123)  # the seed no longer matters
+    b.load_state_dict(torch.load(tmp_path / "ckpt.pt", weights_only=True)["sampler"])
+    assert _trace(b, 30) == _trace(a, 30)
+    with pytest.raises(ValueError, match=r"saved for systems with nframes \[4, 3, 3, 3, 2\]"):
+        SystemSampler(alloy_systems[:4], 2).load_state_dict(a.state_dict())
+    c = SystemSampler(alloy_systems, 2, seed=9, rank=1, world_size=2)
+    with pytest.warns(UserWarning, match="sampling starts afresh"):
+        c.load_state_dict(a.state_dict())
 
 
 def test_sampler_batches_are_tensors(alloy_systems) -> None:

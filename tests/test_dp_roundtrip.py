@@ -14,9 +14,10 @@ import pytest
 from dpa1.io.dp_file import load_dp
 from dpa1.io.serialize import load_dp_model, save_dp_model
 from model_utils import REFERENCE, evaluate, make_model, make_system, params_for, small_model_config
+from model_utils import single_thread  # noqa: F401  (autouse fixture)
 
 TINY = REFERENCE / "tiny.dp"
-needs_tiny = pytest.mark.skipif(not TINY.exists(), reason="../shared/reference/tiny.dp is not available")
+needs_tiny = pytest.mark.skipif(not TINY.exists(), reason="../shared/reference/tiny.dp is absent")
 
 CONFIGS = {
     # The case: se_atten_v2 with davg ≠ 0, random dstd, out_bias and bias_atom_e.
@@ -101,8 +102,8 @@ def test_dp_round_trip_is_lossless(model, tmp_path: Path) -> None:
     # Nothing was lost on the way: statistics and biases survived (and are not trivial).
     if not model.descriptor.set_davg_zero:
         assert np.abs(loaded.descriptor.davg.numpy()).max() > 0
-    for name, t in (("davg", "descriptor.davg"), ("dstd", "descriptor.dstd"), ("out_bias", "out_bias"),
-                    ("bias", "fitting.bias_atom_e")):
+    for name, t in (("davg", "descriptor.davg"), ("dstd", "descriptor.dstd"),
+                    ("out_bias", "out_bias"), ("bias", "fitting.bias_atom_e")):
         a = model.get_buffer(t).numpy()
         b = loaded.get_buffer(t).numpy()
         assert np.array_equal(a, b) and a.dtype == b.dtype, name
@@ -181,7 +182,8 @@ def _broken_files(tmp: Path) -> dict[str, Path]:
     files["no model"] = _write_h5(tmp / "nomodel.dp", json.dumps({"software": "x"}))
     files["missing dataset"] = _write_h5(
         tmp / "missing.dp", json.dumps({"model": {"@variables": {"out_bias": "/variable_0007"}}}))
-    files["incomplete model"] = _write_h5(tmp / "incomplete.dp", json.dumps({"model": {"type": "standard"}}))
+    files["incomplete model"] = _write_h5(
+        tmp / "incomplete.dp", json.dumps({"model": {"type": "standard"}}))
     (tmp / "bad.yaml").write_text("model: [unclosed\n")
     files["bad yaml"] = tmp / "bad.yaml"
     (tmp / "scalar.yaml").write_text("just a string about a model\n")

@@ -3,13 +3,13 @@ predictions) and DeePMD-kit's ``model_devi.out`` layout."""
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from ase import Atoms
+from ase.build import molecule
 from ase.io import write
 
 from dpa1.cli.main import main
@@ -20,7 +20,6 @@ from dpa1.io.serialize import load_dp_model, save_dp_model
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 TINY_DP = SHARED / "reference" / "tiny.dp"
-WATER = SHARED / "data" / "water" / "data_0"
 NFRAMES = 3
 
 pytestmark = [
@@ -50,12 +49,29 @@ def model_files(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
     return paths
 
 
+def water_box(seed: int) -> Atoms:
+    """8 water molecules (24 atoms) in a ~6.2 Å triclinic cell, rattled."""
+    cell = np.array([[6.2, 0.0, 0.0], [0.8, 6.0, 0.0], [-0.5, 0.6, 6.4]]) * (1 + 0.01 * seed)
+    w = molecule("H2O")
+    symbols, positions = [], []
+    for i in range(2):
+        for j in range(2):
+            for k in range(2):
+                centre = ((np.array([i, j, k]) + 0.25) / 2) @ cell
+                symbols += w.get_chemical_symbols()
+                positions += list(w.positions + centre)
+    atoms = Atoms(symbols, positions=positions, cell=cell, pbc=True)
+    atoms.rattle(0.1, seed=seed)
+    return atoms
+
+
 @pytest.fixture(scope="module")
 def frames() -> dict[str, np.ndarray]:
-    coord = np.load(WATER / "set.000" / "coord.npy")[:NFRAMES].reshape(NFRAMES, -1, 3)
-    box = np.load(WATER / "set.000" / "box.npy")[:NFRAMES]
-    atype = np.loadtxt(WATER / "type.raw", dtype=np.int64)
-    return {"coord": coord, "box": box, "atype": atype}
+    """NFRAMES small water frames (kept small so that the test suite stays fast)."""
+    boxes = [water_box(seed) for seed in range(NFRAMES)]
+    return {"coord": np.stack([a.positions for a in boxes]),
+            "box": np.stack([a.cell.array.reshape(9) for a in boxes]),
+            "atype": np.where(boxes[0].numbers == 8, 0, 1)}
 
 
 def direct_devi(model_files: list[Path], frames: dict[str, np.ndarray]) -> np.ndarray:
@@ -115,25 +131,24 @@ def test_format_identical_to_deepmd(tmp_path: Path) -> None:
     assert (tmp_path / "ours.out").read_text() == (tmp_path / "theirs.out").read_text()
 
 
-def _write_system(root: Path, swap_types: bool) -> Path:
-    """The first NFRAMES water frames as a deepmd/npy system; with ``swap_types`` the file's
-    own type_map is ``H O`` (so types must be remapped to the model's ``O H``)."""
+def _write_system(root: Path, frames: dict[str, np.ndarray], swap_types: bool) -> Path:
+    """``frames`` as a deepmd/npy system; with ``swap_types`` the file's own type_map is
+    ``H O`` (so types must be remapped to the model's ``O H``)."""
     sysdir = root / ("swapped" if swap_types else "plain")
     (sysdir / "set.000").mkdir(parents=True)
-    atype = np.loadtxt(WATER / "type.raw", dtype=np.int64)
-    names = ["O", "H"]
+    atype, names = frames["atype"], ["O", "H"]
     if swap_types:
         atype, names = 1 - atype, ["H", "O"]
     np.savetxt(sysdir / "type.raw", atype, fmt="%d")
     (sysdir / "type_map.raw").write_text("\n".join(names) + "\n")
-    for key in ("coord", "box"):
-        np.save(sysdir / "set.000" / f"{key}.npy", np.load(WATER / "set.000" / f"{key}.npy")[:NFRAMES])
+    np.save(sysdir / "set.000" / "coord.npy", frames["coord"].reshape(NFRAMES, -1))
+    np.save(sysdir / "set.000" / "box.npy", frames["box"])
     return sysdir
 
 
 def test_cli_on_npy_systems(tmp_path: Path, model_files, frames) -> None:
-    _write_system(tmp_path / "data", swap_types=False)
-    _write_system(tmp_path / "data", swap_types=True)
+    _write_system(tmp_path / "data", frames, swap_types=False)
+    _write_system(tmp_path / "data", frames, swap_types=True)
     out = tmp_path / "model_devi.out"
     rc = main(["model-devi", "-m", *map(str, model_files), "-s", str(tmp_path / "data"),
                "-o", str(out), "-f", "5", "--device", "cpu"])
@@ -151,19 +166,19 @@ def test_cli_on_npy_systems(tmp_path: Path, model_files, frames) -> None:
 
 
 def test_trajectory_input_equals_system_input(tmp_path: Path, model_files, frames) -> None:
-    traj = tmp_path / "traj.extxyz"
+    traj = tmp_path / "traj.traj"  # ASE's binary format keeps float64 coordinates exactly
     symbols = np.array(["O", "H"])[frames["atype"]]
     write(traj, [Atoms(symbols, positions=c, cell=b.reshape(3, 3), pbc=True)
                  for c, b in zip(frames["coord"], frames["box"])])
-    sysdir = _write_system(tmp_path, swap_types=False)
+    sysdir = _write_system(tmp_path, frames, swap_types=False)
     from_traj = make_model_devi(model_files, traj, tmp_path / "a.out", atomic=True)[0]
     from_sys = make_model_devi(model_files, sysdir, tmp_path / "b.out", atomic=True)[0]
     assert from_traj.shape == (NFRAMES, 8 + frames["atype"].size)
-    np.testing.assert_allclose(from_traj, from_sys, rtol=1e-10, atol=1e-14)
+    np.testing.assert_allclose(from_traj, from_sys, rtol=1e-12, atol=1e-15)
 
 
-def test_errors(tmp_path: Path, model_files, capsys: pytest.CaptureFixture) -> None:
-    sysdir = _write_system(tmp_path, swap_types=False)
+def test_errors(tmp_path: Path, model_files, frames, capsys: pytest.CaptureFixture) -> None:
+    sysdir = _write_system(tmp_path, frames, swap_types=False)
     rc = main(["model-devi", "-m", str(model_files[0]), "-s", str(sysdir)])
     assert rc == 2 and "at least two models" in capsys.readouterr().err
     rc = main(["model-devi", "-m", *map(str, model_files[:2]), "-s", str(tmp_path / "nothing")])
@@ -176,7 +191,6 @@ def test_errors(tmp_path: Path, model_files, capsys: pytest.CaptureFixture) -> N
     with pytest.raises(ValueError, match="type_map"):
         make_model_devi([model_files[0], other], sysdir, tmp_path / "x.out")
     # an element the models do not know
-    shutil.copy(sysdir / "type.raw", sysdir / "type.raw.bak")
     (sysdir / "type_map.raw").write_text("O\nNa\n")
     with pytest.raises(ValueError, match="Na"):
         make_model_devi(model_files[:2], sysdir, tmp_path / "y.out")

@@ -27,8 +27,8 @@ import torch
 
 from dpa1.model.neighbor import build_extended_system, format_nlist
 from model_utils import (RCUT, evaluate, fd_forces, fd_virial, make_model, make_system,
-                         max_rel_err, params_for, random_positions, random_rotation,
-                         small_model_config)
+                         params_for, random_positions, random_rotation, small_model_config)
+from model_utils import single_thread  # noqa: F401  (autouse fixture)
 
 # name -> (descriptor overrides, fitting overrides, model-level overrides)
 CONFIGS: dict[str, tuple[dict, dict, dict]] = {
@@ -53,7 +53,8 @@ CONFIGS: dict[str, tuple[dict, dict, dict]] = {
          "use_tebd_bias": True}, {"activation_function": "silu"}, {}),
     "davg_concat_smooth": ({"set_davg_zero": False, "smooth_type_embedding": True}, {}, {}),
     "davg_concat": ({"set_davg_zero": False}, {}, {}),
-    "davg_strip_attn0": ({"set_davg_zero": False, "tebd_input_mode": "strip", "attn_layer": 0}, {}, {}),
+    "davg_strip_attn0": (
+        {"set_davg_zero": False, "tebd_input_mode": "strip", "attn_layer": 0}, {}, {}),
     "v2": ({"type": "se_atten_v2", "tebd_dim": 6, "resnet_dt": True}, {}, {}),
     "v2_one_side": ({"type": "se_atten_v2", "type_one_side": True}, {}, {}),
     "v2_float32": ({"type": "se_atten_v2", "precision": "float32"}, {"precision": "float32"}, {}),
@@ -103,7 +104,7 @@ def assert_close(actual, expected, rtol: float, what: str, atol: float = 1e-12) 
     actual, expected = np.asarray(actual), np.asarray(expected)
     err = np.abs(actual - expected).max()
     scale = np.abs(expected).max()
-    assert err <= rtol * scale + atol, f"{what}: max error {err:.3e}, scale {scale:.3e}, rtol {rtol}"
+    assert err <= rtol * scale + atol, f"{what}: error {err:.3e}, scale {scale:.3e}, rtol {rtol}"
 
 
 # === derivatives =============================================================================

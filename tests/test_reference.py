@@ -10,6 +10,7 @@ import pytest
 
 from dpa1.io.serialize import load_dp_model
 from model_utils import REFERENCE, evaluate
+from model_utils import single_thread  # noqa: F401  (autouse fixture)
 
 TOL = 1e-10
 

@@ -10,8 +10,15 @@ import pytest
 import torch
 
 from dpa1.data.loader import SystemSampler
-from dpa1.data.stats import (apply_statistics, change_energy_bias, compute_descriptor_stats,
-                             compute_energy_bias, compute_param_stats, neighbor_stat, resolve_sel)
+from dpa1.data.stats import (
+    apply_statistics,
+    change_energy_bias,
+    compute_descriptor_stats,
+    compute_energy_bias,
+    compute_param_stats,
+    neighbor_stat,
+    resolve_sel,
+)
 from dpa1.data.system import DeepmdSystem, Label
 from dpa1.model.build import build_model
 

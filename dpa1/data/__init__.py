@@ -16,7 +16,14 @@ from importlib import import_module
 from typing import Any
 
 from dpa1.data.errors import DataError
-from dpa1.data.system import DEFAULT_LABELS, LABELS, DeepmdSystem, Label, expand_systems, labels_for_model
+from dpa1.data.system import (
+    DEFAULT_LABELS,
+    LABELS,
+    DeepmdSystem,
+    Label,
+    expand_systems,
+    labels_for_model,
+)
 
 __all__ = [
     "DEFAULT_LABELS", "LABELS", "DataError", "DeepmdSystem", "Label", "SystemSampler",

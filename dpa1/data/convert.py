@@ -20,9 +20,9 @@ from __future__ import annotations
 
 import os
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional, Sequence, Union
 
 import numpy as np
 
@@ -46,15 +46,15 @@ class Frame:
 
     symbols: list[str]
     coord: np.ndarray
-    box: Optional[np.ndarray]
-    energy: Optional[float]
-    force: Optional[np.ndarray]
-    virial: Optional[np.ndarray]
+    box: np.ndarray | None
+    energy: float | None
+    force: np.ndarray | None
+    virial: np.ndarray | None
     source: str
 
 
 # === reading =============================================================================
-def read_frames(paths: Sequence[Union[str, os.PathLike]], fmt: Optional[str] = None) -> list[Frame]:
+def read_frames(paths: Sequence[str | os.PathLike], fmt: str | None = None) -> list[Frame]:
     """All frames of every file, through ``ase.io.read(path, index=":")``."""
     import ase.io
 
@@ -113,7 +113,7 @@ def frame_from_atoms(atoms, source: str = "") -> Frame:
                  box, energy, force, virial, source)
 
 
-def resolve_type_map(frames: Sequence[Frame], type_map: Optional[Sequence[str]] = None) -> list[str]:
+def resolve_type_map(frames: Sequence[Frame], type_map: Sequence[str] | None = None) -> list[str]:
     """The given ``type_map`` (checked to cover every element) or the sorted elements."""
     elements = sorted({s for f in frames for s in f.symbols})
     if type_map is None:
@@ -127,16 +127,16 @@ def resolve_type_map(frames: Sequence[Frame], type_map: Optional[Sequence[str]] 
 
 # === writing =============================================================================
 def write_system(
-    path: Union[str, os.PathLike],
+    path: str | os.PathLike,
     *,
     type_map: Sequence[str],
     atom_types: np.ndarray,
     coord: np.ndarray,
-    box: Optional[np.ndarray],
-    energy: Optional[np.ndarray] = None,
-    force: Optional[np.ndarray] = None,
-    virial: Optional[np.ndarray] = None,
-    real_atom_types: Optional[np.ndarray] = None,
+    box: np.ndarray | None,
+    energy: np.ndarray | None = None,
+    force: np.ndarray | None = None,
+    virial: np.ndarray | None = None,
+    real_atom_types: np.ndarray | None = None,
     set_size: int = DEFAULT_SET_SIZE,
 ) -> Path:
     """Write one ``deepmd/npy`` system (float64).
@@ -173,7 +173,7 @@ def write_system(
 
 
 def write_standard(
-    frames: Sequence[Frame], out_dir: Union[str, os.PathLike], type_map: Sequence[str],
+    frames: Sequence[Frame], out_dir: str | os.PathLike, type_map: Sequence[str],
     set_size: int = DEFAULT_SET_SIZE,
 ) -> list[Path]:
     """One system per (composition, periodicity), atoms sorted by type in every frame."""
@@ -203,7 +203,7 @@ def write_standard(
 
 
 def write_mixed(
-    frames: Sequence[Frame], out_dir: Union[str, os.PathLike], type_map: Sequence[str],
+    frames: Sequence[Frame], out_dir: str | os.PathLike, type_map: Sequence[str],
     set_size: int = DEFAULT_SET_SIZE,
 ) -> Path:
     """One mixed-type system: atoms sorted by type in every frame, frames padded to the
@@ -233,9 +233,9 @@ def write_mixed(
 
 
 def _stack_labels(frames: Sequence[Frame], orders: Sequence[np.ndarray], name: str,
-                  pad_to: Optional[int] = None) -> dict[str, Optional[np.ndarray]]:
+                  pad_to: int | None = None) -> dict[str, np.ndarray | None]:
     """energy/force/virial arrays of a group; a label must be on all frames or none."""
-    out: dict[str, Optional[np.ndarray]] = {}
+    out: dict[str, np.ndarray | None] = {}
     for key in ("energy", "force", "virial"):
         have = [getattr(f, key) is not None for f in frames]
         if not any(have):
@@ -261,12 +261,12 @@ def _stack_labels(frames: Sequence[Frame], orders: Sequence[np.ndarray], name: s
 
 
 def convert(
-    inputs: Sequence[Union[str, os.PathLike]],
-    output: Union[str, os.PathLike],
+    inputs: Sequence[str | os.PathLike],
+    output: str | os.PathLike,
     *,
     mixed: bool = False,
-    fmt: Optional[str] = None,
-    type_map: Optional[Sequence[str]] = None,
+    fmt: str | None = None,
+    type_map: Sequence[str] | None = None,
     set_size: int = DEFAULT_SET_SIZE,
 ) -> list[Path]:
     """Read ``inputs`` with ASE and write ``output`` (see the module docstring).

@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import math
 import warnings
-from typing import Any, Iterable, Iterator, Optional, Sequence, Union
+from collections.abc import Iterable, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -29,11 +30,11 @@ __all__ = [
     "to_torch",
 ]
 
-BatchSize = Union[int, str, Sequence[int]]
+BatchSize = int | str | Sequence[int]
 
 
 # === batch size (§1.5) ===================================================================
-def resolve_batch_sizes(batch_size: BatchSize, natoms: Sequence[int]) -> list[Optional[int]]:
+def resolve_batch_sizes(batch_size: BatchSize, natoms: Sequence[int]) -> list[int | None]:
     """Per-system batch size; ``None`` marks a system dropped by ``"filter:N"``.
 
     ``int`` = the same for all; list = one per system; ``"auto"`` = ``"auto:32"``;
@@ -65,7 +66,7 @@ def resolve_batch_sizes(batch_size: BatchSize, natoms: Sequence[int]) -> list[Op
     limit = int(value)
     if rule == "auto":
         return [-(-limit // na) for na in natoms]  # ceil: the smallest bs with bs*natoms >= N
-    sizes: list[Optional[int]] = [max(1, limit // na) for na in natoms]
+    sizes: list[int | None] = [max(1, limit // na) for na in natoms]
     if rule == "filter":
         sizes = [None if na > limit else bs for na, bs in zip(natoms, sizes)]
         if all(s is None for s in sizes):
@@ -77,7 +78,7 @@ def resolve_batch_sizes(batch_size: BatchSize, natoms: Sequence[int]) -> list[Op
 def system_probabilities(
     nbatches: Sequence[int],
     auto_prob: str = "prob_sys_size",
-    sys_probs: Optional[Sequence[float]] = None,
+    sys_probs: Sequence[float] | None = None,
 ) -> np.ndarray:
     """Probability of picking each system, ``(nsys,)``.
 
@@ -180,13 +181,13 @@ class SystemSampler:
 
     def __init__(
         self,
-        systems: Sequence[Union[str, DeepmdSystem]],
+        systems: Sequence[str | DeepmdSystem],
         batch_size: BatchSize = "auto",
         *,
-        type_map: Optional[Sequence[str]] = None,
+        type_map: Sequence[str] | None = None,
         auto_prob: str = "prob_sys_size",
-        sys_probs: Optional[Sequence[float]] = None,
-        seed: Optional[int] = None,
+        sys_probs: Sequence[float] | None = None,
+        seed: int | None = None,
         labels: Iterable[LabelRequest] = DEFAULT_LABELS,
         dtype: torch.dtype = torch.float64,
         rank: int = 0,
@@ -288,6 +289,43 @@ class SystemSampler:
             st.order = np.asarray(saved["order"].numpy(), dtype=np.int64)
             st.pos = int(saved["pos"])
 
+    # --- restarts ---------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        """Where the sampling stands (RNG states, positions in the current passes).
+
+        Only plain Python values and tensors, so a checkpoint holding it loads with
+        ``torch.load(weights_only=True)``.
+        """
+        return {
+            "nframes": [s.nframes for s in self.systems],
+            "batch_sizes": list(self.batch_sizes),
+            "rank": self.rank,
+            "world_size": self.world_size,
+            "choice_rng": self._choice_rng.bit_generator.state,
+            "streams": [stream.state_dict() for stream in self._streams],
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Continue exactly where :meth:`state_dict` was taken (same data, same batch sizes).
+
+        With another ``rank``/``world_size`` the saved positions do not apply: sampling
+        then starts afresh (with a warning).
+        """
+        now = ([s.nframes for s in self.systems], list(self.batch_sizes))
+        saved = (list(state["nframes"]), list(state["batch_sizes"]))
+        if now != saved:
+            raise ValueError(
+                f"the sampler state was saved for systems with nframes {saved[0]} and batch sizes "
+                f"{saved[1]}, but the data now give {now[0]} and {now[1]}")
+        if (state["rank"], state["world_size"]) != (self.rank, self.world_size):
+            warnings.warn(
+                f"sampler state saved on rank {state['rank']} of {state['world_size']}, restored on "
+                f"rank {self.rank} of {self.world_size}: sampling starts afresh", stacklevel=2)
+            return
+        self._choice_rng.bit_generator.state = state["choice_rng"]
+        for stream, st in zip(self._streams, state["streams"]):
+            stream.load_state_dict(st)
+
     def _load(self, sid: int, idx: np.ndarray) -> dict[str, Any]:
         frames = self.systems[sid].get_frames(idx, self.labels)
         batch = to_torch(frames, self.dtype)
@@ -310,6 +348,15 @@ class _FrameStream:
         idx = self.order[self.pos : self.pos + bs]
         self.pos += idx.size
         return idx
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"rng": self.rng.bit_generator.state, "order": torch.from_numpy(self.order.copy()),
+                "pos": self.pos}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.rng.bit_generator.state = state["rng"]
+        self.order = torch.as_tensor(state["order"]).numpy().astype(np.int64)
+        self.pos = int(state["pos"])
 
     def _new_pass(self) -> None:
         perm = self.rng.permutation(self.nframes)

@@ -12,7 +12,8 @@ model needs them, ``fparam``/``aparam`` with their ``find_`` flags.
 from __future__ import annotations
 
 import math
-from typing import Any, Iterable, Mapping, Optional, Sequence, Union
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -42,9 +43,9 @@ DSTD_ABSENT = 0.1
 
 # === neighbour statistics (§1.6) =========================================================
 def neighbor_stat(
-    systems: Sequence[Union[str, DeepmdSystem]],
+    systems: Sequence[str | DeepmdSystem],
     rcut: float,
-    type_map: Optional[Sequence[str]] = None,
+    type_map: Sequence[str] | None = None,
     *,
     chunk: int = 256,
 ) -> tuple[int, float]:
@@ -88,7 +89,7 @@ def _iter_geometry(sys_: DeepmdSystem, chunk: int):
             yield a + k, fr["coord"][k], fr["atype"][k], box
 
 
-def resolve_sel(sel: Union[int, str], max_nnei: int) -> int:
+def resolve_sel(sel: int | str, max_nnei: int) -> int:
     """``sel`` as an int: ``"auto[:f]"`` (f = 1.1) gives ``int(max_nnei*f)`` rounded up
     to a multiple of 4; an int is returned as is."""
     if isinstance(sel, (int, np.integer)) and not isinstance(sel, bool):
@@ -144,7 +145,7 @@ def _std(n: float, s: float, q: float) -> float:
         return DSTD_ABSENT
     mean = s / n
     val = math.sqrt(max(q / n - mean * mean, 0.0))
-    return DSTD_PROTECTION if val < DSTD_PROTECTION else val
+    return max(val, DSTD_PROTECTION)
 
 
 @torch.no_grad()
@@ -177,8 +178,8 @@ def _raw_env(model: torch.nn.Module, batch: Batch) -> tuple[torch.Tensor, torch.
 def compute_energy_bias(
     model: torch.nn.Module,
     batches: Iterable[Batch],
-    preset_out_bias: Optional[Mapping[str, Sequence[Any]]] = None,
-    rcond: Optional[float] = None,
+    preset_out_bias: Mapping[str, Sequence[Any]] | None = None,
+    rcond: float | None = None,
 ) -> tuple[np.ndarray, float]:
     """Per-type energy bias by least squares on real-atom counts.
 
@@ -196,7 +197,7 @@ def compute_energy_bias(
 def change_energy_bias(
     model: torch.nn.Module,
     batches: Iterable[Batch],
-    rcond: Optional[float] = None,
+    rcond: float | None = None,
 ) -> tuple[np.ndarray, float]:
     """"change-by-statistic": fit the bias to ``E_label − E_model`` and *add* it to
     ``model.out_bias``; ``out_std`` becomes the residual std (as DeePMD-kit does,
@@ -235,8 +236,8 @@ def _fit_bias(
     counts: np.ndarray,
     energy: np.ndarray,
     ntypes: int,
-    preset: Optional[Mapping[str, Sequence[Any]]],
-    rcond: Optional[float],
+    preset: Mapping[str, Sequence[Any]] | None,
+    rcond: float | None,
 ) -> tuple[np.ndarray, float]:
     counts, energy = counts.copy(), energy.copy()
     fixed = np.zeros(ntypes, dtype=bool)
@@ -269,7 +270,7 @@ def _predict_energy(model: torch.nn.Module, batch: Batch) -> np.ndarray:
     return out["energy"].detach().reshape(-1).cpu().numpy().astype(np.float64)
 
 
-def _optional(batch: Batch, key: str) -> Optional[torch.Tensor]:
+def _optional(batch: Batch, key: str) -> torch.Tensor | None:
     if key in batch and float(batch.get("find_" + key, 1.0)) > 0.0:
         return _tensor(batch[key], torch.float64)
     return None
@@ -287,7 +288,7 @@ def compute_param_stats(values: np.ndarray, protect: float = 1e-2) -> tuple[np.n
     return mean, 1.0 / std
 
 
-def _param_values(batches: Sequence[Batch], key: str, width: int) -> Optional[np.ndarray]:
+def _param_values(batches: Sequence[Batch], key: str, width: int) -> np.ndarray | None:
     rows = [_numpy(b[key]).reshape(-1, width) for b in batches
             if key in b and float(b.get("find_" + key, 1.0)) > 0.0]
     return np.concatenate(rows) if rows else None

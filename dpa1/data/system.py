@@ -17,9 +17,9 @@ from __future__ import annotations
 import glob
 import os
 import warnings
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Iterator, Optional, Sequence, Union
 
 import numpy as np
 
@@ -34,8 +34,9 @@ __all__ = [
     "labels_for_model",
 ]
 
-# Bytes read at a time by the open-time scan: memory stays flat whatever the system size.
-SCAN_CHUNK_BYTES = 4 << 20
+# Bytes read at a time (all files of a set together) by the open-time scan: memory stays
+# flat whatever the system size.
+SCAN_CHUNK_BYTES = 2 << 20
 
 
 @dataclass(frozen=True)
@@ -53,7 +54,7 @@ class Label:
     """
 
     key: str
-    ndof: Optional[int]
+    ndof: int | None
     atomic: bool = False
     default: float = 0.0
     per_atom_scalar: bool = False
@@ -73,7 +74,7 @@ LABELS: dict[str, Label] = {
 DEFAULT_LABELS: tuple[str, ...] = ("energy", "force", "virial", "atom_ener", "atom_pref")
 _KNOWN_FILES = frozenset(LABELS) | {"coord", "box", "real_atom_types"}
 
-LabelRequest = Union[str, Label]
+LabelRequest = str | Label
 
 
 def labels_for_model(numb_fparam: int = 0, numb_aparam: int = 0) -> list[Label]:
@@ -88,16 +89,21 @@ def labels_for_model(numb_fparam: int = 0, numb_aparam: int = 0) -> list[Label]:
 
 # === one .npy file ======================================================================
 class _NpyFile:
-    """One ``set.*/<key>.npy``: header read at once, data read lazily.
+    """One ``set.*/<key>.npy``: header read at once, rows read on demand.
 
     ``nframes``/``width`` describe it as a ``(nframes, width)`` table; a file of one
     frame may drop the frame axis, a per-frame scalar may be ``(nframes,)``.
+
+    The file is memory-mapped (``np.load(mmap_mode="r")``: the header is parsed, no data
+    are read), but rows are fetched with positional reads of just their bytes. Reading
+    through the mapping would leave every page a random batch touched resident in this
+    process, so the resident set would grow towards the file size over a training run;
+    positional reads keep it at the size of the batch.
     """
 
     def __init__(self, path: Path) -> None:
         self.path = path
         try:
-            # mmap_mode only parses the header and maps the file: no data are read.
             self.mm = np.load(path, mmap_mode="r", allow_pickle=False)
         except Exception as err:  # corrupt header, object arrays, truncated data
             raise DataError(f"{path}: cannot read as a NumPy array ({err})") from None
@@ -107,7 +113,7 @@ class _NpyFile:
         self.nframes = 0
         self.width = 0
 
-    def layout(self, width: Optional[int], set_nframes: Optional[int]) -> None:
+    def layout(self, width: int | None, set_nframes: int | None) -> None:
         """Decide ``(nframes, width)`` given the expected width (None = free) and, once
         known, the frame count of the set (a 1-D file is then one frame or one column)."""
         shape = self.shape
@@ -122,38 +128,31 @@ class _NpyFile:
         else:
             self.nframes, self.width = shape[0], int(np.prod(shape[1:]))
 
-    @property
-    def fortran(self) -> bool:
-        return self.mm.ndim > 1 and self.mm.flags.f_contiguous and not self.mm.flags.c_contiguous
-
     def rows(self, local: np.ndarray) -> np.ndarray:
-        """Rows ``local`` as ``(n, width)``: only these frames are read from disk."""
-        if self.mm.ndim <= 1 and self.nframes == 1:
-            return np.asarray(self.mm).reshape(1, -1)[local]
-        return np.asarray(self.mm[local]).reshape(len(local), self.width)
+        """Rows ``local`` (any order, repeats allowed) as ``(n, width)``; only these are read."""
+        mm = self.mm
+        if mm.ndim == 0 or (mm.ndim == 1 and self.nframes == 1):  # one tiny frame
+            return np.asarray(mm).reshape(1, -1)[local]
+        if mm.ndim > 1 and not mm.flags.c_contiguous:  # Fortran order: rows are scattered
+            return np.asarray(mm[local]).reshape(len(local), self.width)
+        uniq, inverse = np.unique(local, return_inverse=True)
+        out = np.empty((uniq.size, self.width), dtype=mm.dtype)
+        row_bytes = self.width * mm.dtype.itemsize
+        # consecutive frames are read in one go (sequential scans read whole chunks)
+        starts = np.flatnonzero(np.diff(uniq, prepend=-2) != 1)
+        ends = np.append(starts[1:], uniq.size)
+        with open(self.path, "rb", buffering=0) as fh:
+            for a, b in zip(starts.tolist(), ends.tolist()):
+                fh.seek(mm.offset + int(uniq[a]) * row_bytes)
+                view = memoryview(out[a:b]).cast("B")
+                if fh.readinto(view) != view.nbytes:
+                    raise DataError(f"{self.path}: file is shorter than its header says")
+        return out[inverse.reshape(-1)]
 
     def chunks(self, nframes_per_chunk: int) -> Iterator[tuple[int, np.ndarray]]:
-        """``(first_frame, rows)`` in order, read with plain file reads.
-
-        Plain reads (not the mapping) keep the scan from leaving the whole file
-        resident in this process.
-        """
-        total = self.nframes
-        if self.mm.ndim == 0 or (self.mm.ndim == 1 and total == 1):
-            yield 0, np.asarray(self.mm).reshape(1, -1)
-            return
-        if self.fortran:
-            for a in range(0, total, nframes_per_chunk):
-                b = min(total, a + nframes_per_chunk)
-                yield a, np.array(self.mm[a:b]).reshape(b - a, self.width)
-            return
-        row_bytes = self.width * self.mm.dtype.itemsize
-        with open(self.path, "rb") as fh:
-            for a in range(0, total, nframes_per_chunk):
-                b = min(total, a + nframes_per_chunk)
-                fh.seek(self.mm.offset + a * row_bytes)
-                data = np.fromfile(fh, dtype=self.mm.dtype, count=(b - a) * self.width)
-                yield a, data.reshape(b - a, self.width)
+        """``(first_frame, rows)`` of consecutive frames, in order."""
+        for a in range(0, self.nframes, nframes_per_chunk):
+            yield a, self.rows(np.arange(a, min(self.nframes, a + nframes_per_chunk)))
 
 
 @dataclass
@@ -193,8 +192,8 @@ class DeepmdSystem:
 
     def __init__(
         self,
-        path: Union[str, os.PathLike],
-        type_map: Optional[Sequence[str]] = None,
+        path: str | os.PathLike,
+        type_map: Sequence[str] | None = None,
         *,
         check_finite: bool = True,
     ) -> None:
@@ -223,14 +222,14 @@ class DeepmdSystem:
             raise DataError(
                 f"{root / 'type_map.raw'}: missing; a mixed-type system (set.*/real_atom_types.npy) "
                 "needs type_map.raw to name its types")
-        self._lookup = self._type_lookup(type_map)
+        self._lookup = self._type_lookup(type_map, file_types)
         if type_map is not None:
-            self.type_map: Optional[list[str]] = list(type_map)
+            self.type_map: list[str] | None = list(type_map)
         else:
             self.type_map = self.data_type_map
         self.ntypes = len(self.type_map) if self.type_map is not None else int(file_types.max()) + 1
         if self.mixed_type:
-            self.atom_types: Optional[np.ndarray] = None
+            self.atom_types: np.ndarray | None = None
             order_key = file_types  # a placeholder (all zeros): the order stays unchanged
         else:
             self._check_file_types(file_types)
@@ -323,7 +322,7 @@ class DeepmdSystem:
         f = self.sets[0].files.get(key)
         return 0 if f is None else f.width
 
-    def _type_lookup(self, type_map: Optional[Sequence[str]]) -> np.ndarray:
+    def _type_lookup(self, type_map: Sequence[str] | None, file_types: np.ndarray) -> np.ndarray:
         """``lookup[data_type]`` = returned type (§1.3); ``lookup[-1]`` = −1 (virtual)."""
         tm_data = self.data_type_map
         if type_map is not None and tm_data is not None:
@@ -333,13 +332,9 @@ class DeepmdSystem:
                     f"{self._root / 'type_map.raw'}: element{'s' if len(missing) > 1 else ''} "
                     f"{', '.join(missing)} not in the model type_map [{' '.join(type_map)}]")
             table = [list(type_map).index(name) for name in tm_data]
-        elif tm_data is not None:
-            table = list(range(len(tm_data)))
-        else:
-            n = len(type_map) if type_map is not None else None
-            table = list(range(n)) if n is not None else None
-        if table is None:  # no names anywhere: indices pass through unchanged
-            return np.arange(-1, 0)  # replaced below once the largest index is known
+        else:  # no names on one side: indices pass through unchanged
+            n = len(tm_data or type_map or []) or int(file_types.max()) + 1
+            table = list(range(n))
         return np.array(table + [-1], dtype=np.int64)  # index −1 reads the last entry
 
     def _check_file_types(self, file_types: np.ndarray) -> None:
@@ -356,15 +351,12 @@ class DeepmdSystem:
                 raise DataError(
                     f"{tr}: atom {k} has type {top}, outside type_map.raw "
                     f"({len(self.data_type_map)} elements: {' '.join(self.data_type_map)})")
-        elif self.type_map is not None:
-            if top >= len(self.type_map):
-                k = int(np.flatnonzero(file_types == top)[0])
-                raise DataError(
-                    f"{tr}: atom {k} has type {top}, but the model type_map has only "
-                    f"{len(self.type_map)} types ({' '.join(self.type_map)}) and there is no "
-                    "type_map.raw to translate it")
-        if self._lookup.size == 0:
-            self._lookup = np.array(list(range(top + 1)) + [-1], dtype=np.int64)
+        elif self.type_map is not None and top >= len(self.type_map):
+            k = int(np.flatnonzero(file_types == top)[0])
+            raise DataError(
+                f"{tr}: atom {k} has type {top}, but the model type_map has only "
+                f"{len(self.type_map)} types ({' '.join(self.type_map)}) and there is no "
+                "type_map.raw to translate it")
 
     # --- the open-time scan -----------------------------------------------------------
     def _scan(self, check_finite: bool) -> None:
@@ -375,7 +367,7 @@ class DeepmdSystem:
         start = 0
         for s in self.sets:
             keys = [k for k in s.files if k == "real_atom_types" or check_finite]
-            row_bytes = max(s.files[k].width * s.files[k].mm.dtype.itemsize for k in keys)
+            row_bytes = sum(s.files[k].width * s.files[k].mm.dtype.itemsize for k in keys)
             chunk = max(1, SCAN_CHUNK_BYTES // max(1, row_bytes))
             warned = False
             readers = {k: s.files[k].chunks(chunk) for k in keys}
@@ -431,8 +423,8 @@ class DeepmdSystem:
 
     def get_frames(
         self,
-        idx: Union[np.ndarray, Sequence[int]],
-        labels: Optional[Iterable[LabelRequest]] = None,
+        idx: np.ndarray | Sequence[int],
+        labels: Iterable[LabelRequest] | None = None,
         dtype: np.dtype = np.float64,
     ) -> dict[str, np.ndarray]:
         """Read frames ``idx`` (indices over all sets, in set order).
@@ -551,7 +543,7 @@ def _is_int(word: str) -> bool:
         return False
 
 
-def _read_type_map_raw(root: Path) -> Optional[list[str]]:
+def _read_type_map_raw(root: Path) -> list[str] | None:
     path = root / "type_map.raw"
     if not path.is_file():
         return None
@@ -565,8 +557,8 @@ def _read_type_map_raw(root: Path) -> Optional[list[str]]:
 
 # === system lists =======================================================================
 def expand_systems(
-    systems: Union[str, os.PathLike, Sequence[Union[str, os.PathLike]]],
-    rglob_patterns: Optional[Sequence[str]] = None,
+    systems: str | os.PathLike | Sequence[str | os.PathLike],
+    rglob_patterns: Sequence[str] | None = None,
 ) -> list[str]:
     """The system directories named by a ``training_data.systems`` value.
 
@@ -598,7 +590,7 @@ def expand_systems(
     return result
 
 
-def _search(root: Path, patterns: Optional[Sequence[str]]) -> list[str]:
+def _search(root: Path, patterns: Sequence[str] | None) -> list[str]:
     if patterns is None:
         hits = [p.parent for p in root.rglob("type.raw")]
         if (root / "type.raw").is_file():

@@ -187,8 +187,9 @@ def write_model_devi_out(
 
 # === systems ================================================================================
 class Frames(NamedTuple):
-    """Frames sharing one atom list: ``coord (nf, natoms, 3)``, ``box (nf, 3, 3) | None``,
-    ``atype (natoms,)`` model type indices, optional ``fparam``/``aparam``."""
+    """A batch of frames with one atom count: ``coord (nf, natoms, 3)``, ``box (nf, 3, 3)``
+    or None, ``atype (natoms,)`` or ``(nf, natoms)`` model type indices (−1 = virtual atom),
+    optional ``fparam (nf, nfp)`` / ``aparam (nf, natoms, nap)``."""
 
     coord: np.ndarray
     box: Optional[np.ndarray]
@@ -197,62 +198,34 @@ class Frames(NamedTuple):
     aparam: Optional[np.ndarray] = None
 
 
-def find_npy_systems(path: Union[str, os.PathLike]) -> list[Path]:
-    """``path`` itself if it holds ``type.raw``, else every directory below it that does
-    (sorted), like DeePMD-kit's ``expand_sys_str``."""
-    path = Path(path)
-    if (path / "type.raw").is_file():
-        return [path]
-    return sorted(p.parent for p in path.rglob("type.raw"))
-
-
 def read_npy_system(
-    path: Union[str, os.PathLike], type_map: Sequence[str], dim_fparam: int = 0, dim_aparam: int = 0,
+    path: Union[str, os.PathLike], type_map: Sequence[str], dim_fparam: int = 0,
+    dim_aparam: int = 0, chunk: int = 64,
 ) -> Iterator[Frames]:
-    """Frames of a ``deepmd/npy`` system, one :class:`Frames` per ``set.*`` directory
-    (per frame for ``mixed_type`` sets, whose atom types change from frame to frame).
+    """Frames of a ``deepmd/npy`` system (standard or mixed-type), ``chunk`` at a time, in
+    the atom order of the files (as ``dp model-devi``, which reads with ``sort_atoms=False``).
 
-    Types are remapped through ``type_map.raw`` to the model's ``type_map``; a ``nopbc``
-    marker file means no cell. Only what evaluation needs is read (no labels).
+    Types are translated by name through ``type_map.raw`` to the model's ``type_map``
+    (see :class:`dpa1.data.system.DeepmdSystem`); a ``nopbc`` marker means no cell.
     """
-    path = Path(path)
-    atype = np.loadtxt(path / "type.raw", dtype=np.int64, ndmin=1)
-    tmap_file = path / "type_map.raw"
-    names = tmap_file.read_text().split() if tmap_file.is_file() else None
-    lookup = {name: k for k, name in enumerate(type_map)}
+    from dpa1.data.system import DeepmdSystem, Label
 
-    def remap(t: np.ndarray) -> np.ndarray:
-        if names is None:
-            if t.size and t.max() >= len(type_map):
-                raise ValueError(f"{path}: atom type {int(t.max())} but the model has "
-                                 f"{len(type_map)} types and there is no type_map.raw")
-            return t
-        unknown = sorted({names[i] for i in np.unique(t[t >= 0])} - set(lookup))
-        if unknown:
-            raise ValueError(f"{path}: element(s) {unknown} not in the model's type_map "
-                             f"{list(type_map)}")
-        table = np.array([lookup.get(n, -1) for n in names], dtype=np.int64)
-        return np.where(t >= 0, table[np.clip(t, 0, None)], -1)
-
-    nopbc = (path / "nopbc").is_file()
-    sets = sorted(p for p in path.glob("set.*") if p.is_dir())
-    if not sets:
-        raise ValueError(f"{path}: no set.* directories")
-    for s in sets:
-        coord = np.load(s / "coord.npy").astype(np.float64)
-        nf = coord.shape[0]
-        coord = coord.reshape(nf, -1, 3)
-        box = None if nopbc else np.load(s / "box.npy").astype(np.float64).reshape(nf, 3, 3)
-        fp = np.load(s / "fparam.npy").reshape(nf, dim_fparam) if dim_fparam else None
-        ap = np.load(s / "aparam.npy").reshape(nf, coord.shape[1], dim_aparam) if dim_aparam else None
-        real = s / "real_atom_types.npy"
-        if real.is_file():  # mixed_type: per-frame types; evaluate frame by frame
-            types = remap(np.load(real).astype(np.int64).reshape(nf, -1))
-            for f in range(nf):
-                yield Frames(coord[f:f + 1], None if box is None else box[f:f + 1], types[f],
-                             None if fp is None else fp[f:f + 1], None if ap is None else ap[f:f + 1])
-        else:
-            yield Frames(coord, box, remap(atype), fp, ap)
+    system = DeepmdSystem(path, type_map)
+    labels = []
+    if dim_fparam:
+        labels.append(Label("fparam", dim_fparam))
+    if dim_aparam:
+        labels.append(Label("aparam", dim_aparam, atomic=True))
+    for start in range(0, system.nframes, chunk):
+        data = system.get_frames(np.arange(start, min(start + chunk, system.nframes)), labels)
+        for label in labels:
+            if not data[f"find_{label.key}"]:
+                raise ValueError(f"{path}: the models need {label.key}, but "
+                                 f"set.*/{label.key}.npy is missing")
+        ap = data.get("aparam")
+        yield Frames(system.to_file_order(data["coord"]), data.get("box"),
+                     system.to_file_order(data["atype"]), data.get("fparam"),
+                     None if ap is None else system.to_file_order(ap))
 
 
 def read_ase_frames(path: Union[str, os.PathLike], type_map: Sequence[str]) -> Iterator[Frames]:
@@ -304,9 +277,9 @@ def make_model_devi(
     if not system.exists():
         raise FileNotFoundError(f"{system}: no such system or trajectory")
     if system.is_dir():
-        paths = find_npy_systems(system)
-        if not paths:
-            raise ValueError(f"{system}: no deepmd/npy system (no type.raw found below it)")
+        from dpa1.data.system import expand_systems
+
+        paths = expand_systems(system)  # the directory itself and/or systems below it
         sources = [(str(p), read_npy_system(p, tmap, first.get_dim_fparam(),
                                             first.get_dim_aparam())) for p in paths]
     else:
@@ -318,7 +291,7 @@ def make_model_devi(
     for name, frames in sources:
         blocks = []
         for fr in frames:
-            natoms = fr.atype.shape[0]
+            natoms = fr.atype.shape[-1]
             preds = [dp.eval(fr.coord, fr.box, fr.atype, fparam=fr.fparam, aparam=fr.aparam)
                      for dp in dps]
             es, fs, vs = (np.stack([p[k] for p in preds]) for k in range(3))
@@ -337,4 +310,4 @@ def make_model_devi(
 
 __all__ = ["COLUMNS", "calc_model_devi", "calc_model_devi_e", "calc_model_devi_f",
            "calc_model_devi_v", "devi_from_predictions", "format_model_devi", "make_model_devi",
-           "write_model_devi_out", "read_npy_system", "read_ase_frames", "find_npy_systems"]
+           "write_model_devi_out", "read_npy_system", "read_ase_frames"]

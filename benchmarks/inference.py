@@ -1,0 +1,305 @@
+"""Inference benchmark (not a test): energy + force + virial of liquid water.
+
+Times one evaluation (neighbour list included) of the example model (float64, float32)
+and of its ``attn_layer 0`` variant at 192 / 1,536 / 12,288 / 98,304 atoms (the 192-atom
+cell replicated n×n×n), ours and DeePMD-kit's side by side (interleaved, best of N) with
+the same weights, and the peak memory of each (``ru_maxrss`` of a fresh child process
+that evaluates once). Before timing, ours and DeePMD's outputs are compared.
+
+- ours: ``dpa1.infer.deep_pot.DeepPot(model).eval(coord, cell, atype)``;
+- DeePMD: ``deepmd.infer.DeepPot`` on the same model frozen with ``torch.jit.script``
+  (``.pth``), and DeePMD's eager ``EnergyModel.forward``; ratios use the faster one.
+
+Where a whole-system evaluation of ours would not fit in memory (projected from the
+1,536-atom run), the large sizes are evaluated centre-chunk by centre-chunk through
+``forward_lower`` instead ("ours (chunked)": same results, memory bounded by the chunk).
+
+Usage::
+
+    python benchmarks/inference.py [--quick] [--sizes 192,1536,12288,98304] [--no-mem]
+    /tmp/dpvenv/bin/python benchmarks/inference.py   # with DeePMD-kit importable
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import common  # sets the threads before torch is imported
+import numpy as np
+import torch
+
+SCRIPT = Path(__file__).resolve()
+
+
+# === the evaluators ========================================================================
+def chunked_eval(model, coord: np.ndarray, box: np.ndarray, atype: np.ndarray, chunk: int):
+    """Whole-system ``e, f, v`` from ``forward_lower`` on chunks of centre atoms.
+
+    Each chunk gets its own small extended system (its centres first, then the neighbours
+    they need), so memory is bounded by the chunk, not by the system.
+    """
+    from dpa1.model.neighbor import build_extended_system
+
+    c = torch.as_tensor(coord, dtype=torch.float64)
+    t = torch.as_tensor(atype, dtype=torch.long).reshape(1, -1)
+    b = torch.as_tensor(box, dtype=torch.float64).reshape(1, 3, 3)
+    ext_coord, ext_atype, mapping, nlist = build_extended_system(c, t, b, model.rcut, model.nnei)
+    nloc, nall = nlist.shape[1], ext_coord.shape[1]
+    energy = torch.zeros(1, 1, dtype=torch.float64)
+    virial = torch.zeros(1, 9, dtype=torch.float64)
+    force = torch.zeros(nloc, 3, dtype=torch.float64)
+    inv = torch.full((nall,), -1, dtype=torch.long)
+    for s in range(0, nloc, chunk):
+        e = min(s + chunk, nloc)
+        nl = nlist[0, s:e]
+        nb = torch.unique(nl[nl >= 0])
+        others = nb[(nb < s) | (nb >= e)]
+        sel = torch.cat([torch.arange(s, e), others])
+        inv[sel] = torch.arange(sel.numel())
+        nl2 = torch.where(nl >= 0, inv[nl.clamp(min=0)], -1)
+        # forward_lower folds forces with ``mapping`` into its own centres only: give it a
+        # dummy one and fold the extended forces here.
+        out = model.forward_lower(ext_coord[:, sel], ext_atype[:, sel], nl2[None],
+                                  torch.zeros(1, sel.numel(), dtype=torch.long))
+        energy += out["energy"].detach()
+        virial += out["virial"].detach()
+        force.index_add_(0, mapping[0, sel], out["extended_force"][0].detach())
+        inv[sel] = -1
+    return energy.numpy(), force[None].numpy(), virial.numpy()
+
+
+def make_evaluators(variant: str, natoms: int, impls: list[str], chunk: int, tmpdir: str):
+    """``{name: () -> (e, f, v)}`` for the requested implementations."""
+    w = common.water_frame(common.rep_for(natoms))
+    coord, box, atype = w["coord"], w["box"], w["atype"]
+    model = common.build_ours(**common.VARIANTS[variant])
+    fns = {}
+    if "ours" in impls:
+        from dpa1.infer.deep_pot import DeepPot
+
+        dp = DeepPot(model, device="cpu")
+        fns["ours"] = lambda: dp.eval(coord, box, atype)
+    if "ours_chunked" in impls:
+        model.eval()
+        fns["ours_chunked"] = lambda: chunked_eval(model, coord, box, atype, chunk)
+    if "dp_pth" in impls or "dp_eager" in impls:
+        dpm = common.to_deepmd(model).eval()
+        if "dp_pth" in impls:
+            from deepmd.infer import DeepPot as DPDeepPot
+
+            path = os.path.join(tmpdir, f"{variant}.pth")
+            torch.jit.save(torch.jit.script(dpm), path)
+            ddp = DPDeepPot(path)
+            fns["dp_pth"] = lambda: ddp.eval(coord, box, atype)
+        if "dp_eager" in impls:
+            ct = torch.from_numpy(coord)
+            bt = torch.from_numpy(box).reshape(1, 3, 3)
+            tt = torch.from_numpy(atype).reshape(1, -1)
+
+            def dp_eager():
+                out = dpm(ct, tt, box=bt)
+                return (out["energy"].detach().numpy(), out["force"].detach().numpy(),
+                        out["virial"].detach().numpy().reshape(1, 9))
+
+            fns["dp_eager"] = dp_eager
+    return fns
+
+
+def parity(results: dict) -> dict:
+    """Max abs differences of every evaluator's e/f/v from the first one."""
+    names = list(results)
+    ref = results[names[0]]
+    out = {}
+    for n in names[1:]:
+        e, f, v = (np.asarray(x, dtype=np.float64) for x in results[n])
+        out[n] = {"e": float(np.abs(e.reshape(-1) - np.asarray(ref[0]).reshape(-1)).max()),
+                  "f": float(np.abs(f.reshape(-1) - np.asarray(ref[1]).reshape(-1)).max()),
+                  "v": float(np.abs(v.reshape(-1) - np.asarray(ref[2]).reshape(-1)).max()),
+                  "e_ref": float(np.asarray(ref[0]).reshape(-1)[0])}
+    return out
+
+
+# === workers ===============================================================================
+def worker(argv: list[str]) -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("mode", choices=["time", "mem"])
+    p.add_argument("variant")
+    p.add_argument("natoms", type=int)
+    p.add_argument("impls")
+    p.add_argument("--repeat", type=int, default=5)
+    p.add_argument("--budget", type=float, default=60.0)
+    p.add_argument("--chunk", type=int, default=1536)
+    p.add_argument("--mem-cap-gb", type=float, default=0.0)
+    a = p.parse_args(argv)
+    if a.mem_cap_gb > 0:
+        common.limit_memory(a.mem_cap_gb)
+    impls = a.impls.split(",")
+    with tempfile.TemporaryDirectory() as tmp:
+        fns = make_evaluators(a.variant, a.natoms, impls, a.chunk, tmp)
+        if a.mode == "mem":
+            (fn,) = fns.values()
+            base = common.rss_gb()
+            t0 = time.perf_counter()
+            fn()
+            common.emit({"peak_gb": common.peak_rss_gb(), "base_gb": base,
+                         "first_s": time.perf_counter() - t0})
+            return
+        results = {k: fn() for k, fn in fns.items()}  # also the warm-up round
+        par = parity(results) if len(results) > 1 else {}
+        times = common.interleaved(fns, repeat=a.repeat, warmup=0, budget_s=a.budget)
+        common.emit({"times": times, "parity": par, "load": os.getloadavg()[0]})
+
+
+# === driver ================================================================================
+LABEL = {"ours": "ours (DeepPot)", "ours_chunked": "ours (chunked)",
+         "dp_pth": "DeePMD DeepPot(.pth)", "dp_eager": "DeePMD eager"}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="fewer repeats; no 98,304 atoms")
+    ap.add_argument("--sizes", default=None, help="comma list (192·n³); default 192,1536,12288,98304")
+    ap.add_argument("--variants", default="float64,float32,attn0")
+    ap.add_argument("--large-variants", default="attn0,float64",
+                    help="variants also run above --small-max atoms (scaling)")
+    ap.add_argument("--small-max", type=int, default=1536)
+    ap.add_argument("--deepmd-max-atoms", type=int, default=1536,
+                    help="largest size DeePMD runs at (its O(N²) neighbour search needs 23.6 GB at 5,184)")
+    ap.add_argument("--chunk", type=int, default=1536, help="centre atoms per chunk for 'ours (chunked)'")
+    ap.add_argument("--repeat", type=int, default=None)
+    ap.add_argument("--no-mem", action="store_true", help="skip the peak-memory children")
+    ap.add_argument("--mem-cap-gb", type=float, default=None,
+                    help="address-space cap of each child (default: 80%% of MemAvailable, ≤ 20 GB)")
+    a = ap.parse_args()
+    sizes = [int(s) for s in (a.sizes or ("192,1536,12288" if a.quick else "192,1536,12288,98304")).split(",")]
+    repeat = a.repeat or (3 if a.quick else 7)
+    variants = a.variants.split(",")
+    large = set(a.large_variants.split(","))
+    if a.quick:  # keep --quick under ~3 min: float64/float32 at 192, scaling with attn0
+        large = {"attn0"} & large
+    cap = a.mem_cap_gb or min(20.0, 0.8 * common.available_gb())
+    dp_ok = common.have_deepmd()
+    common.print_machine()
+    print(f"# DeePMD side by side: {'yes' if dp_ok else 'no (reference numbers from the issue)'}; "
+          f"repeat {repeat}, memory cap per child {cap:.1f} GB")
+    t_start = time.perf_counter()
+
+    rows, par_rows = [], []
+    summary: dict = {}
+    for variant in variants:
+        mem_ours: dict[int, float] = {}
+        for n in sizes:
+            if n > a.small_max and variant not in large:
+                continue
+            if a.quick and variant != "attn0" and n > 192:
+                continue
+            impls = ["ours"]
+            # Projected whole-system memory of ours; chunk if it would not fit.
+            smaller = [m for m in mem_ours if m < n]
+            if smaller:
+                m0 = max(smaller)
+                proj = mem_ours[m0] * n / m0
+                if proj > min(cap, common.TARGETS["mem_12288_gb"] * 4):
+                    impls = ["ours_chunked"]
+            if dp_ok and n <= a.deepmd_max_atoms:
+                impls += ["dp_pth", "dp_eager"]
+            budget = 30.0 if a.quick else 120.0
+            timeout = 600.0 if n <= 12288 else 1800.0
+            r = common.run_child(SCRIPT, ["time", variant, str(n), ",".join(impls), "--repeat", str(repeat),
+                                          "--budget", str(budget), "--chunk", str(a.chunk),
+                                          "--mem-cap-gb", f"{cap:.2f}"], timeout)
+            mem = {}
+            if not a.no_mem:
+                for impl in impls:
+                    if impl == "dp_eager":
+                        continue
+                    m = common.run_child(SCRIPT, ["mem", variant, str(n), impl, "--chunk", str(a.chunk),
+                                                  "--mem-cap-gb", f"{cap:.2f}"], timeout)
+                    mem[impl] = m
+                    if impl == "ours" and "peak_gb" in m:
+                        mem_ours[n] = m["peak_gb"] - m["base_gb"]
+            if "error" in r:
+                rows.append([variant, n, "ours", f"error: {r['error']}"] + [None] * 5)
+                continue
+            t = r["times"]
+            ours_key = impls[0]
+            ours_s = t[ours_key]["best"]
+            dp_best = min((t[k]["best"] for k in ("dp_pth", "dp_eager") if k in t), default=None)
+            ref = None
+            if dp_best is None:
+                if n == 192 and variant in common.REFERENCE["infer_192_s"]:
+                    ref = common.REFERENCE["infer_192_s"][variant]
+                elif variant == "attn0" and n in common.REFERENCE["attn0_scaling"]:
+                    ref = common.REFERENCE["attn0_scaling"][n][0] * n / 1e3
+            for impl in impls:
+                ti = t[impl]
+                mi = mem.get(impl, {})
+                peak = mi.get("peak_gb")
+                if impl == "dp_eager":
+                    peak = None
+                rows.append([variant, n, LABEL[impl], ti["best"], ti["median"], ti["n"],
+                             1e3 * ti["best"] / n, peak if peak is not None else mi.get("error"),
+                             common.ratio(dp_best, ours_s) if impl == ours_key and dp_best else None])
+            if ref is not None:
+                rp = common.REFERENCE["attn0_scaling"].get(n, (None, None))[1] if variant == "attn0" else None
+                rows.append([variant, n, "DeePMD reference (issue)", ref, None, None, 1e3 * ref / n, rp,
+                             None])
+                rows[-1 - len(impls)][-1] = f"{ref / ours_s:.2f} (vs issue)"
+            summary[(variant, n)] = {"ours_s": ours_s, "dp_s": dp_best, "ref_s": ref,
+                                     "ours_peak": mem.get(ours_key, {}).get("peak_gb"), "load": r.get("load")}
+            for k, p in r.get("parity", {}).items():
+                par_rows.append([variant, n, f"{LABEL[k]} − ours", p["e_ref"], p["e"], p["e"] / abs(p["e_ref"]),
+                                 p["f"], p["v"]])
+            print(f"# done {variant} {n} ({time.perf_counter() - t_start:.0f} s, load {r.get('load', 0):.1f})",
+                  file=sys.stderr, flush=True)
+
+    print("\n## Inference: energy + force + virial, batch 1 (seconds per evaluation)\n")
+    print(common.table(["variant", "atoms", "implementation", "best s", "median s", "n", "ms/atom",
+                        "peak RSS GB", "DeePMD/ours"], rows))
+    if par_rows:
+        print("\n## Parity, same weights (max abs difference; energies in eV, forces eV/Å, virial eV)\n")
+        print(common.table(["variant", "atoms", "pair", "E (ours)", "|ΔE|", "|ΔE|/|E|", "max|ΔF|", "max|ΔV|"],
+                           par_rows))
+    # === targets ===
+    print("\n## Targets\n")
+    trows = []
+    for variant, need in (("float64", common.TARGETS["infer_f64"]), ("float32", common.TARGETS["infer_f32"])):
+        s = summary.get((variant, 192))
+        if s:
+            base = s["dp_s"] or s["ref_s"]
+            got = common.ratio(base, s["ours_s"])
+            src = "measured" if s["dp_s"] else "issue"
+            trows.append([f"192-atom {variant} speed-up vs DeePMD ({src})", f"≥ {need}×", f"{got:.2f}×",
+                          "yes" if got >= need else "NO"])
+    for variant in ("attn0", "float64"):
+        s0 = summary.get((variant, 192))
+        for n in (12288, 98304):
+            s = summary.get((variant, n))
+            if s0 and s:
+                q = (s["ours_s"] / n) / (s0["ours_s"] / 192)
+                trows.append([f"{variant}: ms/atom at {n} / at 192", f"≤ {common.TARGETS['linear']}",
+                              f"{q:.2f}", "yes" if q <= common.TARGETS["linear"] else "NO"])
+        s = summary.get((variant, 12288))
+        if s:
+            pk = s["ours_peak"]
+            trows.append([f"{variant}: peak memory at 12,288 atoms", f"≤ {common.TARGETS['mem_12288_gb']} GB",
+                          "–" if pk is None else f"{pk:.2f} GB",
+                          "–" if pk is None else ("yes" if pk <= common.TARGETS["mem_12288_gb"] else "NO")])
+    print(common.table(["target", "goal", "measured", "met"], trows))
+    print("\nNotes: 'ours (chunked)' is forward_lower on chunks of centre atoms (benchmark code), used "
+          "where a whole-system run of ours was projected not to fit; its peak memory is that of the "
+          "chunked run. Ratios use the faster DeePMD path. Peak RSS includes the interpreter and "
+          "torch (~0.25–0.5 GB).")
+    print(f"# total {time.perf_counter() - t_start:.0f} s", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    if len(sys.argv) > 1 and sys.argv[1] == "--worker":
+        worker(sys.argv[2:])
+    else:
+        main()
