@@ -51,8 +51,11 @@ def _labelled(atoms):
 
     work = atoms.copy()
     work.calc = EMT()
-    results = {"energy": work.get_potential_energy(), "forces": work.get_forces(),
-                   "stress": work.get_stress(voigt=False)}
+    results = {
+        "energy": work.get_potential_energy(),
+        "forces": work.get_forces(),
+        "stress": work.get_stress(voigt=False),
+    }
     out = atoms.copy()
     out.calc = SinglePointCalculator(out, **results)
     return out
@@ -89,8 +92,11 @@ def make_alloy_frames() -> list:
     base = bulk("Ni", "fcc", a=3.65, cubic=True) * (2, 2, 2)
     del base[5]
     base = substitute(base, {"Au": 6, "Cu": 5})
-    for eps in (np.diag([0.02, 0.02, 0.02]), [[0, 0.03, 0], [0.03, 0, 0], [0, 0, -0.01]],
-                np.diag([-0.02, 0.01, 0.0])):
+    for eps in (
+        np.diag([0.02, 0.02, 0.02]),
+        [[0, 0.03, 0], [0.03, 0, 0], [0, 0, -0.01]],
+        np.diag([-0.02, 0.01, 0.0]),
+    ):
         at = base.copy()
         at.set_cell(base.cell[:] @ (np.eye(3) + np.asarray(eps)), scale_atoms=True)
         at.rattle(0.03, seed=11)
@@ -135,8 +141,14 @@ def alloy(tmp_path_factory: pytest.TempPathFactory) -> AlloyData:
     frames = ase.io.read(extxyz, index=":")  # what every layout is made from
     standard = convert([extxyz], root / "standard", type_map=ALLOY_TYPE_MAP)
     (mixed,) = convert([extxyz], root / "mixed", mixed=True, type_map=ALLOY_TYPE_MAP)
-    return AlloyData(ALLOY_TYPE_MAP, extxyz, [str(p) for p in standard], str(mixed),
-                     _dpdata_mixed(frames, root / "dpdata_mixed"), frames)
+    return AlloyData(
+        ALLOY_TYPE_MAP,
+        extxyz,
+        [str(p) for p in standard],
+        str(mixed),
+        _dpdata_mixed(frames, root / "dpdata_mixed"),
+        frames,
+    )
 
 
 def _dpdata_mixed(frames: list, out: Path) -> list[str]:
@@ -158,8 +170,18 @@ def _dpdata_mixed(frames: list, out: Path) -> list[str]:
 _TINY: dict[str, Any] = {
     "model": {
         "type_map": [],
-        "descriptor": {"type": "dpa1", "sel": 40, "rcut": 4.0, "rcut_smth": 0.5, "neuron": [4, 8],
-                       "axis_neuron": 2, "attn": 8, "attn_layer": 1, "tebd_dim": 4, "seed": 1},
+        "descriptor": {
+            "type": "dpa1",
+            "sel": 40,
+            "rcut": 4.0,
+            "rcut_smth": 0.5,
+            "neuron": [4, 8],
+            "axis_neuron": 2,
+            "attn": 8,
+            "attn_layer": 1,
+            "tebd_dim": 4,
+            "seed": 1,
+        },
         "fitting_net": {"neuron": [8, 8], "seed": 1},
     },
     "learning_rate": {"type": "exp", "start_lr": 1e-3, "stop_lr": 1e-8, "decay_steps": 100},
@@ -173,7 +195,9 @@ def tiny_model_config() -> Callable[..., dict[str, Any]]:
     """``make(type_map, model=None, **descriptor)`` → normalised ``model`` section."""
     from dpa1.io.config import normalize_config
 
-    def make(type_map: list[str], model: dict[str, Any] | None = None, **descriptor: Any) -> dict[str, Any]:
+    def make(
+        type_map: list[str], model: dict[str, Any] | None = None, **descriptor: Any
+    ) -> dict[str, Any]:
         cfg = copy.deepcopy(_TINY)
         cfg["model"]["type_map"] = list(type_map)
         cfg["model"]["descriptor"].update(descriptor)

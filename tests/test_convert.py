@@ -31,7 +31,9 @@ def test_standard_layout_one_system_per_composition(alloy) -> None:
         assert s.type_map == alloy.type_map and s.labels == ["energy", "force", "virial"]
         fr = s.get_frames(np.arange(s.nframes))
         for k in range(s.nframes):
-            by_energy[float(fr["energy"][k, 0])] = {key: fr[key][k] for key in ("atype", "coord", "force", "virial", "box")}
+            by_energy[float(fr["energy"][k, 0])] = {
+                key: fr[key][k] for key in ("atype", "coord", "force", "virial", "box")
+            }
     assert len(by_energy) == 15
     for atoms in alloy.frames:
         got = by_energy[atoms.get_potential_energy()]
@@ -50,7 +52,9 @@ def test_mixed_layout_pads_with_virtual_atoms(alloy) -> None:
     for k, atoms in enumerate(alloy.frames):  # one system: the input order is kept
         n = len(atoms)
         types, coord, force, virial = _frame_arrays(atoms, alloy.type_map)
-        np.testing.assert_array_equal(fr["atype"][k], np.concatenate([types, -np.ones(32 - n, int)]))
+        np.testing.assert_array_equal(
+            fr["atype"][k], np.concatenate([types, -np.ones(32 - n, int)])
+        )
         np.testing.assert_array_equal(fr["coord"][k, :n], coord)
         np.testing.assert_array_equal(fr["force"][k, n:], 0.0)
         np.testing.assert_array_equal(fr["force"][k, :n], force)
@@ -91,11 +95,15 @@ def test_ase_db_and_default_type_map(alloy, tmp_path: Path) -> None:
     s = DeepmdSystem(path)
     assert path.name == "Ag8Au8" and s.type_map == ["Ag", "Au"]  # sorted element names
     # type_map.raw of the fixture lists all four elements: a model map must cover them (§1.3)
-    ref = DeepmdSystem(next(p for p in alloy.standard if p.endswith("Ag8Au8")), ["Ag", "Au", "Cu", "Ni"])
+    ref = DeepmdSystem(
+        next(p for p in alloy.standard if p.endswith("Ag8Au8")), ["Ag", "Au", "Cu", "Ni"]
+    )
     a, b = s.get_frames([0, 1, 2]), ref.get_frames([0, 1, 2])
     for key in ("coord", "force", "virial", "energy", "box"):
         np.testing.assert_array_equal(a[key], b[key])
-    np.testing.assert_array_equal(np.array(["Ag", "Au"])[a["atype"]], np.array(["Ag", "Au", "Cu", "Ni"])[b["atype"]])
+    np.testing.assert_array_equal(
+        np.array(["Ag", "Au"])[a["atype"]], np.array(["Ag", "Au", "Cu", "Ni"])[b["atype"]]
+    )
 
 
 def test_non_periodic_and_partially_periodic(tmp_path: Path) -> None:
@@ -129,7 +137,9 @@ def test_convert_errors(alloy, tmp_path: Path) -> None:
     import ase.io
     from ase import Atoms
 
-    with pytest.raises(DataError, match=re.escape("element Ni of the input not in --type-map [Cu Ag Au]")):
+    with pytest.raises(
+        DataError, match=re.escape("element Ni of the input not in --type-map [Cu Ag Au]")
+    ):
         convert([alloy.extxyz], tmp_path / "a", type_map=["Cu", "Ag", "Au"])
     with pytest.raises(DataError, match="already holds set.* directories"):
         convert([alloy.extxyz], Path(alloy.standard[0]).parent)
@@ -141,7 +151,9 @@ def test_convert_errors(alloy, tmp_path: Path) -> None:
     unlabelled = alloy.frames[7].copy()
     unlabelled.calc = None
     ase.io.write(tmp_path / "mixed_labels.extxyz", [alloy.frames[8], unlabelled])
-    with pytest.raises(DataError, match=r"Ag8Au8: 1 frames have no energy while others do \(first: .*@1\)"):
+    with pytest.raises(
+        DataError, match=r"Ag8Au8: 1 frames have no energy while others do \(first: .*@1\)"
+    ):
         convert([tmp_path / "mixed_labels.extxyz"], tmp_path / "d")
     gas = Atoms("Cu2", positions=[[0, 0, 0], [2.5, 0, 0]])
     ase.io.write(tmp_path / "gas.extxyz", [gas, alloy.frames[10]])
@@ -151,14 +163,31 @@ def test_convert_errors(alloy, tmp_path: Path) -> None:
 
 def test_cli_convert_data(alloy, tmp_path: Path, capsys) -> None:
     out = tmp_path / "cli"
-    assert main(["convert-data", str(alloy.extxyz), str(out), "--mixed", "--type-map", "Ni", "Au", "Ag", "Cu",
-                 "--set-size", "4"]) == 0
+    assert (
+        main(
+            [
+                "convert-data",
+                str(alloy.extxyz),
+                str(out),
+                "--mixed",
+                "--type-map",
+                "Ni",
+                "Au",
+                "Ag",
+                "Cu",
+                "--set-size",
+                "4",
+            ]
+        )
+        == 0
+    )
     printed = capsys.readouterr().out
     assert f"{out}: 15 frames, 32 atoms, energy, force, virial" in printed
     s = DeepmdSystem(out)
     assert s.type_map == ["Ni", "Au", "Ag", "Cu"] and len(s.sets) == 4  # 4 + 4 + 4 + 3 frames
     ref = DeepmdSystem(alloy.mixed, ["Ni", "Au", "Ag", "Cu"])
     a, b = s.get_frames(np.arange(15)), ref.get_frames(np.arange(15))
+
     # another type order sorts the atoms differently: compare per frame as sets of rows
     def rows(fr: dict, k: int) -> list[tuple]:
         return sorted(map(tuple, np.column_stack([fr["atype"][k], fr["coord"][k], fr["force"][k]])))

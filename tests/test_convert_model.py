@@ -133,7 +133,8 @@ def test_reference_dp_keeps_min_nbor_dist(tmp_path: Path) -> None:
     convert(tmp_path / "tiny.pt", tmp_path / "tiny.dp")
     _, original = load_dp_model(tiny)
     _, copied = load_dp_model(tmp_path / "tiny.dp")
-    assert float(copied["@variables"]["min_nbor_dist"]) == float(original["@variables"]["min_nbor_dist"])
+    assert (float(copied["@variables"]["min_nbor_dist"])
+            == float(original["@variables"]["min_nbor_dist"]))
     assert copied["model_def_script"] == original["model_def_script"]
 
 

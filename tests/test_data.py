@@ -15,7 +15,9 @@ from dpa1.data.system import DeepmdSystem, Label, expand_systems, labels_for_mod
 from dpa1.model.build import build_model
 
 
-def write_system(root: Path, types, sets: list[dict[str, np.ndarray]], type_map=None, nopbc=False) -> Path:
+def write_system(
+    root: Path, types, sets: list[dict[str, np.ndarray]], type_map=None, nopbc=False
+) -> Path:
     """A hand-made system: ``sets`` = one dict of arrays (saved as given) per set."""
     root.mkdir(parents=True, exist_ok=True)
     (root / "type.raw").write_text("\n".join(str(t) for t in types) + "\n")
@@ -35,16 +37,27 @@ def write_system(root: Path, types, sets: list[dict[str, np.ndarray]], type_map=
 def test_water_frames_match_the_files(shared_dir: Path) -> None:
     path = shared_dir / "data" / "water" / "data_1"  # two sets, float32 files
     system = DeepmdSystem(path, ["O", "H"])
-    assert (system.nframes, system.natoms, system.nopbc, system.mixed_type) == (160, 192, False, False)
-    raw = {k: np.concatenate([np.load(path / s / f"{k}.npy") for s in ("set.000", "set.001")])
-           for k in ("coord", "box", "energy", "force")}
+    assert (system.nframes, system.natoms, system.nopbc, system.mixed_type) == (
+        160,
+        192,
+        False,
+        False,
+    )
+    raw = {
+        k: np.concatenate([np.load(path / s / f"{k}.npy") for s in ("set.000", "set.001")])
+        for k in ("coord", "box", "energy", "force")
+    }
     types = np.loadtxt(path / "type.raw", dtype=int)
     idx = np.array([0, 79, 80, 159, 3])  # across the set boundary
     fr = system.get_frames(idx)
     perm = np.lexsort((np.arange(192), types))
     np.testing.assert_array_equal(system.idx_map, perm)
-    np.testing.assert_array_equal(fr["coord"], raw["coord"][idx].reshape(-1, 192, 3)[:, perm].astype(np.float64))
-    np.testing.assert_array_equal(fr["force"], raw["force"][idx].reshape(-1, 192, 3)[:, perm].astype(np.float64))
+    np.testing.assert_array_equal(
+        fr["coord"], raw["coord"][idx].reshape(-1, 192, 3)[:, perm].astype(np.float64)
+    )
+    np.testing.assert_array_equal(
+        fr["force"], raw["force"][idx].reshape(-1, 192, 3)[:, perm].astype(np.float64)
+    )
     np.testing.assert_array_equal(fr["box"], raw["box"][idx].reshape(-1, 3, 3).astype(np.float64))
     np.testing.assert_array_equal(fr["energy"][:, 0], raw["energy"][idx].astype(np.float64))
     assert fr["coord"].dtype == fr["energy"].dtype == np.float64
@@ -63,7 +76,11 @@ def test_absent_labels_get_defaults_and_flags(shared_dir: Path) -> None:
     np.testing.assert_array_equal(fr["virial"], np.zeros((2, 9)))
     np.testing.assert_array_equal(fr["atom_ener"], np.zeros((2, 7)))
     np.testing.assert_array_equal(fr["atom_pref"], np.ones((2, 7)))  # default 1.0
-    assert fr["fparam"].shape == (2, 2) and fr["aparam"].shape == (2, 7, 3) and fr["find_fparam"] == 0.0
+    assert (
+        fr["fparam"].shape == (2, 2)
+        and fr["aparam"].shape == (2, 7, 3)
+        and fr["find_fparam"] == 0.0
+    )
     # type.raw is 1 1 1 1 0 2 2 (C H O): the stable sort puts the carbon first
     np.testing.assert_array_equal(system.idx_map, [4, 0, 1, 2, 3, 5, 6])
     np.testing.assert_array_equal(fr["atype"][0], [0, 1, 1, 1, 1, 2, 2])
@@ -82,7 +99,9 @@ def test_type_map_remap_by_name_and_sort_order(shared_dir: Path) -> None:
     back_a = plain.to_file_order(a["coord"])
     back_b = remapped.to_file_order(b["coord"])
     np.testing.assert_array_equal(back_a, back_b)  # the same atoms, only reordered
-    np.testing.assert_array_equal(plain.to_file_order(names_a[None])[0], remapped.to_file_order(names_b[None])[0])
+    np.testing.assert_array_equal(
+        plain.to_file_order(names_a[None])[0], remapped.to_file_order(names_b[None])[0]
+    )
     # without type maps the file indices are used as they are
     assert DeepmdSystem(path).type_map == ["C", "H", "O"]
 
@@ -92,10 +111,14 @@ def test_one_frame_files_float32_and_all_labels(tmp_path: Path) -> None:
     natoms = 5
     types = [1, 0, 1, 0, 2]
     full = {
-        "coord": rng.normal(size=(3, natoms * 3)), "box": np.tile(np.eye(3).reshape(9) * 9, (3, 1)),
-        "energy": rng.normal(size=3), "force": rng.normal(size=(3, natoms * 3)),
-        "virial": rng.normal(size=(3, 9)), "atom_ener": rng.normal(size=(3, natoms)),
-        "atom_pref": rng.uniform(size=(3, natoms)), "fparam": rng.normal(size=(3, 2)),
+        "coord": rng.normal(size=(3, natoms * 3)),
+        "box": np.tile(np.eye(3).reshape(9) * 9, (3, 1)),
+        "energy": rng.normal(size=3),
+        "force": rng.normal(size=(3, natoms * 3)),
+        "virial": rng.normal(size=(3, 9)),
+        "atom_ener": rng.normal(size=(3, natoms)),
+        "atom_pref": rng.uniform(size=(3, natoms)),
+        "fparam": rng.normal(size=(3, 2)),
         "aparam": rng.normal(size=(3, natoms * 4)),
     }
     one = {k: v[0] for k, v in full.items()}  # frame axis dropped: energy is a 0-d array
@@ -109,8 +132,12 @@ def test_one_frame_files_float32_and_all_labels(tmp_path: Path) -> None:
     perm = np.array([1, 3, 0, 2, 4])
     order = [2, 0, 1]
     expect = {k: np.asarray(full[k])[order] for k in full}
-    f32 = {k: np.where(np.array(order)[:, None] > 0, expect[k].astype(np.float32), expect[k]).reshape(expect[k].shape)
-           for k in ("coord", "force", "virial", "atom_ener", "atom_pref", "fparam", "aparam")}
+    f32 = {
+        k: np.where(np.array(order)[:, None] > 0, expect[k].astype(np.float32), expect[k]).reshape(
+            expect[k].shape
+        )
+        for k in ("coord", "force", "virial", "atom_ener", "atom_pref", "fparam", "aparam")
+    }
     np.testing.assert_array_equal(fr["coord"], f32["coord"].reshape(3, natoms, 3)[:, perm])
     np.testing.assert_array_equal(fr["force"], f32["force"].reshape(3, natoms, 3)[:, perm])
     np.testing.assert_array_equal(fr["virial"], f32["virial"])
@@ -119,7 +146,9 @@ def test_one_frame_files_float32_and_all_labels(tmp_path: Path) -> None:
     np.testing.assert_array_equal(fr["fparam"], f32["fparam"])
     np.testing.assert_array_equal(fr["aparam"], f32["aparam"].reshape(3, natoms, 4)[:, perm])
     np.testing.assert_array_equal(fr["energy"][:, 0], expect["energy"])  # float64 throughout
-    assert all(fr[f"find_{k}"] == 1.0 for k in ("energy", "virial", "atom_ener", "atom_pref", "fparam"))
+    assert all(
+        fr[f"find_{k}"] == 1.0 for k in ("energy", "virial", "atom_ener", "atom_pref", "fparam")
+    )
     # a Label with the wrong width is refused
     with pytest.raises(ValueError, match="2 values per frame, but 3 were requested"):
         system.get_frames([0], labels=[Label("fparam", 3)])
@@ -128,8 +157,12 @@ def test_one_frame_files_float32_and_all_labels(tmp_path: Path) -> None:
 def test_mixed_type_names_are_mapped_in_both_layouts(tmp_path: Path) -> None:
     rng = np.random.default_rng(1)
     real = np.array([[1, 0, 0, -1], [0, 1, 1, 1]])  # data types H O (type_map.raw), −1 virtual
-    arrays = {"coord": rng.normal(size=(2, 12)), "box": np.tile(np.eye(3).reshape(9) * 8, (2, 1)),
-              "energy": np.array([1.0, 2.0]), "real_atom_types": real}
+    arrays = {
+        "coord": rng.normal(size=(2, 12)),
+        "box": np.tile(np.eye(3).reshape(9) * 8, (2, 1)),
+        "energy": np.array([1.0, 2.0]),
+        "real_atom_types": real,
+    }
     path = write_system(tmp_path / "m", [0, 0, 0, 0], [arrays], type_map=["H", "O"])
     system = DeepmdSystem(path, ["O", "H", "C"])
     assert system.mixed_type and system.atom_types is None
@@ -145,11 +178,22 @@ def test_rows_read_on_demand_any_order_and_layout(tmp_path: Path) -> None:
     rng = np.random.default_rng(2)
     coord = rng.normal(size=(9, 6))
     force = rng.normal(size=(9, 6))
-    path = write_system(tmp_path / "s", [0, 1], [{
-        "coord": np.asfortranarray(coord), "force": force.astype(">f8"), "energy": np.arange(9.0),
-    }], nopbc=True)
+    path = write_system(
+        tmp_path / "s",
+        [0, 1],
+        [
+            {
+                "coord": np.asfortranarray(coord),
+                "force": force.astype(">f8"),
+                "energy": np.arange(9.0),
+            }
+        ],
+        nopbc=True,
+    )
     system = DeepmdSystem(path)
-    assert all(isinstance(f.mm, np.memmap) for f in system.sets[0].files.values())  # headers mapped only
+    assert all(
+        isinstance(f.mm, np.memmap) for f in system.sets[0].files.values()
+    )  # headers mapped only
     idx = np.array([8, 2, 2, 3, 4, 0, 8])
     fr = system.get_frames(idx)
     np.testing.assert_array_equal(fr["coord"], coord[idx].reshape(-1, 2, 3))
@@ -162,9 +206,15 @@ def test_expand_systems(tmp_path: Path, shared_dir: Path) -> None:
     water = [str(data / "water" / f"data_{k}") for k in range(3)]
     nopbc = [str(data / "nopbc" / n) for n in ("C1H4O2", "C4H3O1")]
     assert expand_systems(str(data)) == nopbc + water
-    assert expand_systems([str(data / "water"), str(data / "nopbc" / "C4H3O1")]) == water + nopbc[1:]
+    assert (
+        expand_systems([str(data / "water"), str(data / "nopbc" / "C4H3O1")]) == water + nopbc[1:]
+    )
     assert expand_systems(str(data / "water" / "data_*")) == water
-    assert expand_systems(str(data), rglob_patterns=["data_[02]", "C4*"]) == [nopbc[1], water[0], water[2]]
+    assert expand_systems(str(data), rglob_patterns=["data_[02]", "C4*"]) == [
+        nopbc[1],
+        water[0],
+        water[2],
+    ]
     assert expand_systems(water[1]) == [water[1]]
 
 
@@ -178,8 +228,12 @@ def test_batch_size_rules() -> None:
     assert resolve_batch_sizes("auto:66", [33]) == [2]  # exact multiple: no extra frame
     assert resolve_batch_sizes("max:100", natoms) == [1, 14, 3]
     assert resolve_batch_sizes("filter:100", natoms) == [None, 14, 3]
-    for bad, msg in (("mixed:32", "unsupported batch_size"), ("auto:x", "unsupported"),
-                     ([1, 2], "2 values for 3 systems"), (0, ">= 1")):
+    for bad, msg in (
+        ("mixed:32", "unsupported batch_size"),
+        ("auto:x", "unsupported"),
+        ([1, 2], "2 values for 3 systems"),
+        (0, ">= 1"),
+    ):
         with pytest.raises(ValueError, match=msg):
             resolve_batch_sizes(bad, natoms)
     with pytest.raises(ValueError, match="every system has more than 5 atoms"):
@@ -190,20 +244,27 @@ def test_system_probabilities() -> None:
     nb = [2, 6, 4]
     np.testing.assert_allclose(system_probabilities(nb), [2 / 12, 6 / 12, 4 / 12], rtol=1e-15)
     np.testing.assert_allclose(system_probabilities(nb, "prob_uniform"), [1 / 3] * 3, rtol=1e-15)
-    np.testing.assert_allclose(system_probabilities(nb, "prob_sys_size;0:1:0.5;1:3:0.5"), [0.5, 0.3, 0.2],
-                               rtol=1e-15)
+    np.testing.assert_allclose(
+        system_probabilities(nb, "prob_sys_size;0:1:0.5;1:3:0.5"), [0.5, 0.3, 0.2], rtol=1e-15
+    )
     # block weights are normalised: 1:3 gets 3/4, shared 6:4 inside the block
-    np.testing.assert_allclose(system_probabilities(nb, "prob_sys_size;0:1:1;1:3:3"), [0.25, 0.45, 0.3],
-                               rtol=1e-15)
-    np.testing.assert_allclose(system_probabilities(nb, sys_probs=[0.4, -1, -1]), [0.4, 0.36, 0.24],
-                               rtol=1e-15)
-    np.testing.assert_allclose(system_probabilities(nb, "prob_uniform", [0.2, 0.5, 0.3]), [0.2, 0.5, 0.3])
-    for kwargs, msg in (({"sys_probs": [0.7, 0.6, -1]}, "sum to 1.3 > 1"),
-                        ({"sys_probs": [0.2, 0.2, 0.2]}, "must sum to 1"),
-                        ({"sys_probs": [0.5, 0.5]}, "2 entries for 3 systems"),
-                        ({"auto_prob": "prob_sys_size;0:4:1"}, "start < end <= 3"),
-                        ({"auto_prob": "prob_sys_size;0:1"}, "start:end:weight"),
-                        ({"auto_prob": "prob_size"}, "unknown auto_prob")):
+    np.testing.assert_allclose(
+        system_probabilities(nb, "prob_sys_size;0:1:1;1:3:3"), [0.25, 0.45, 0.3], rtol=1e-15
+    )
+    np.testing.assert_allclose(
+        system_probabilities(nb, sys_probs=[0.4, -1, -1]), [0.4, 0.36, 0.24], rtol=1e-15
+    )
+    np.testing.assert_allclose(
+        system_probabilities(nb, "prob_uniform", [0.2, 0.5, 0.3]), [0.2, 0.5, 0.3]
+    )
+    for kwargs, msg in (
+        ({"sys_probs": [0.7, 0.6, -1]}, "sum to 1.3 > 1"),
+        ({"sys_probs": [0.2, 0.2, 0.2]}, "must sum to 1"),
+        ({"sys_probs": [0.5, 0.5]}, "2 entries for 3 systems"),
+        ({"auto_prob": "prob_sys_size;0:4:1"}, "start < end <= 3"),
+        ({"auto_prob": "prob_sys_size;0:1"}, "start:end:weight"),
+        ({"auto_prob": "prob_size"}, "unknown auto_prob"),
+    ):
         with pytest.raises(ValueError, match=msg):
             system_probabilities(nb, **kwargs)
 
@@ -238,7 +299,9 @@ def test_sampler_frequencies_follow_probabilities(alloy_systems) -> None:
     counts = np.bincount([s.next_batch()["sid"] for _ in range(3000)], minlength=5) / 3000
     np.testing.assert_allclose(counts, s.probs, atol=0.03)
     # nframes 4 3 | 3 3 2 with one frame per batch
-    np.testing.assert_allclose(s.probs, [0.4, 0.3, 0.3 * 3 / 8, 0.3 * 3 / 8, 0.3 * 2 / 8], rtol=1e-14)
+    np.testing.assert_allclose(
+        s.probs, [0.4, 0.3, 0.3 * 3 / 8, 0.3 * 3 / 8, 0.3 * 2 / 8], rtol=1e-14
+    )
     assert s.steps_per_epoch == math.ceil(max(nb / p for nb, p in zip(s.nbatches, s.probs)))
 
 
@@ -268,8 +331,10 @@ def test_sampler_state_round_trip(alloy_systems, tmp_path: Path) -> None:
     b = SystemSampler(alloy_systems, 2, seed=123)  # the seed no longer matters
     b.load_state_dict(torch.load(tmp_path / "ckpt.pt", weights_only=True)["sampler"])
     assert _trace(b, 30) == _trace(a, 30)
-    with pytest.raises(ValueError, match=r"saved for systems with nframes \[4, 3, 3, 3, 2\]"):
+    with pytest.raises(ValueError, match="sampler state has 5 systems, this run has 4"):
         SystemSampler(alloy_systems[:4], 2).load_state_dict(a.state_dict())
+    with pytest.raises(ValueError, match=r"batch sizes \[2, 2, 2, 2, 2\], but the data now give"):
+        SystemSampler(alloy_systems, 3).load_state_dict(a.state_dict())
     c = SystemSampler(alloy_systems, 2, seed=9, rank=1, world_size=2)
     with pytest.warns(UserWarning, match="sampling starts afresh"):
         c.load_state_dict(a.state_dict())
@@ -294,7 +359,11 @@ def test_stat_and_validation_batches(alloy_systems) -> None:
     stat = s.stat_batches(nbatch=10)  # fewer batches than asked: every frame once
     assert [sorted(b["fid"].tolist()) for b in stat] == [list(range(x.nframes)) for x in s.systems]
     val = list(s.iter_batches())
-    assert [(b["sid"], b["fid"].tolist()) for b in val][:3] == [(0, [0, 1]), (0, [2, 3]), (1, [0, 1])]
+    assert [(b["sid"], b["fid"].tolist()) for b in val][:3] == [
+        (0, [0, 1]),
+        (0, [2, 3]),
+        (1, [0, 1]),
+    ]
     assert sum(b["coord"].shape[0] for b in val) == sum(x.nframes for x in s.systems)
 
 
@@ -315,8 +384,11 @@ def _frames_by_energy(paths: list[str], type_map: list[str]) -> dict[float, dict
             real = np.flatnonzero(fr["atype"][k] >= 0)
             order = real[np.argsort(fr["atype"][k][real], kind="stable")]
             out[float(fr["energy"][k, 0])] = {
-                "coord": fr["coord"][k][order], "force": fr["force"][k][order],
-                "atype": fr["atype"][k][order], "box": fr["box"][k], "virial": fr["virial"][k],
+                "coord": fr["coord"][k][order],
+                "force": fr["force"][k][order],
+                "atype": fr["atype"][k][order],
+                "box": fr["box"][k],
+                "virial": fr["virial"][k],
                 "counts": fr["natoms_vec"][k, 2:],  # [0:2] = natoms, virtual atoms included
             }
     return out
@@ -330,7 +402,9 @@ def _layouts(alloy) -> dict[str, list[str]]:
 
 
 def test_layouts_give_the_same_frames(alloy) -> None:
-    layouts = {name: _frames_by_energy(paths, alloy.type_map) for name, paths in _layouts(alloy).items()}
+    layouts = {
+        name: _frames_by_energy(paths, alloy.type_map) for name, paths in _layouts(alloy).items()
+    }
     ref = layouts.pop("standard")
     assert len(ref) == 15
     assert {DeepmdSystem(alloy.mixed).natoms} == {32}
@@ -338,7 +412,9 @@ def test_layouts_give_the_same_frames(alloy) -> None:
         assert frames.keys() == ref.keys(), name
         for e, fr in frames.items():
             for key, value in fr.items():
-                np.testing.assert_allclose(value, ref[e][key], rtol=0, atol=1e-12, err_msg=f"{name} {key}")
+                np.testing.assert_allclose(
+                    value, ref[e][key], rtol=0, atol=1e-12, err_msg=f"{name} {key}"
+                )
 
 
 @pytest.mark.parametrize("set_davg_zero", [True, False])
@@ -353,7 +429,9 @@ def test_layouts_give_the_same_predictions(alloy, tiny_model_config, set_davg_ze
     model = build_model(tiny_model_config(alloy.type_map, set_davg_zero=set_davg_zero))
     rng = np.random.default_rng(0)
     davg = rng.normal(scale=0.1, size=(4, 40, 4)) * (not set_davg_zero)
-    model.descriptor.set_stat(torch.from_numpy(davg), torch.from_numpy(rng.uniform(0.5, 1.5, size=(4, 40, 4))))
+    model.descriptor.set_stat(
+        torch.from_numpy(davg), torch.from_numpy(rng.uniform(0.5, 1.5, size=(4, 40, 4)))
+    )
     model.out_bias[0, :, 0] = torch.tensor([-3.0, -2.0, -4.0, -5.0], dtype=torch.float64)
 
     def predict(paths: list[str]) -> dict[float, tuple[float, np.ndarray, np.ndarray]]:
@@ -361,14 +439,19 @@ def test_layouts_give_the_same_predictions(alloy, tiny_model_config, set_davg_ze
         for p in paths:
             system = DeepmdSystem(p, alloy.type_map)
             fr = system.get_frames(np.arange(system.nframes))
-            res = model(torch.from_numpy(fr["coord"]), torch.from_numpy(fr["atype"]),
-                        torch.from_numpy(fr["box"]))
+            res = model(
+                torch.from_numpy(fr["coord"]),
+                torch.from_numpy(fr["atype"]),
+                torch.from_numpy(fr["box"]),
+            )
             for k in range(system.nframes):
                 real = np.flatnonzero(fr["atype"][k] >= 0)
                 order = real[np.argsort(fr["atype"][k][real], kind="stable")]
-                out[float(fr["energy"][k, 0])] = (float(res["energy"][k, 0].detach()),
-                                                  res["force"][k].detach().numpy()[order],
-                                                  res["virial"][k].detach().numpy())
+                out[float(fr["energy"][k, 0])] = (
+                    float(res["energy"][k, 0].detach()),
+                    res["force"][k].detach().numpy()[order],
+                    res["virial"][k].detach().numpy(),
+                )
         return out
 
     layouts = _layouts(alloy)

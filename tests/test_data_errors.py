@@ -27,8 +27,13 @@ def good_set(nframes: int = 4, seed: int = 0) -> dict[str, np.ndarray]:
     }
 
 
-def make(root: Path, sets: list[dict[str, np.ndarray]], types=(0, 1, 1), type_map=("O", "H"),
-         nopbc: bool = False) -> Path:
+def make(
+    root: Path,
+    sets: list[dict[str, np.ndarray]],
+    types=(0, 1, 1),
+    type_map=("O", "H"),
+    nopbc: bool = False,
+) -> Path:
     root.mkdir(parents=True, exist_ok=True)
     (root / "type.raw").write_text(" ".join(str(t) for t in types))
     if type_map is not None:
@@ -54,7 +59,8 @@ def test_coord_rows_not_natoms_times_3(tmp_path: Path) -> None:
     s = good_set()
     s["coord"] = s["coord"][:, :8]
     path = make(tmp_path / "s", [s])
-    with raises(f"{path / 'set.000' / 'coord.npy'}: 8 values per frame (shape (4, 8)), expected natoms*3 = 9"):
+    coord = path / "set.000" / "coord.npy"
+    with raises(f"{coord}: 8 values per frame (shape (4, 8)), expected natoms*3 = 9"):
         DeepmdSystem(path)
 
 
@@ -80,7 +86,9 @@ def test_label_width_wrong(tmp_path: Path) -> None:
     s = good_set()
     s["virial"] = np.zeros((4, 6))
     path = make(tmp_path / "s", [s])
-    with raises(f"{path / 'set.000' / 'virial.npy'}: 6 values per frame (shape (4, 6)), expected 9"):
+    with raises(
+        f"{path / 'set.000' / 'virial.npy'}: 6 values per frame (shape (4, 6)), expected 9"
+    ):
         DeepmdSystem(path)
     s["virial"] = np.zeros((4, 9))
     s["force"] = np.zeros((4, 6))
@@ -93,7 +101,7 @@ def test_type_outside_type_map_raw(tmp_path: Path) -> None:
     with raises(f"{path / 'type.raw'}: atom 1 has type 2, outside type_map.raw (2 elements: O H)"):
         DeepmdSystem(path)
     path = make(tmp_path / "t", [good_set()], types=(0, 2, 1), type_map=None)
-    with raises("atom 1 has type 2, but the model type_map has only 2 types (O H) and there is no type_map.raw"):
+    with raises("atom 1 has type 2, but the model type_map has only 2 types (O H) and there is no"):
         DeepmdSystem(path, ["O", "H"])
     path = make(tmp_path / "u", [good_set()], types=(0, -1, 1))
     with raises("type.raw: atom 1 has type -1; a standard system needs types >= 0"):
@@ -109,9 +117,15 @@ def test_element_absent_from_model_type_map(tmp_path: Path) -> None:
         DeepmdSystem(path, ["O", "H", "C"])
 
 
-@pytest.mark.parametrize("key,bad", [("force", np.nan), ("coord", np.inf), ("energy", -np.inf), ("box", np.nan)])
-def test_nan_and_inf_are_found_with_their_frame(tmp_path: Path, monkeypatch, key: str, bad: float) -> None:
-    monkeypatch.setattr(system_module, "SCAN_CHUNK_BYTES", 64)  # many chunks: the frame index must survive
+@pytest.mark.parametrize(
+    "key,bad", [("force", np.nan), ("coord", np.inf), ("energy", -np.inf), ("box", np.nan)]
+)
+def test_nan_and_inf_are_found_with_their_frame(
+    tmp_path: Path, monkeypatch, key: str, bad: float
+) -> None:
+    monkeypatch.setattr(
+        system_module, "SCAN_CHUNK_BYTES", 64
+    )  # many chunks: the frame index must survive
     sets = [good_set(5, 0), good_set(7, 1)]
     sets[1][key] = sets[1][key].astype(np.float32)
     if sets[1][key].ndim == 1:
@@ -143,7 +157,9 @@ def test_empty_system_and_nothing_found(tmp_path: Path) -> None:
     with raises(f"{tmp_path / 'x' / 'type.raw'}: missing; a system directory needs type.raw"):
         (tmp_path / "x").mkdir()
         DeepmdSystem(tmp_path / "x")
-    with raises(f"no system found under {tmp_path / 'x'} (a system is a directory containing type.raw)"):
+    with raises(
+        f"no system found under {tmp_path / 'x'} (a system is a directory containing type.raw)"
+    ):
         expand_systems(str(tmp_path / "x"))
     with raises(f"system path not found: {tmp_path / 'nope'}"):
         expand_systems([str(tmp_path / "x"), str(tmp_path / "nope")])
@@ -158,7 +174,9 @@ def mixed_set(nframes: int = 3) -> dict[str, np.ndarray]:
 
 def test_mixed_type_needs_type_map_raw(tmp_path: Path) -> None:
     path = make(tmp_path / "s", [mixed_set()], types=(0, 0, 0), type_map=None)
-    with raises(f"{path / 'type_map.raw'}: missing; a mixed-type system (set.*/real_atom_types.npy) needs type_map.raw"):
+    with raises(
+        f"{path / 'type_map.raw'}: missing; a mixed-type system (set.*/real_atom_types.npy) needs"
+    ):
         DeepmdSystem(path, ["O", "H"])
 
 
@@ -166,8 +184,10 @@ def test_mixed_type_bad_real_types_and_mixed_sets(tmp_path: Path) -> None:
     s = mixed_set()
     s["real_atom_types"][1, 1] = 2
     path = make(tmp_path / "s", [s], types=(0, 0, 0))
-    with raises(f"{path / 'set.000' / 'real_atom_types.npy'}: frame 1 (frame 1 of the system) atom 1 has type 2, "
-                "outside type_map.raw (2 elements: O H) and not -1 (virtual)"):
+    with raises(
+        f"{path / 'set.000' / 'real_atom_types.npy'}: frame 1 (frame 1 of the system) atom 1 has "
+        "type 2, outside type_map.raw (2 elements: O H) and not -1 (virtual)"
+    ):
         DeepmdSystem(path)
     path = make(tmp_path / "t", [mixed_set(), good_set()], types=(0, 0, 0))
     with raises("only some sets (set.000) have real_atom_types.npy"):
@@ -178,8 +198,13 @@ def test_virtual_atom_with_force_warns(tmp_path: Path) -> None:
     s = mixed_set()
     s["force"][2, 7] = 0.5
     path = make(tmp_path / "s", [s], types=(0, 0, 0))
-    with pytest.warns(UserWarning, match=re.escape(f"{path / 'set.000' / 'force.npy'}: virtual atoms "
-                                                   "(real_atom_types -1) carry non-zero force labels (first in frame 2)")):
+    with pytest.warns(
+        UserWarning,
+        match=re.escape(
+            f"{path / 'set.000' / 'force.npy'}: virtual atoms "
+            "(real_atom_types -1) carry non-zero force labels (first in frame 2)"
+        ),
+    ):
         DeepmdSystem(path)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
@@ -190,7 +215,9 @@ def test_label_in_some_sets_only(tmp_path: Path) -> None:
     s = good_set()
     del s["force"]
     path = make(tmp_path / "s", [good_set(), s])
-    with raises(f"{path}: force.npy is in set.000 but not in set.001; a label must be present in every set"):
+    with raises(
+        f"{path}: force.npy is in set.000 but not in set.001; a label must be present in every set"
+    ):
         DeepmdSystem(path)
 
 
@@ -208,4 +235,5 @@ def test_cli_prints_one_line(tmp_path: Path, capsys) -> None:
     path = make(tmp_path / "s", [good_set()], type_map=("O", "H", "Fe"))
     assert main(["neighbor-stat", "-s", str(path), "-r", "3", "-t", "O", "H"]) == 2
     err = capsys.readouterr().err.strip()
-    assert err == f"dpa1 neighbor-stat: error: {path / 'type_map.raw'}: element Fe not in the model type_map [O H]"
+    where = path / "type_map.raw"
+    assert err == f"dpa1 neighbor-stat: error: {where}: element Fe not in the model type_map [O H]"

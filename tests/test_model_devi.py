@@ -110,7 +110,8 @@ def test_output_file_format(tmp_path: Path) -> None:
     assert lines[0] == "# my/system"
     assert lines[1] == HEADER
     assert lines[2] == ("           0       1.500000e-03       2.000000e-04       7.250000e-04"
-                        "       1.234568e-01       1.000000e-05       5.000000e-02       3.300000e-04")
+                        "       1.234568e-01       1.000000e-05       5.000000e-02"
+                        "       3.300000e-04")
     assert lines[3].startswith("          50       1.000000e+00")
     assert all(len(line) == 12 + 7 * 19 for line in lines[2:])
     np.testing.assert_allclose(np.loadtxt(out), devi, rtol=1e-6)
@@ -194,3 +195,24 @@ def test_errors(tmp_path: Path, model_files, frames, capsys: pytest.CaptureFixtu
     (sysdir / "type_map.raw").write_text("O\nNa\n")
     with pytest.raises(ValueError, match="Na"):
         make_model_devi(model_files[:2], sysdir, tmp_path / "y.out")
+
+
+def test_lammps_dump_types_follow_type_map(tmp_path: Path, model_files) -> None:
+    """A LAMMPS text dump stores type numbers: type k is type_map[k-1] (pair_style deepmd)."""
+    atoms = water_box(0)
+    atoms.set_cell(np.diag([6.3, 6.3, 6.5]), scale_atoms=True)  # an orthogonal box
+    lines = []
+    for step in (0, 100):
+        lines += ["ITEM: TIMESTEP", str(step), "ITEM: NUMBER OF ATOMS", str(len(atoms)),
+                  "ITEM: BOX BOUNDS pp pp pp", "0 6.3", "0 6.3", "0 6.5",
+                  "ITEM: ATOMS id type x y z"]
+        lines += [f"{i + 1} {1 if z == 8 else 2} {x:.10f} {y:.10f} {w:.10f}"
+                  for i, (z, (x, y, w)) in enumerate(zip(atoms.numbers, atoms.positions))]
+    dump = tmp_path / "traj.dump"
+    dump.write_text("\n".join(lines) + "\n")
+    traj = tmp_path / "traj.traj"
+    write(traj, [atoms, atoms])
+    from_dump = make_model_devi(model_files[:2], dump, tmp_path / "a.out")[0]
+    from_traj = make_model_devi(model_files[:2], traj, tmp_path / "b.out")[0]
+    assert from_dump[0, 4] > 1e-4
+    np.testing.assert_allclose(from_dump, from_traj, rtol=1e-7)

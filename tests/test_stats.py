@@ -75,7 +75,9 @@ def brute_env(coord, box, atype, rcut, rcut_smth, nnei, pair_excluded=()) -> np.
         sw = u**3 * (-6 * u**2 + 15 * u - 10) + 1
         vals = np.concatenate([(sw / r)[:, None], vec * (sw / r**2)[:, None]], axis=1)
         for a, b in pair_excluded:
-            hit = ((atype[i] == a) & (nei_type[order] == b)) | ((atype[i] == b) & (nei_type[order] == a))
+            hit = ((atype[i] == a) & (nei_type[order] == b)) | (
+                (atype[i] == b) & (nei_type[order] == a)
+            )
             vals[hit] = 0.0
         env[i, : r.size] = vals
     return env
@@ -114,7 +116,7 @@ def test_neighbor_stat_water_and_nopbc(shared_dir: Path) -> None:
 
 
 def test_neighbor_stat_alloy_layouts(alloy) -> None:
-    """Thin cells (images of images) and virtual atoms: every layout gives the brute-force answer."""
+    """Thin cells and virtual atoms: every layout gives the brute-force answer."""
     standard = [DeepmdSystem(p, alloy.type_map) for p in alloy.standard]
     want = brute_neighbor_stat(standard, 4.0)
     assert want[0] == 18  # fcc: 12 + 6 within 4 Å, also in the 8-atom cell made of images
@@ -127,10 +129,17 @@ def test_neighbor_stat_far_apart_and_overlap(tmp_path: Path) -> None:
     from dpa1.data.convert import write_system
 
     coord = np.array([[[0.0, 0, 0], [7.0, 0, 0]]])
-    path = write_system(tmp_path / "far", type_map=["H"], atom_types=np.zeros(2, int), coord=coord, box=None)
+    path = write_system(
+        tmp_path / "far", type_map=["H"], atom_types=np.zeros(2, int), coord=coord, box=None
+    )
     assert neighbor_stat([path], 3.0) == (0, pytest.approx(7.0))  # looked beyond rcut (up to 10 Å)
-    path = write_system(tmp_path / "same", type_map=["H"], atom_types=np.zeros(2, int),
-                        coord=np.zeros((1, 2, 3)), box=None)
+    path = write_system(
+        tmp_path / "same",
+        type_map=["H"],
+        atom_types=np.zeros(2, int),
+        coord=np.zeros((1, 2, 3)),
+        box=None,
+    )
     with pytest.raises(ValueError, match="atoms overlap in frame 0"):
         neighbor_stat([path], 3.0)
 
@@ -164,19 +173,32 @@ def test_descriptor_stats_water_brute_force(shared_dir: Path, tiny_model_config)
 
 
 def test_descriptor_stats_pair_exclusion_and_protection(alloy, tiny_model_config, tmp_path) -> None:
-    cfg = tiny_model_config(alloy.type_map, set_davg_zero=False, exclude_types=[[2, 3]],
-                            model={"pair_exclude_types": [[0, 1]]})
+    cfg = tiny_model_config(
+        alloy.type_map,
+        set_davg_zero=False,
+        exclude_types=[[2, 3]],
+        model={"pair_exclude_types": [[0, 1]]},
+    )
     model = build_model(cfg)
-    batches = SystemSampler(alloy.standard, 2, type_map=alloy.type_map, seed=0).stat_batches(nbatch=1)
+    batches = SystemSampler(alloy.standard, 2, type_map=alloy.type_map, seed=0).stat_batches(
+        nbatch=1
+    )
     davg, dstd = compute_descriptor_stats(model, batches)
-    want_avg, want_std = brute_descriptor_stats(batches, 4, 4.0, 0.5, 40, pair_excluded=[(0, 1), (2, 3)])
+    want_avg, want_std = brute_descriptor_stats(
+        batches, 4, 4.0, 0.5, 40, pair_excluded=[(0, 1), (2, 3)]
+    )
     np.testing.assert_allclose(davg.numpy(), want_avg, rtol=1e-12, atol=1e-15)
     np.testing.assert_allclose(dstd.numpy(), want_std, rtol=1e-12)
     # two atoms out of each other's reach: every slot is padding, std 0 → protected to 0.01
     from dpa1.data.convert import write_system
 
-    path = write_system(tmp_path / "far", type_map=["Cu"], atom_types=np.zeros(2, int),
-                        coord=np.array([[[0.0, 0, 0], [9.0, 0, 0]]]), box=None)
+    path = write_system(
+        tmp_path / "far",
+        type_map=["Cu"],
+        atom_types=np.zeros(2, int),
+        coord=np.array([[[0.0, 0, 0], [9.0, 0, 0]]]),
+        box=None,
+    )
     far = SystemSampler([path], 1, type_map=alloy.type_map, seed=0).stat_batches()
     davg, dstd = compute_descriptor_stats(model, far)
     assert (davg == 0).all() and (dstd[0] == 0.01).all() and (dstd[1:] == 0.1).all()
@@ -244,13 +266,17 @@ def test_apply_and_change_energy_bias(alloy, tiny_model_config) -> None:
     model = build_model(tiny_model_config(alloy.type_map, set_davg_zero=False))
     batches = SystemSampler(alloy.standard, 4, type_map=alloy.type_map, seed=0).stat_batches()
     result = apply_statistics(model, batches)
-    assert torch.equal(model.descriptor.davg, result["davg"]) and torch.equal(model.descriptor.dstd, result["dstd"])
+    assert torch.equal(model.descriptor.davg, result["davg"]) and torch.equal(
+        model.descriptor.dstd, result["dstd"]
+    )
     np.testing.assert_array_equal(model.out_bias[0, :, 0].numpy(), result["bias"])
     assert (model.out_std == result["std"]).all()
 
     before = model.out_bias.clone()
     delta, _ = change_energy_bias(model, batches)
-    np.testing.assert_allclose(model.out_bias[0, :, 0].numpy(), before[0, :, 0].numpy() + delta, rtol=1e-14)
+    np.testing.assert_allclose(
+        model.out_bias[0, :, 0].numpy(), before[0, :, 0].numpy() + delta, rtol=1e-14
+    )
     # the energy is linear in out_bias: after the change the residual has no per-type trend left
     again, _ = change_energy_bias(model, batches)
     np.testing.assert_allclose(again, 0.0, atol=1e-9)
@@ -260,21 +286,30 @@ def test_fparam_aparam_stats(tmp_path: Path, tiny_model_config) -> None:
     from dpa1.data.convert import write_system
 
     rng = np.random.default_rng(3)
-    path = write_system(tmp_path / "s", type_map=["Cu"], atom_types=np.zeros(4, int),
-                        coord=rng.uniform(0, 6, size=(6, 4, 3)), box=np.tile(np.eye(3) * 6, (6, 1, 1)),
-                        energy=rng.normal(size=6))
+    path = write_system(
+        tmp_path / "s",
+        type_map=["Cu"],
+        atom_types=np.zeros(4, int),
+        coord=rng.uniform(0, 6, size=(6, 4, 3)),
+        box=np.tile(np.eye(3) * 6, (6, 1, 1)),
+        energy=rng.normal(size=6),
+    )
     fparam = np.stack([rng.normal(2.0, 3.0, size=6), np.full(6, 0.5)], axis=1)  # 2nd: constant
     aparam = rng.normal(-1.0, 0.2, size=(6, 4))
     np.save(path / "set.000" / "fparam.npy", fparam)
     np.save(path / "set.000" / "aparam.npy", aparam)
-    cfg = tiny_model_config(["Cu"], model={"fitting_net": {"neuron": [8, 8], "seed": 1, "numb_fparam": 2,
-                                                            "numb_aparam": 1}})
+    cfg = tiny_model_config(
+        ["Cu"],
+        model={"fitting_net": {"neuron": [8, 8], "seed": 1, "numb_fparam": 2, "numb_aparam": 1}},
+    )
     model = build_model(cfg)
     labels = ["energy", Label("fparam", 2), Label("aparam", 1, atomic=True)]
     batches = SystemSampler([path], 6, type_map=["Cu"], labels=labels, seed=0).stat_batches()
     apply_statistics(model, batches, protect=1e-2)
     np.testing.assert_allclose(model.fitting.fparam_avg.numpy(), fparam.mean(axis=0), rtol=1e-12)
-    np.testing.assert_allclose(model.fitting.fparam_inv_std.numpy(), [1 / fparam[:, 0].std(), 100.0], rtol=1e-10)
+    np.testing.assert_allclose(
+        model.fitting.fparam_inv_std.numpy(), [1 / fparam[:, 0].std(), 100.0], rtol=1e-10
+    )
     np.testing.assert_allclose(model.fitting.aparam_avg.numpy(), [aparam.mean()], rtol=1e-12)
     np.testing.assert_allclose(model.fitting.aparam_inv_std.numpy(), [1 / aparam.std()], rtol=1e-10)
     avg, inv = compute_param_stats(np.array([[1.0], [1.0]]), protect=0.05)

@@ -149,7 +149,7 @@ def test_water_training_reduces_validation_force_error(tmp_path):
     # A 3-layer embedding learns forces quickly; 2-layer toy nets barely move them.
     cfg["model"]["descriptor"]["neuron"] = [8, 16, 32]
     cfg["model"]["fitting_net"]["neuron"] = [32, 32, 32]
-    cfg["learning_rate"].update(start_lr=5e-3, stop_lr=2.5e-4, decay_steps=15)
+    cfg["learning_rate"].update(start_lr=5e-3, stop_lr=2e-3, decay_steps=15)
     cfg["training"]["validation_data"]["numb_btch"] = 4
     inp.write_text(json.dumps(cfg))
     assert main(["train", str(inp), "-o", str(tmp_path / "run")]) == 0

@@ -88,10 +88,8 @@ def write_model(path: Path, model, info: dict[str, Any]) -> None:
     check_output_format(path)
     mds = info.get("model_def_script") or {"type_map": list(model.type_map)}
     suffix = path.suffix.lower()
-    if suffix == ".dp":
+    if suffix in DP_SUFFIXES:
         save_dp_model(path, model, model_def_script=mds, min_nbor_dist=info.get("min_nbor_dist"))
-    elif suffix in DP_SUFFIXES:
-        _save_yaml(path, model, mds, info.get("min_nbor_dist"))
     elif suffix == ".pt":
         # a .dp carries no training input: keep its model section so `dpa1 freeze` has it
         config = info.get("config") or {"model": mds}
@@ -100,23 +98,6 @@ def write_model(path: Path, model, info: dict[str, Any]) -> None:
                         extra=None if mnd is None else {"min_nbor_dist": float(mnd)})
     else:
         freeze(model, path, config=mds)
-
-
-def _save_yaml(path: Path, model, mds: dict, min_nbor_dist: Optional[float]) -> None:
-    """``.yaml`` output. ``save_dp_model`` stores ``torch.__version__``, a ``str`` subclass
-    that ``yaml.safe_dump`` rejects, so build the dictionary through a ``.dp`` file and
-    make the top-level strings plain."""
-    import tempfile
-
-    from dpa1.io.dp_file import load_dp, save_dp
-    from dpa1.io.serialize import save_dp_model
-
-    with tempfile.TemporaryDirectory() as tmp:
-        dp_path = Path(tmp) / "model.dp"
-        save_dp_model(dp_path, model, model_def_script=mds, min_nbor_dist=min_nbor_dist)
-        data = load_dp(dp_path)
-    data = {k: str(v) if isinstance(v, str) else v for k, v in data.items()}
-    save_dp(path, data)
 
 
 def run(args: argparse.Namespace) -> int:

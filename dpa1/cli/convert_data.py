@@ -8,16 +8,20 @@ import argparse
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "convert-data", help="convert extxyz/OUTCAR/ASE db/... to deepmd/npy systems",
+        usage="%(prog)s [-h] [--mixed] [--format FMT] [--type-map TYPE ...] [--set-size N] "
+              "IN [IN ...] OUT",
         description="Read every structure of IN... with ASE and write deepmd/npy data to OUT: one "
                     "system per composition, or with --mixed one mixed-type system (frames padded "
                     "with virtual atoms). Energies, forces and virials (-stress*volume) come from "
                     "the file's calculator results.")
-    p.add_argument("paths", nargs="+", metavar="IN... OUT", help="input files, then the output directory")
+    p.add_argument("paths", nargs="+", metavar="PATH",
+                   help="input files (IN), then the output directory (OUT)")
     p.add_argument("--mixed", action="store_true", help="write one mixed-type system")
     p.add_argument("--format", default=None, metavar="FMT", help="ASE format name (default: guess)")
     p.add_argument("--type-map", nargs="+", default=None, metavar="TYPE",
                    help="element order of type_map.raw (default: sorted element names)")
-    p.add_argument("--set-size", type=int, default=5000, help="frames per set.* directory (default 5000)")
+    p.add_argument("--set-size", type=int, default=5000, metavar="N",
+                   help="frames per set.* directory (default 5000)")
     p.set_defaults(func=run)
 
 

@@ -48,13 +48,16 @@ def add_parser(sub) -> None:
     p.add_argument("--dt", type=float, default=0.5, help="time step in fs (default 0.5)")
     p.add_argument("--steps", type=int, default=1000, help="number of MD steps (default 1000)")
     p.add_argument("-o", "--output", default="traj.extxyz",
-                   help="trajectory: .extxyz / .xyz (text) or .traj (ASE binary); default traj.extxyz")
+                   help="trajectory: .extxyz / .xyz (text) or .traj (ASE binary); "
+                        "default traj.extxyz")
     p.add_argument("--log", default="thermo.log", help="thermodynamics log (default thermo.log)")
-    p.add_argument("--traj-freq", type=int, default=10, help="write a frame every K steps (default 10)")
+    p.add_argument("--traj-freq", type=int, default=10,
+                   help="write a frame every K steps (default 10)")
     p.add_argument("--log-freq", type=int, default=None,
                    help="write a log line every K steps (default: --traj-freq)")
     p.add_argument("--seed", type=int, default=None,
-                   help="random seed for velocities and stochastic thermostats (default: random, printed)")
+                   help="random seed for velocities and stochastic thermostats "
+                        "(default: random, printed)")
     p.add_argument("--keep-velocities", action="store_true",
                    help="keep the velocities stored in --conf instead of drawing new ones")
     p.add_argument("--thermostat", choices=("langevin", "bussi", "nose-hoover"), default="langevin",
@@ -86,7 +89,10 @@ def read_start(path: str, index: str):
         idx: Any = int(index)
     except ValueError:
         idx = index
-    atoms = read(path, index=idx)
+    try:
+        atoms = read(path, index=idx)
+    except Exception as err:  # ASE raises many types for unreadable files
+        raise ValueError(f"{path}: ASE cannot read it ({type(err).__name__}: {err})") from None
     if isinstance(atoms, list):
         raise ValueError(f"--index {index!r} selects {len(atoms)} frames; give a single frame")
     return atoms
@@ -190,7 +196,8 @@ class StagedFile:
     def __init__(self, path: str | os.PathLike) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp", dir=self.path.parent)
+        fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp",
+                                   dir=self.path.parent)
         self.tmp = Path(tmp)
         self.handle: TextIO = os.fdopen(fd, "w")
 

@@ -18,7 +18,8 @@ def add_parser(sub) -> None:
     p.add_argument("-s", "--system", required=True,
                    help="a deepmd/npy system, a directory of systems, or an ASE-readable "
                         "trajectory (extxyz, LAMMPS dump, .traj…)")
-    p.add_argument("-o", "--output", default="model_devi.out", help="output file (default model_devi.out)")
+    p.add_argument("-o", "--output", default="model_devi.out",
+                   help="output file (default model_devi.out)")
     p.add_argument("-f", "--frequency", type=int, default=1,
                    help="MD steps between the frames, used to number the step column (default 1)")
     p.add_argument("-a", "--atomic", action="store_true",

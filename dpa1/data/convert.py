@@ -12,7 +12,7 @@ Two layouts:
 
 Labels come from the calculator attached by ASE: the energy (the force-consistent
 free energy where the file has one, as dpdata does), forces, and the virial from the
-stress, ``W = −V·σ`` (the dpdata convention; ``σ = (1/V) ∂E/∂ε`` so ``W = −∂E/∂ε``).
+stress, ``W = −V·σ`` (the dpdata convention; ``σ = (1/V) ∂E/∂ε``, so ``W = −∂E/∂ε``).
 An ``info["virial"]`` entry wins over the stress.
 """
 
@@ -28,7 +28,10 @@ import numpy as np
 
 from dpa1.data.errors import DataError
 
-__all__ = ["Frame", "convert", "frame_from_atoms", "read_frames", "write_mixed", "write_standard", "write_system"]
+__all__ = [
+    "Frame", "convert", "frame_from_atoms", "read_frames", "resolve_type_map", "write_mixed",
+    "write_standard", "write_system",
+]
 
 DEFAULT_SET_SIZE = 5000
 
@@ -66,7 +69,8 @@ def read_frames(paths: Sequence[str | os.PathLike], fmt: str | None = None) -> l
         try:
             images = ase.io.read(path, index=":", format=fmt)
         except Exception as err:  # ASE raises many types; all mean "cannot read this"
-            raise DataError(f"{path}: ASE cannot read it{f' as {fmt}' if fmt else ''} ({err})") from None
+            as_fmt = f" as {fmt}" if fmt else ""
+            raise DataError(f"{path}: ASE cannot read it{as_fmt} ({err})") from None
         if not isinstance(images, list):
             images = [images]
         if not images:
@@ -84,8 +88,8 @@ def frame_from_atoms(atoms, source: str = "") -> Frame:
     box = None
     if pbc.any():
         if not pbc.all():
-            warnings.warn(f"{source}: partially periodic (pbc={pbc.tolist()}); written as fully periodic",
-                          stacklevel=2)
+            warnings.warn(f"{source}: partially periodic (pbc={pbc.tolist()}); written as "
+                          "fully periodic", stacklevel=2)
         box = np.array(atoms.cell[:], dtype=np.float64)
         if abs(np.linalg.det(box)) < 1e-10:
             raise DataError(f"{source}: periodic but the cell has zero volume")
@@ -104,7 +108,8 @@ def frame_from_atoms(atoms, source: str = "") -> Frame:
             force = None
         if box is not None:
             try:
-                virial = -atoms.get_volume() * np.array(atoms.get_stress(voigt=False), dtype=np.float64)
+                stress = np.array(atoms.get_stress(voigt=False), dtype=np.float64)
+                virial = -atoms.get_volume() * stress
             except missing:
                 virial = None
     if "virial" in atoms.info:
@@ -120,8 +125,9 @@ def resolve_type_map(frames: Sequence[Frame], type_map: Sequence[str] | None = N
         return elements
     missing = [e for e in elements if e not in type_map]
     if missing:
-        raise DataError(f"element{'s' if len(missing) > 1 else ''} {', '.join(missing)} of the input "
-                        f"not in --type-map [{' '.join(type_map)}]")
+        plural = "s" if len(missing) > 1 else ""
+        raise DataError(f"element{plural} {', '.join(missing)} of the input not in --type-map "
+                        f"[{' '.join(type_map)}]")
     return list(type_map)
 
 
@@ -149,7 +155,8 @@ def write_system(
     """
     path = Path(path)
     if path.exists() and any(path.glob("set.*")):
-        raise DataError(f"{path}: already holds set.* directories; remove them or choose another output")
+        raise DataError(f"{path}: already holds set.* directories; remove them or choose another "
+                        "output")
     path.mkdir(parents=True, exist_ok=True)
     nf = coord.shape[0]
     np.savetxt(path / "type.raw", np.asarray(atom_types, dtype=np.int64), fmt="%d")
@@ -168,7 +175,8 @@ def write_system(
                 chunk = chunk.reshape(chunk.shape[0], -1)
             np.save(sd / f"{key}.npy", chunk)
         if real_atom_types is not None:
-            np.save(sd / "real_atom_types.npy", np.asarray(real_atom_types[a : a + set_size], dtype=np.int64))
+            types = np.asarray(real_atom_types[a : a + set_size], dtype=np.int64)
+            np.save(sd / "real_atom_types.npy", types)
     return path
 
 
@@ -197,8 +205,8 @@ def write_standard(
         labels = _stack_labels(fs, orders, name)
         coord = np.stack([f.coord[o] for f, o in members])
         box = None if nopbc else np.stack([f.box for f in fs])
-        out.append(write_system(Path(out_dir) / name, type_map=type_map, atom_types=types, coord=coord,
-                                box=box, set_size=set_size, **labels))
+        out.append(write_system(Path(out_dir) / name, type_map=type_map, atom_types=types,
+                                coord=coord, box=box, set_size=set_size, **labels))
     return out
 
 
@@ -228,8 +236,9 @@ def write_mixed(
         orders.append(order)
     labels = _stack_labels(frames, orders, str(out_dir), pad_to=nmax)
     box = np.stack([f.box for f in frames]) if periodic == {True} else None
-    return write_system(out_dir, type_map=type_map, atom_types=np.zeros(nmax, dtype=np.int64), coord=coord,
-                        box=box, real_atom_types=real, set_size=set_size, **labels)
+    placeholder = np.zeros(nmax, dtype=np.int64)  # type.raw of a mixed-type system
+    return write_system(out_dir, type_map=type_map, atom_types=placeholder, coord=coord, box=box,
+                        real_atom_types=real, set_size=set_size, **labels)
 
 
 def _stack_labels(frames: Sequence[Frame], orders: Sequence[np.ndarray], name: str,

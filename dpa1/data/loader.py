@@ -136,7 +136,8 @@ def _fill_sys_probs(p: np.ndarray, nb: np.ndarray) -> np.ndarray:
         out[~assigned] = max(rest, 0.0) * nb[~assigned] / nb[~assigned].sum()
     elif not np.isclose(rest, 0.0):
         raise ValueError(
-            f"sys_probs sum to {1 - rest:g}; they must sum to 1 (or mark systems with -1 to share the rest)")
+            f"sys_probs sum to {1 - rest:g}; they must sum to 1 (or mark systems with -1 to "
+            "share the rest)")
     return out
 
 
@@ -201,8 +202,8 @@ class SystemSampler:
         sizes = resolve_batch_sizes(batch_size, [s.natoms for s in opened])
         dropped = [s.path for s, b in zip(opened, sizes) if b is None]
         if dropped:
-            warnings.warn(f"batch_size {batch_size!r} drops {len(dropped)} systems with too many atoms: "
-                          + ", ".join(dropped), stacklevel=2)
+            warnings.warn(f"batch_size {batch_size!r} drops {len(dropped)} systems with too many "
+                          "atoms: " + ", ".join(dropped), stacklevel=2)
         self.systems = [s for s, b in zip(opened, sizes) if b is not None]
         self.batch_sizes = [b for b in sizes if b is not None]
         self.rank, self.world_size = rank, world_size
@@ -267,29 +268,7 @@ class SystemSampler:
             for a in range(0, frames.size, bs):
                 yield self._load(sid, frames[a : a + bs])
 
-    # --- restart support: the exact position of every random stream -------------------
-    def state_dict(self) -> dict[str, Any]:
-        """Sampler position (RNG states, current passes) for an exact restart; contains
-        only plain Python values and tensors, so checkpoints load with weights_only."""
-        return {
-            "choice_rng": _rng_state(self._choice_rng),
-            "streams": [
-                {"rng": _rng_state(st.rng), "order": torch.from_numpy(st.order.copy()), "pos": int(st.pos)}
-                for st in self._streams
-            ],
-        }
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        if len(state["streams"]) != len(self._streams):
-            raise ValueError(f"sampler state has {len(state['streams'])} systems, this run has "
-                             f"{len(self._streams)}: restart with the same training systems")
-        _set_rng_state(self._choice_rng, state["choice_rng"])
-        for st, saved in zip(self._streams, state["streams"]):
-            _set_rng_state(st.rng, saved["rng"])
-            st.order = np.asarray(saved["order"].numpy(), dtype=np.int64)
-            st.pos = int(saved["pos"])
-
-    # --- restarts ---------------------------------------------------------------------
+    # --- restarts: the exact position of every random stream ---------------------------
     def state_dict(self) -> dict[str, Any]:
         """Where the sampling stands (RNG states, positions in the current passes).
 
@@ -301,28 +280,32 @@ class SystemSampler:
             "batch_sizes": list(self.batch_sizes),
             "rank": self.rank,
             "world_size": self.world_size,
-            "choice_rng": self._choice_rng.bit_generator.state,
+            "choice_rng": _rng_state(self._choice_rng),
             "streams": [stream.state_dict() for stream in self._streams],
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Continue exactly where :meth:`state_dict` was taken (same data, same batch sizes).
+        """Continue exactly where :meth:`state_dict` was taken (same systems and batch sizes).
 
         With another ``rank``/``world_size`` the saved positions do not apply: sampling
         then starts afresh (with a warning).
         """
+        if len(state["streams"]) != len(self._streams):
+            raise ValueError(f"sampler state has {len(state['streams'])} systems, this run has "
+                             f"{len(self._streams)}: restart with the same training systems")
         now = ([s.nframes for s in self.systems], list(self.batch_sizes))
-        saved = (list(state["nframes"]), list(state["batch_sizes"]))
+        saved = (list(state.get("nframes", now[0])), list(state.get("batch_sizes", now[1])))
         if now != saved:
             raise ValueError(
                 f"the sampler state was saved for systems with nframes {saved[0]} and batch sizes "
                 f"{saved[1]}, but the data now give {now[0]} and {now[1]}")
-        if (state["rank"], state["world_size"]) != (self.rank, self.world_size):
+        where = (state.get("rank", self.rank), state.get("world_size", self.world_size))
+        if where != (self.rank, self.world_size):
             warnings.warn(
-                f"sampler state saved on rank {state['rank']} of {state['world_size']}, restored on "
-                f"rank {self.rank} of {self.world_size}: sampling starts afresh", stacklevel=2)
+                f"sampler state saved on rank {where[0]} of {where[1]}, restored on rank "
+                f"{self.rank} of {self.world_size}: sampling starts afresh", stacklevel=2)
             return
-        self._choice_rng.bit_generator.state = state["choice_rng"]
+        _set_rng_state(self._choice_rng, state["choice_rng"])
         for stream, st in zip(self._streams, state["streams"]):
             stream.load_state_dict(st)
 
@@ -350,11 +333,11 @@ class _FrameStream:
         return idx
 
     def state_dict(self) -> dict[str, Any]:
-        return {"rng": self.rng.bit_generator.state, "order": torch.from_numpy(self.order.copy()),
+        return {"rng": _rng_state(self.rng), "order": torch.from_numpy(self.order.copy()),
                 "pos": self.pos}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.rng.bit_generator.state = state["rng"]
+        _set_rng_state(self.rng, state["rng"])
         self.order = torch.as_tensor(state["order"]).numpy().astype(np.int64)
         self.pos = int(state["pos"])
 

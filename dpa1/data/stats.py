@@ -12,7 +12,7 @@ model needs them, ``fparam``/``aparam`` with their ``find_`` flags.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -70,8 +70,8 @@ def neighbor_stat(
             if d.size == 0:
                 continue
             if d.min() <= 1e-6 * max(1.0, rcut):
-                raise DataError(f"{sys_.path}: atoms overlap in frame {frame} (distance {d.min():.3g} Å); "
-                                "remove duplicated atoms")
+                raise DataError(f"{sys_.path}: atoms overlap in frame {frame} (distance "
+                                f"{d.min():.3g} Å); remove duplicated atoms")
             min_dist = min(min_dist, float(d.min()))
             inside = d * d < rcut * rcut
             if inside.any():
@@ -81,7 +81,10 @@ def neighbor_stat(
     return max_nnei, min(min_dist, MIN_DIST_CAP)
 
 
-def _iter_geometry(sys_: DeepmdSystem, chunk: int):
+def _iter_geometry(
+    sys_: DeepmdSystem, chunk: int
+) -> Iterator[tuple[int, np.ndarray, np.ndarray, np.ndarray | None]]:
+    """``(frame, coord (natoms, 3), atype (natoms,), box (3, 3) | None)``, read in chunks."""
     for a in range(0, sys_.nframes, chunk):
         fr = sys_.get_frames(np.arange(a, min(a + chunk, sys_.nframes)), labels=())
         for k in range(fr["coord"].shape[0]):
@@ -108,7 +111,9 @@ def resolve_sel(sel: int | str, max_nnei: int) -> int:
 
 
 # === descriptor statistics (§9.2) =======================================================
-def compute_descriptor_stats(model: torch.nn.Module, batches: Iterable[Batch]) -> tuple[torch.Tensor, torch.Tensor]:
+def compute_descriptor_stats(
+    model: torch.nn.Module, batches: Iterable[Batch]
+) -> tuple[torch.Tensor, torch.Tensor]:
     """``davg``, ``dstd`` of shape ``(ntypes, nnei, 4)`` from the raw environment matrix.
 
     Per centre type all ``nnei`` slots are pooled, padding (value 0) included; the
@@ -150,7 +155,7 @@ def _std(n: float, s: float, q: float) -> float:
 
 @torch.no_grad()
 def _raw_env(model: torch.nn.Module, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
-    """``R̃ (nf, nloc, nnei, 4)`` (κ applied) and the centre types ``(nf, nloc)`` (−1 virtual)."""
+    """``R̃ (nf, nloc, nnei, 4)`` (κ applied) and centre types ``(nf, nloc)`` (−1 virtual)."""
     desc = model.descriptor
     coord = _tensor(batch["coord"], torch.float64)
     nf = coord.shape[0]
@@ -278,7 +283,8 @@ def _optional(batch: Batch, key: str) -> torch.Tensor | None:
 
 # === fparam / aparam (§9.4) ==============================================================
 def compute_param_stats(values: np.ndarray, protect: float = 1e-2) -> tuple[np.ndarray, np.ndarray]:
-    """Per-component mean and ``1/std`` of ``values (n, d)`` (population std, at least ``protect``)."""
+    """Per-component mean and ``1/std`` of ``values (n, d)``; population std, at least
+    ``protect``."""
     values = np.asarray(values, dtype=np.float64)
     n = values.shape[0]
     mean = values.sum(axis=0) / n
@@ -316,7 +322,8 @@ def apply_statistics(
         if values is None:
             if key == "fparam" and fitting.default_fparam is not None:
                 continue  # the model falls back to default_fparam: nothing to normalise
-            raise DataError(f"the model needs {key} (width {width}) but no sampled system has {key}.npy")
+            raise DataError(f"the model needs {key} (width {width}) but no sampled system has "
+                            f"{key}.npy")
         avg, inv_std = compute_param_stats(values, protect)
         with torch.no_grad():
             getattr(fitting, key + "_avg").copy_(torch.as_tensor(avg))

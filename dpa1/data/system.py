@@ -3,9 +3,10 @@
 A *system* is a directory holding ``type.raw`` (one type index per atom), optionally
 ``type_map.raw`` and an empty ``nopbc`` file, and one or more ``set.*`` directories of
 ``.npy`` files whose first axis is the frame. :class:`DeepmdSystem` checks everything
-once when it is opened (shapes, frame counts, types, non-finite values) and then reads
-only the frames it is asked for: arrays are memory-mapped, so a system of 10⁶ frames
-costs no more memory than one of 10³.
+once when it is opened (shapes, frame counts, types, non-finite values; the values in
+chunks) and then reads only the frames it is asked for: the files are memory-mapped for
+their headers and rows are read on demand, so a system of 10⁶ frames costs no more
+memory than one of 10³.
 
 Atoms of a standard system are reordered by type with a stable sort, as DeePMD-kit
 does (§1.2); ``idx_map`` keeps that permutation. Types are translated by *name* from
@@ -220,8 +221,8 @@ class DeepmdSystem:
         # --- types (§1.3) ---
         if self.mixed_type and self.data_type_map is None:
             raise DataError(
-                f"{root / 'type_map.raw'}: missing; a mixed-type system (set.*/real_atom_types.npy) "
-                "needs type_map.raw to name its types")
+                f"{root / 'type_map.raw'}: missing; a mixed-type system "
+                "(set.*/real_atom_types.npy) needs type_map.raw to name its types")
         self._lookup = self._type_lookup(type_map, file_types)
         if type_map is not None:
             self.type_map: list[str] | None = list(type_map)
@@ -244,7 +245,8 @@ class DeepmdSystem:
     def _open_sets(self, root: Path) -> list[_Set]:
         set_dirs = sorted(p for p in root.glob("set.*") if p.is_dir())
         if not set_dirs:
-            raise DataError(f"{root}: no set.* directories (a system keeps its frames in set.000, ...)")
+            raise DataError(f"{root}: no set.* directories (a system keeps its frames in "
+                            "set.000, ...)")
         sets = []
         for sd in set_dirs:
             files = {}
@@ -259,8 +261,8 @@ class DeepmdSystem:
         if len(modes) > 1:
             mixed = [s.path.name for s in sets if "real_atom_types" in s.files]
             raise DataError(
-                f"{root}: only some sets ({', '.join(mixed)}) have real_atom_types.npy; a system is "
-                "either mixed-type in every set or in none")
+                f"{root}: only some sets ({', '.join(mixed)}) have real_atom_types.npy; a "
+                "system is either mixed-type in every set or in none")
         return sets
 
     def _check_set(self, sd: Path, files: dict[str, _NpyFile]) -> _Set:
@@ -290,13 +292,15 @@ class DeepmdSystem:
             width = expected.get(key)
             f.layout(width, nframes)
             if width is not None and f.width != width:
-                what = "natoms*" + str(width // natoms) if key in LABELS and LABELS[key].atomic else ""
+                atomic = key in LABELS and LABELS[key].atomic
+                what = f"natoms*{width // natoms} = " if atomic else ""
                 raise DataError(
                     f"{f.path}: {f.width} values per frame (shape {f.shape}), expected "
-                    f"{what + ' = ' if what else ''}{width}")
+                    f"{what}{width}")
             if key == "aparam" and f.width % natoms:
                 raise DataError(
-                    f"{f.path}: {f.width} values per frame, expected a multiple of natoms = {natoms}")
+                    f"{f.path}: {f.width} values per frame, expected a multiple of "
+                    f"natoms = {natoms}")
             if f.nframes != nframes:
                 raise DataError(
                     f"{f.path}: {f.nframes} frames, but coord.npy of the same set has {nframes}; "
@@ -311,12 +315,14 @@ class DeepmdSystem:
             if have and len(have) != len(self.sets):
                 miss = [s.path.name for s in self.sets if key not in s.files]
                 raise DataError(
-                    f"{self._root}: {key}.npy is in {', '.join(have)} but not in {', '.join(miss)}; "
-                    "a label must be present in every set of a system (or split the system)")
+                    f"{self._root}: {key}.npy is in {', '.join(have)} but not in "
+                    f"{', '.join(miss)}; a label must be present in every set of a system (or "
+                    "split the system)")
         for key in ("fparam", "aparam"):
             widths = {s.files[key].width for s in self.sets if key in s.files}
             if len(widths) > 1:
-                raise DataError(f"{self._root}: {key}.npy has different widths {sorted(widths)} across sets")
+                raise DataError(f"{self._root}: {key}.npy has different widths "
+                                f"{sorted(widths)} across sets")
 
     def _free_width(self, key: str) -> int:
         f = self.sets[0].files.get(key)
@@ -397,16 +403,19 @@ class DeepmdSystem:
                         warned = True
             start += s.nframes
 
-    def _check_real_types(self, f: _NpyFile, a: int, rows: np.ndarray, ntypes: int, start: int) -> None:
+    def _check_real_types(
+        self, f: _NpyFile, a: int, rows: np.ndarray, ntypes: int, start: int
+    ) -> None:
         if np.issubdtype(rows.dtype, np.floating) and not np.array_equal(rows, np.round(rows)):
             bad = np.argwhere(rows != np.round(rows))[0]
-            raise DataError(f"{f.path}: frame {a + int(bad[0])} atom {int(bad[1])} has a non-integer type")
+            raise DataError(f"{f.path}: frame {a + int(bad[0])} atom {int(bad[1])} has a "
+                            "non-integer type")
         bad = np.argwhere((rows < -1) | (rows >= ntypes))
         if bad.size:
             fr, at = int(bad[0, 0]), int(bad[0, 1])
             raise DataError(
-                f"{f.path}: frame {a + fr} (frame {start + a + fr} of the system) atom {at} has type "
-                f"{rows[fr, at]}, outside type_map.raw ({ntypes} elements: "
+                f"{f.path}: frame {a + fr} (frame {start + a + fr} of the system) atom {at} has "
+                f"type {rows[fr, at]}, outside type_map.raw ({ntypes} elements: "
                 f"{' '.join(self.data_type_map or [])}) and not -1 (virtual)")
 
     # --- frame access -------------------------------------------------------------------
@@ -415,8 +424,8 @@ class DeepmdSystem:
 
     def __repr__(self) -> str:
         kind = "mixed-type" if self.mixed_type else "standard"
-        return (f"DeepmdSystem({self.path!r}, {kind}, nframes={self.nframes}, natoms={self.natoms}, "
-                f"nopbc={self.nopbc}, labels={self.labels})")
+        return (f"DeepmdSystem({self.path!r}, {kind}, nframes={self.nframes}, "
+                f"natoms={self.natoms}, nopbc={self.nopbc}, labels={self.labels})")
 
     def has_label(self, key: str) -> bool:
         return key in self.labels
@@ -452,23 +461,27 @@ class DeepmdSystem:
         nf, natoms = idx.size, self.natoms
         which = np.searchsorted(self._ends, idx, side="right")
         out: dict[str, np.ndarray] = {"fid": idx.copy()}
-        out["coord"] = self._gather("coord", idx, which, dtype).reshape(nf, natoms, 3)[:, self.idx_map]
+        coord = self._gather("coord", idx, which, dtype).reshape(nf, natoms, 3)
+        out["coord"] = coord[:, self.idx_map]
         if not self.nopbc:
             out["box"] = self._gather("box", idx, which, dtype).reshape(nf, 3, 3)
         if self.mixed_type:
             raw = self._gather("real_atom_types", idx, which, np.float64)
             if raw.size and ((raw < -1).any() or (raw >= self._lookup.size - 1).any()):
-                raise DataError(f"{self.path}: real_atom_types.npy holds a type outside type_map.raw")
+                raise DataError(f"{self.path}: real_atom_types.npy holds a type outside "
+                                "type_map.raw")
             atype = self._lookup[raw.astype(np.int64)][:, self.idx_map]
         else:
             atype = np.broadcast_to(self.atom_types, (nf, natoms)).copy()
         out["atype"] = atype
-        counts = np.stack([(atype == t).sum(axis=1) for t in range(self.ntypes)], axis=1) \
-            if self.ntypes else np.zeros((nf, 0), dtype=np.int64)
+        counts = (atype[:, :, None] == np.arange(self.ntypes)).sum(axis=1)  # real atoms only
         out["natoms_vec"] = np.concatenate(
             [np.full((nf, 2), natoms, dtype=np.int64), counts.astype(np.int64)], axis=1)
 
-        requests = [LABELS[k] for k in self.labels] if labels is None else [_as_label(r) for r in labels]
+        if labels is None:
+            requests = [LABELS[k] for k in self.labels]
+        else:
+            requests = [_as_label(r) for r in labels]
         for spec in requests:
             out[spec.key], out["find_" + spec.key] = self._label(spec, idx, which, dtype)
         return out
@@ -524,7 +537,8 @@ def _as_label(request: LabelRequest) -> Label:
 def _read_type_raw(root: Path) -> np.ndarray:
     path = root / "type.raw"
     if not path.is_file():
-        raise DataError(f"{path}: missing; a system directory needs type.raw (one type index per atom)")
+        raise DataError(f"{path}: missing; a system directory needs type.raw (one type index "
+                        "per atom)")
     words = path.read_text().split()
     if not words:
         raise DataError(f"{path}: empty; expected one type index per atom")
@@ -577,7 +591,8 @@ def expand_systems(
     for entry in systems:
         entry = os.fspath(entry)
         if "#" in entry or entry.endswith((".h5", ".hdf5")):
-            raise DataError(f"{entry}: HDF5 systems are not supported; convert them to deepmd/npy directories")
+            raise DataError(f"{entry}: HDF5 systems are not supported; convert them to "
+                            "deepmd/npy directories")
         roots = sorted(glob.glob(entry)) if glob.has_magic(entry) else [entry]
         if not roots or not all(os.path.exists(r) for r in roots):
             raise DataError(f"system path not found: {entry}")
@@ -586,7 +601,8 @@ def expand_systems(
     result = list(dict.fromkeys(found))
     if not result:
         shown = ", ".join(os.fspath(s) for s in systems)
-        raise DataError(f"no system found under {shown} (a system is a directory containing type.raw)")
+        raise DataError(f"no system found under {shown} (a system is a directory containing "
+                        "type.raw)")
     return result
 
 

@@ -229,8 +229,13 @@ def read_npy_system(
 
 
 def read_ase_frames(path: Union[str, os.PathLike], type_map: Sequence[str]) -> Iterator[Frames]:
-    """Frames of any ASE-readable trajectory, grouped into runs of identical atom lists."""
+    """Frames of any ASE-readable trajectory, grouped into runs of identical atom lists.
+
+    LAMMPS text dumps store type numbers, not elements: type ``k`` is read as
+    ``type_map[k-1]``, the convention of ``pair_style deepmd``.
+    """
     from ase.io import iread
+    from ase.io.formats import filetype
 
     lookup = {name: k for k, name in enumerate(type_map)}
     run: list = []
@@ -248,7 +253,15 @@ def read_ase_frames(path: Union[str, os.PathLike], type_map: Sequence[str]) -> I
         box = np.stack([a.cell.array for a in run]) if pbc.all() else None
         return Frames(np.stack([a.positions for a in run]), box, atype)
 
-    for atoms in iread(str(path), index=":"):
+    def frames() -> Iterator:
+        try:  # ASE raises many exception types for unreadable files: make them one line
+            fmt = filetype(str(path))
+            kwargs = {"specorder": list(type_map)} if fmt == "lammps-dump-text" else {}
+            yield from iread(str(path), index=":", format=fmt, **kwargs)
+        except Exception as err:
+            raise ValueError(f"{path}: ASE cannot read it ({type(err).__name__}: {err})") from None
+
+    for atoms in frames():
         if run and (len(atoms) != len(run[0]) or (atoms.numbers != run[0].numbers).any()
                     or (atoms.pbc != run[0].pbc).any()):
             yield flush()

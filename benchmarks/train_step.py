@@ -1,0 +1,176 @@
+"""Training-step benchmark (not a test): seconds per step at batch 1 on 192-atom water.
+
+One step = forward (energy and forces) + the example's energy/force loss + backward +
+Adam step, for the example model in float64 and float32 and its ``attn_layer 0``
+variant. With DeePMD-kit importable, its model gets the same initial weights, the same
+frames and the same learning rates (the example's exponential decay), both steps run
+interleaved, and the two loss curves are compared step by step.
+
+- ours: ``EnergyModel.forward`` in ``.train()`` mode + ``dpa1.train.loss.EnerLoss``;
+- DeePMD: ``deepmd.pt`` ``EnergyModel`` + ``EnergyStdLoss`` (what ``dp --pt train`` runs
+  inside ``Trainer.step``, without its data loader and logging);
+- both: ``torch.optim.Adam(lr, betas=(0.9, 0.999))``, ``zero_grad(set_to_none=True)``.
+
+Usage::
+
+    python benchmarks/train_step.py [--quick] [--steps 12] [--variants float64,float32,attn0]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import common  # sets the threads before torch is imported
+import numpy as np
+import torch
+
+SCRIPT = Path(__file__).resolve()
+
+
+def frames(n: int) -> list[dict]:
+    return [common.water_frame(1, frame=k % 80) for k in range(n)]
+
+
+def worker(argv: list[str]) -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("variant")
+    p.add_argument("--steps", type=int, default=12)
+    p.add_argument("--budget", type=float, default=120.0)
+    p.add_argument("--no-deepmd", action="store_true")
+    a = p.parse_args(argv)
+    from dpa1.train.loss import EnerLoss
+    from dpa1.train.lr import ExpDecayLR
+
+    cfg = common.example_config(**common.VARIANTS[a.variant])
+    lr_sched = ExpDecayLR.from_config(cfg["learning_rate"], cfg["training"]["numb_steps"])
+    loss_cfg = {k: v for k, v in cfg["loss"].items() if k != "type"}
+    model = common.build_ours(**common.VARIANTS[a.variant])
+    use_dp = common.have_deepmd() and not a.no_deepmd
+    dpm = common.to_deepmd(model) if use_dp else None  # before any step: identical weights
+    data = frames(a.steps)
+
+    model.train()
+    ours_loss = EnerLoss.from_config(cfg["loss"], lr_sched.start_lr)
+    ours_opt = torch.optim.Adam([q for q in model.parameters() if q.requires_grad], lr=lr_sched.start_lr,
+                                betas=(0.9, 0.999))
+
+    def ours_step(k: int) -> float:
+        lr = lr_sched.value(k)
+        for g in ours_opt.param_groups:
+            g["lr"] = lr
+        d = data[k]
+        atype = torch.from_numpy(d["atype"]).reshape(1, -1)
+        pred = model(torch.from_numpy(d["coord"]), atype, torch.from_numpy(d["box"]).reshape(1, 3, 3))
+        label = {"atype": atype, "energy": torch.from_numpy(d["energy"]), "force": torch.from_numpy(d["force"]),
+                 "find_energy": 1.0, "find_force": 1.0}
+        loss, _ = ours_loss(pred, label, lr)
+        ours_opt.zero_grad(set_to_none=True)
+        loss.backward()
+        ours_opt.step()
+        return float(loss.detach())
+
+    fns = {"ours": ours_step}
+    if use_dp:
+        from deepmd.pt.loss import EnergyStdLoss
+
+        dpm.train()
+        dp_loss = EnergyStdLoss(starter_learning_rate=lr_sched.start_lr, **loss_cfg)
+        dp_opt = torch.optim.Adam([q for q in dpm.parameters() if q.requires_grad], lr=lr_sched.start_lr,
+                                  betas=(0.9, 0.999))
+
+        def dp_step(k: int) -> float:
+            lr = lr_sched.value(k)
+            for g in dp_opt.param_groups:
+                g["lr"] = lr
+            d = data[k]
+            inp = {"coord": torch.from_numpy(d["coord"]), "atype": torch.from_numpy(d["atype"]).reshape(1, -1),
+                   "box": torch.from_numpy(d["box"]), "do_atomic_virial": False}
+            label = {"energy": torch.from_numpy(d["energy"]), "force": torch.from_numpy(d["force"]),
+                     "find_energy": 1.0, "find_force": 1.0}
+            dp_opt.zero_grad(set_to_none=True)
+            _, loss, _ = dp_loss(inp, dpm, label, natoms=d["atype"].size, learning_rate=lr)
+            loss.backward()
+            dp_opt.step()
+            return float(loss.detach())
+
+        fns["deepmd"] = dp_step
+
+    times: dict[str, list[float]] = {k: [] for k in fns}
+    losses: dict[str, list[float]] = {k: [] for k in fns}
+    start = time.perf_counter()
+    for k in range(a.steps):
+        for name, fn in fns.items():
+            t0 = time.perf_counter()
+            losses[name].append(fn(k))
+            times[name].append(time.perf_counter() - t0)
+        if k >= 3 and time.perf_counter() - start > a.budget:
+            break
+    out = {"load": os.getloadavg()[0], "losses": losses, "times": {}}
+    for name, ts in times.items():
+        ts = ts[1:]  # step 1 is the warm-up
+        out["times"][name] = {"best": min(ts), "median": float(np.median(ts)), "n": len(ts)}
+    common.emit(out)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--steps", type=int, default=None)
+    ap.add_argument("--variants", default="float64,float32,attn0")
+    ap.add_argument("--no-deepmd", action="store_true", help="ours only (use the issue's numbers)")
+    a = ap.parse_args()
+    steps = a.steps or (5 if a.quick else 12)
+    budget = 40.0 if a.quick else 240.0
+    common.print_machine()
+    dp_ok = common.have_deepmd() and not a.no_deepmd
+    print(f"# DeePMD side by side: {'yes' if dp_ok else 'no (reference numbers from the issue)'}; "
+          f"{steps} steps per variant (first one is warm-up)")
+    rows, lrows, trows = [], [], []
+    t_start = time.perf_counter()
+    for variant in a.variants.split(","):
+        args = [variant, "--steps", str(steps), "--budget", str(budget)] + (["--no-deepmd"] if a.no_deepmd else [])
+        r = common.run_child(SCRIPT, args, timeout=1200)
+        if "error" in r:
+            rows.append([variant, "error", r["error"]] + [None] * 4)
+            continue
+        t = r["times"]
+        ours = t["ours"]["best"]
+        if "deepmd" in t:
+            dp, src = t["deepmd"]["best"], "measured"
+        else:
+            dp, src = common.REFERENCE["train_step_s"][variant], "issue"
+        rows.append([variant, "ours", ours, t["ours"]["median"], t["ours"]["n"], common.ratio(dp, ours), ""])
+        if "deepmd" in t:
+            rows.append([variant, "DeePMD", dp, t["deepmd"]["median"], t["deepmd"]["n"], None, ""])
+        rows.append([variant, "DeePMD reference (issue)", common.REFERENCE["train_step_s"][variant], None, None,
+                     common.ratio(common.REFERENCE["train_step_s"][variant], ours), ""])
+        got = common.ratio(dp, ours)
+        trows.append([f"{variant} step speed-up vs DeePMD ({src})", f"≥ {common.TARGETS['train']}×",
+                      f"{got:.2f}×", "yes" if got >= common.TARGETS["train"] else "NO"])
+        if "deepmd" in r["losses"]:
+            lo, ld = np.array(r["losses"]["ours"]), np.array(r["losses"]["deepmd"])
+            rel = np.abs(lo - ld) / np.abs(ld)
+            lrows.append([variant, len(lo), lo[0], ld[0], rel[0], rel.max(), lo[-1], ld[-1]])
+        print(f"# done {variant} ({time.perf_counter() - t_start:.0f} s, load {r['load']:.1f})",
+              file=sys.stderr, flush=True)
+    print("\n## Training step, batch 1, 192-atom water (seconds per step)\n")
+    print(common.table(["variant", "implementation", "best s", "median s", "n", "DeePMD/ours", ""], rows))
+    if lrows:
+        print("\n## Loss curves, same initial weights / frames / learning rates\n")
+        print(common.table(["variant", "steps", "loss₁ ours", "loss₁ DeePMD", "rel. diff step 1",
+                            "max rel. diff", "loss_last ours", "loss_last DeePMD"], lrows))
+    print("\n## Targets\n")
+    print(common.table(["target", "goal", "measured", "met"], trows))
+    print(f"# total {time.perf_counter() - t_start:.0f} s", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    if len(sys.argv) > 1 and sys.argv[1] == "--worker":
+        worker(sys.argv[2:])
+    else:
+        main()
