@@ -139,14 +139,29 @@ def example_config(precision: str = "float64", attn_layer: Optional[int] = None)
 
 
 def build_ours(precision: str = "float64", attn_layer: Optional[int] = None):
-    """Our model with random (seeded) weights and an output bias of realistic size."""
+    """Our model: random (seeded) weights, statistics (davg/dstd, out_bias) from the data."""
     from dpa1.model.build import build_model
+
+    from dpa1.data.stats import apply_statistics
 
     torch.manual_seed(0)
     model = build_model(example_config(precision, attn_layer)["model"])
-    with torch.no_grad():
-        model.out_bias[0, :, 0] = torch.tensor([-93.5, -187.1], dtype=torch.float64)  # ~ water
+    apply_statistics(model, stat_batches())  # davg/dstd and energy bias from the data
     return model
+
+
+def stat_batches(nframes: int = 5) -> list[dict]:
+    """A statistics batch of ``nframes`` water frames (as ``SystemSampler.stat_batches``)."""
+    fr = [water_frame(1, frame=k * 16) for k in range(nframes)]
+    n = fr[0]["atype"].size
+    counts = [int((fr[0]["atype"] == t).sum()) for t in range(2)]
+    return [{
+        "coord": torch.from_numpy(np.concatenate([f["coord"] for f in fr])),
+        "atype": torch.from_numpy(np.stack([f["atype"] for f in fr])),
+        "box": torch.from_numpy(np.concatenate([f["box"] for f in fr])).reshape(-1, 3, 3),
+        "natoms_vec": torch.tensor([[n, n, *counts]] * nframes),
+        "energy": torch.from_numpy(np.concatenate([f["energy"] for f in fr])), "find_energy": 1.0,
+    }]
 
 
 VARIANTS = {

@@ -127,7 +127,7 @@ class DeepPot:
     def _eval_batch(self, coord, atype, box, fparam, aparam, atomic) -> dict[str, np.ndarray]:
         dev, dt = self.device, self._dtype
         coord_t = torch.as_tensor(coord, dtype=dt, device=dev)
-        atype_t = torch.as_tensor(np.ascontiguousarray(atype), dtype=torch.long, device=dev)
+        atype_t = torch.as_tensor(np.array(atype, dtype=np.int64), device=dev)
         box_t = None if box is None else torch.as_tensor(box, dtype=dt, device=dev)
         ext_coord, ext_atype, mapping, nlist = build_extended_system(
             coord_t, atype_t, box_t, self.get_rcut(), int(self.meta["sel"]))
