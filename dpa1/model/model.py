@@ -14,7 +14,7 @@ This needs a single backward pass and no strain trick.
 
 from __future__ import annotations
 
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
 import torch
 from torch import Tensor, nn
@@ -62,6 +62,8 @@ class EnergyModel(nn.Module):
         self.register_buffer(
             "pair_keep", pair_keep_table(ntypes, self.pair_exclude_types), persistent=False
         )
+        # Centres evaluated together outside training (bounds memory for big systems).
+        self.eval_chunk_atoms = 1024
         # Model inputs are cast to the global precision (§2.1).
         self.global_dtype = torch.float64
 
@@ -143,24 +145,29 @@ class EnergyModel(nn.Module):
             nei_type = torch.where(mask, nei_type, ext_type[:, :1].unsqueeze(-1))
         flat_idx = idx.reshape(nf, -1, 1).expand(-1, -1, 3)
         xn = torch.gather(ext_coord, 1, flat_idx).reshape(nf, nloc, nnei, 3)
-        # Forces come from autograd: callers must not wrap the model in torch.no_grad()
-        # (TorchScript cannot re-enable gradients here).
-        rij = (xn - ext_coord[:, :nloc].unsqueeze(2)).detach().requires_grad_(True)
-        desc = self.descriptor(rij, mask, nei_type, atype)
-        e_fit = self.fitting(desc, atype, fparam, aparam)
-        atom_energy = (e_fit + self.out_bias[0, atype, 0]) * self.atom_keep[atype]
-        atom_energy = torch.where(real, atom_energy, torch.zeros_like(atom_energy))
+        rij = (xn - ext_coord[:, :nloc].unsqueeze(2)).detach()  # (nf, nloc, nnei, 3)
+        if aparam is not None:
+            aparam = aparam.reshape(nf, nloc, -1)
+        # Energies are sums over centres and E_i depends only on its own pairs, so the
+        # gradient rows of a chunk of centres are exact: evaluation works chunk by chunk,
+        # keeping memory linear in the number of atoms (training keeps one graph).
+        chunk = nloc if self.training else max(1, self.eval_chunk_atoms // max(nf, 1))
+        energies: List[Tensor] = []
+        grads: List[Tensor] = []
+        for start in range(0, nloc, chunk):
+            end = min(nloc, start + chunk)
+            ap: Optional[Tensor] = None
+            if aparam is not None:
+                ap = aparam[:, start:end]
+            e_c, g_c = self._energy_and_grad(
+                rij[:, start:end], mask[:, start:end], nei_type[:, start:end], atype[:, start:end],
+                real[:, start:end], fparam, ap,
+            )
+            energies.append(e_c)
+            grads.append(g_c)
+        atom_energy = torch.cat(energies, dim=1) if len(energies) > 1 else energies[0]
+        g = torch.cat(grads, dim=1) if len(grads) > 1 else grads[0]
         energy = atom_energy.sum(dim=1, keepdim=True)
-        if not energy.requires_grad:
-            raise RuntimeError("dpa1 computes forces by autograd: do not call it under torch.no_grad()")
-        grad_out: List[Optional[Tensor]] = [torch.ones_like(energy)]
-        g = torch.autograd.grad(
-            [energy], [rij], grad_outputs=grad_out, create_graph=self.training, allow_unused=True
-        )[0]
-        if g is None:
-            g = torch.zeros_like(rij)
-        g = torch.where(mask.unsqueeze(-1), g, torch.zeros_like(g))  # (nf, nloc, nnei, 3)
-        rij = rij.detach()
 
         # === forces on extended atoms, folded back to local atoms ===
         ext_force = torch.zeros(nf, nall, 3, dtype=g.dtype, device=g.device)
@@ -191,6 +198,30 @@ class EnergyModel(nn.Module):
                 1, map9, ext_virial
             )
         return out
+
+    def _energy_and_grad(
+        self, rij: Tensor, mask: Tensor, nei_type: Tensor, atype: Tensor, real: Tensor,
+        fparam: Optional[Tensor], aparam: Optional[Tensor],
+    ) -> Tuple[Tensor, Tensor]:
+        """Atomic energies ``(nf, n)`` of a block of centres and ``g = ∂E/∂r_ij (nf, n, nnei, 3)``."""
+        # Forces come from autograd: callers must not wrap the model in torch.no_grad()
+        # (TorchScript cannot re-enable gradients here).
+        rij = rij.detach().requires_grad_(True)
+        desc = self.descriptor(rij, mask, nei_type, atype)
+        e_fit = self.fitting(desc, atype, fparam, aparam)
+        atom_energy = (e_fit + self.out_bias[0, atype, 0]) * self.atom_keep[atype]
+        atom_energy = torch.where(real, atom_energy, torch.zeros_like(atom_energy))
+        esum = atom_energy.sum(dim=1, keepdim=True)
+        if not esum.requires_grad:
+            raise RuntimeError("dpa1 computes forces by autograd: do not call it under torch.no_grad()")
+        grad_out: List[Optional[Tensor]] = [torch.ones_like(esum)]
+        g = torch.autograd.grad(
+            [esum], [rij], grad_outputs=grad_out, create_graph=self.training, allow_unused=True
+        )[0]
+        if g is None:
+            g = torch.zeros_like(rij)
+        g = torch.where(mask.unsqueeze(-1), g, torch.zeros_like(g))
+        return atom_energy, g
 
     # --- metadata used by inference front-ends ---------------------------------------------
     @torch.jit.export
