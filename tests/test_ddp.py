@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 
@@ -20,8 +21,11 @@ from train_utils import WATER, water_input
 def test_two_process_cpu_ddp(tmp_path):
     inp = water_input(tmp_path, numb_steps=6, disp_freq=2, save_freq=3)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    with socket.socket() as sock:  # a free port: a fixed one may be taken on a shared machine
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-           "--master_port", "29533", "-m", "dpa1", "train", str(inp), "-o", str(tmp_path / "run"),
+           "--master_addr", "127.0.0.1", "--master_port", str(port), "-m", "dpa1", "train", str(inp), "-o", str(tmp_path / "run"),
            "--device", "cpu"]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
