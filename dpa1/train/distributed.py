@@ -51,4 +51,7 @@ def barrier(info: DistInfo) -> None:
 
 def cleanup(info: DistInfo) -> None:
     if info.enabled and dist.is_initialized():
+        # Every rank must be done with collectives before the group goes away: a rank
+        # tearing down gloo while its peer still talks to it aborts the peer.
+        dist.barrier()
         dist.destroy_process_group()
