@@ -38,15 +38,15 @@ log = logging.getLogger("dpa1.train")
 
 
 def _resolve_paths(systems: Any, base: Path) -> list[str]:
-    """Systems relative to the working directory, else to the input file's directory."""
+    """Systems relative to the working directory (as DeePMD-kit), else to the input file's
+    directory, so ``dpa1 train path/to/input.json`` works from anywhere."""
     items = [systems] if isinstance(systems, str) else list(systems)
     out = []
     for s in items:
         p = Path(s)
-        if not p.is_absolute() and not any(ch in s for ch in "*?[") and not p.exists():
-            if (base / p).exists():
-                p = base / p
-        elif not p.is_absolute() and any(ch in s for ch in "*?[") and not list(Path().glob(s)):
+        is_glob = any(ch in s for ch in "*?[")
+        found_here = bool(list(Path().glob(s))) if is_glob else p.exists()
+        if not p.is_absolute() and not found_here and (is_glob or (base / p).exists()):
             p = base / p
         out.append(str(p))
     return out
