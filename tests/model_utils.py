@@ -291,3 +291,22 @@ def fd_virial(
 def max_rel_err(a: np.ndarray, b: np.ndarray, floor: float = 1e-6) -> float:
     """``max |a − b| / max(floor, max |b|)``: the error relative to the largest entry."""
     return float(np.abs(a - b).max() / max(floor, np.abs(b).max()))
+
+
+def water_box(seed: int = 1, rattle: float = 0.1, scale: float = 1.0):
+    """8 water molecules (24 atoms) in a ~6.2 Å triclinic cell (~1 g/cm³), rattled."""
+    from ase import Atoms
+    from ase.build import molecule
+
+    cell = np.array([[6.2, 0.0, 0.0], [0.8, 6.0, 0.0], [-0.5, 0.6, 6.4]]) * scale
+    w = molecule("H2O")
+    symbols, positions = [], []
+    for i in range(2):
+        for j in range(2):
+            for k in range(2):
+                centre = ((np.array([i, j, k]) + 0.25) / 2) @ cell
+                symbols += w.get_chemical_symbols()
+                positions += list(w.positions + centre)
+    atoms = Atoms(symbols, positions=positions, cell=cell, pbc=True)
+    atoms.rattle(rattle, seed=seed)
+    return atoms

@@ -35,20 +35,7 @@ pytestmark = [
 
 
 # === systems ================================================================================
-def water_box(seed: int = 1, rattle: float = 0.1) -> Atoms:
-    """8 water molecules (24 atoms) in a triclinic ~6.2 Å cell, ~1 g/cm³, rattled."""
-    cell = np.array([[6.2, 0.0, 0.0], [0.8, 6.0, 0.0], [-0.5, 0.6, 6.4]])
-    w = molecule("H2O")
-    symbols, positions = [], []
-    for i in range(2):
-        for j in range(2):
-            for k in range(2):
-                centre = ((np.array([i, j, k]) + 0.25) / 2) @ cell
-                symbols += w.get_chemical_symbols()
-                positions += list(w.positions + centre)
-    atoms = Atoms(symbols, positions=positions, cell=cell, pbc=True)
-    atoms.rattle(rattle, seed=seed)
-    return atoms
+from model_utils import water_box  # noqa: E402  (8 H2O, seed 1, rattle 0.1)
 
 
 def water_192() -> Atoms:

@@ -6,8 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from ase import Atoms
-from ase.build import molecule
+
 from ase.io import read, write
 
 from dpa1.cli.main import main
@@ -23,20 +22,12 @@ pytestmark = [
 LOG_COLUMNS = ["step", "time_fs", "T_K", "Epot_eV", "Etot_eV", "P_bar", "Vol_A3"]
 
 
-def water_box() -> Atoms:
-    """8 water molecules in a ~6.2 Å triclinic cell (~1 g/cm³)."""
-    cell = np.array([[6.2, 0.0, 0.0], [0.8, 6.0, 0.0], [-0.5, 0.6, 6.4]])
-    w = molecule("H2O")
-    symbols, positions = [], []
-    for i in range(2):
-        for j in range(2):
-            for k in range(2):
-                centre = ((np.array([i, j, k]) + 0.25) / 2) @ cell
-                symbols += w.get_chemical_symbols()
-                positions += list(w.positions + centre)
-    atoms = Atoms(symbols, positions=positions, cell=cell, pbc=True)
-    atoms.rattle(0.05, seed=1)
-    return atoms
+from model_utils import water_box as _water_box  # noqa: E402
+
+
+def water_box():
+    """8 water molecules in a ~6.2 Å triclinic cell, rattled by 0.05 Å."""
+    return _water_box(seed=1, rattle=0.05)
 
 
 @pytest.fixture

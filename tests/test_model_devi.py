@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 import torch
 from ase import Atoms
-from ase.build import molecule
 from ase.io import write
 
 from dpa1.cli.main import main
@@ -49,20 +48,12 @@ def model_files(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
     return paths
 
 
-def water_box(seed: int) -> Atoms:
-    """8 water molecules (24 atoms) in a ~6.2 Å triclinic cell, rattled."""
-    cell = np.array([[6.2, 0.0, 0.0], [0.8, 6.0, 0.0], [-0.5, 0.6, 6.4]]) * (1 + 0.01 * seed)
-    w = molecule("H2O")
-    symbols, positions = [], []
-    for i in range(2):
-        for j in range(2):
-            for k in range(2):
-                centre = ((np.array([i, j, k]) + 0.25) / 2) @ cell
-                symbols += w.get_chemical_symbols()
-                positions += list(w.positions + centre)
-    atoms = Atoms(symbols, positions=positions, cell=cell, pbc=True)
-    atoms.rattle(0.1, seed=seed)
-    return atoms
+from model_utils import water_box as _water_box  # noqa: E402
+
+
+def water_box(seed: int):
+    """8 water molecules in a cell scaled by 1 + 0.01·seed, rattled by 0.1 Å."""
+    return _water_box(seed=seed, rattle=0.1, scale=1 + 0.01 * seed)
 
 
 @pytest.fixture(scope="module")
