@@ -5,7 +5,11 @@ same code (``dpa1 test``; DeePMD's model goes through ``dp --pt freeze`` and
 ``dp convert-backend`` to ``.dp``, which dpa1 evaluates exactly). DeePMD is run when a ``dp``
 executable is found (``--dp PATH``, default: ``dp`` next to ``--dp-python`` or on PATH).
 
-    python benchmarks/train_water.py --steps 200 [--dp /tmp/dpvenv/bin/dp]
+    python benchmarks/train_water.py --steps 200 [--seeds 1,2,3] [--dp /tmp/dpvenv/bin/dp]
+
+With several seeds (``training.seed`` and the descriptor/fitting seeds all set to it), each
+code is trained once per seed and the mean and spread of the held-out errors are printed:
+one short run is dominated by where the random initial weights happen to land.
 """
 
 from __future__ import annotations
@@ -24,8 +28,12 @@ ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "examples" / "water"
 
 
-def make_input(workdir: Path, steps: int) -> Path:
+def make_input(workdir: Path, steps: int, seed: int | None = None) -> Path:
     cfg = json.loads((EXAMPLE / "input.json").read_text())
+    if seed is not None:
+        cfg["training"]["seed"] = seed
+        cfg["model"]["descriptor"]["seed"] = seed
+        cfg["model"]["fitting_net"]["seed"] = seed
     data = EXAMPLE / "data"
     cfg["training"]["training_data"]["systems"] = [str(data / "data_0"), str(data / "data_1")]
     cfg["training"]["validation_data"]["systems"] = [str(data / "data_2")]
@@ -51,38 +59,63 @@ def held_out(model: Path, workdir: Path, env: dict) -> dict:
     return json.loads(out.read_text())["total"]
 
 
+def train_both(a, env: dict, tmp: Path, seed: int | None) -> list[tuple[str, float, dict]]:
+    """Train dpa1 and (when available) DeePMD-kit on the same input; held-out errors of each."""
+    rows = []
+    ours = tmp / f"ours_{seed}"
+    ours.mkdir()
+    inp = make_input(ours, a.steps, seed)
+    t = run([sys.executable, "-m", "dpa1", "train", str(inp), "-o", str(ours), "--log-level", "WARNING"], ours, env)
+    rows.append(("dpa1", t / a.steps, held_out(ours / "model.ckpt.pt", ours, env)))
+    if not a.no_deepmd and a.dp and Path(a.dp).exists():
+        dpdir = tmp / f"deepmd_{seed}"
+        dpdir.mkdir()
+        inp = make_input(dpdir, a.steps, seed)
+        t = run([a.dp, "--pt", "train", str(inp), "--skip-neighbor-stat"], dpdir, env)
+        run([a.dp, "--pt", "freeze", "-o", "frozen.pth"], dpdir, env)
+        run([a.dp, "convert-backend", "frozen.pth", "frozen.dp"], dpdir, env)
+        rows.append(("DeePMD-kit", t / a.steps, held_out(dpdir / "frozen.dp", dpdir, env)))
+    return rows
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--steps", type=int, default=200)
+    ap.add_argument("--seeds", default="", help="comma list; default: the example's own seeds")
     ap.add_argument("--dp", default=shutil.which("dp") or "/tmp/dpvenv/bin/dp")
     ap.add_argument("--no-deepmd", action="store_true")
+    ap.add_argument("--json", default=None, help="also write every row to this file")
     a = ap.parse_args()
     env = {**os.environ, "OMP_NUM_THREADS": "2", "DP_INTRA_OP_PARALLELISM_THREADS": "2",
            "DP_INTER_OP_PARALLELISM_THREADS": "1"}
-    rows = []
+    seeds: list[int | None] = [int(x) for x in a.seeds.split(",") if x] or [None]
+    table: list[tuple[int | None, str, float, dict]] = []
     with tempfile.TemporaryDirectory() as tmp:
-        tmp = Path(tmp)
-        ours = tmp / "ours"
-        ours.mkdir()
-        inp = make_input(ours, a.steps)
-        t = run([sys.executable, "-m", "dpa1", "train", str(inp), "-o", str(ours), "--log-level", "WARNING"], ours, env)
-        rows.append(("dpa1", t / a.steps, held_out(ours / "model.ckpt.pt", ours, env)))
-        if not a.no_deepmd and a.dp and Path(a.dp).exists():
-            dpdir = tmp / "deepmd"
-            dpdir.mkdir()
-            inp = make_input(dpdir, a.steps)
-            t = run([a.dp, "--pt", "train", str(inp), "--skip-neighbor-stat"], dpdir, env)
-            run([a.dp, "--pt", "freeze", "-o", "frozen.pth"], dpdir, env)
-            run([a.dp, "convert-backend", "frozen.pth", "frozen.dp"], dpdir, env)
-            rows.append(("DeePMD-kit", t / a.steps, held_out(dpdir / "frozen.dp", dpdir, env)))
-    print(f"water, example model, {a.steps} steps, batch 1, float64, 2 threads; held-out: data_2 (40 frames)")
-    print(f"{'code':12s} {'s/step':>8s} {'rmse_e/atom':>12s} {'rmse_f':>10s}")
-    for name, sps, err in rows:
-        print(f"{name:12s} {sps:8.3f} {err['rmse_energy_per_atom']:12.4e} {err['rmse_force']:10.4e}")
-    if len(rows) == 2:
-        (_, s0, e0), (_, s1, e1) = rows
-        print(f"speed ratio (DeePMD s/step / dpa1 s/step): {s1 / s0:.2f}; "
-              f"force RMSE ratio (dpa1 / DeePMD): {e0['rmse_force'] / e1['rmse_force']:.3f}")
+        for seed in seeds:
+            for name, sps, err in train_both(a, env, Path(tmp), seed):
+                table.append((seed, name, sps, err))
+                print(f"seed {seed}: {name:12s} {sps:8.3f} s/step  rmse_e/atom {err['rmse_energy_per_atom']:.4e}"
+                      f"  rmse_f {err['rmse_force']:.4e}", flush=True)
+    print(f"\nwater, example model, {a.steps} steps, batch 1, float64, 2 threads; held-out: data_2 (40 frames)")
+    print(f"{'seed':>5s} {'code':12s} {'s/step':>8s} {'rmse_e/atom':>12s} {'rmse_f':>10s}")
+    for seed, name, sps, err in table:
+        print(f"{str(seed):>5s} {name:12s} {sps:8.3f} {err['rmse_energy_per_atom']:12.4e} {err['rmse_force']:10.4e}")
+    codes = sorted({name for _, name, _, _ in table})
+    means = {}
+    for name in codes:
+        errs = [(e["rmse_energy_per_atom"], e["rmse_force"], s) for _, n, s, e in table if n == name]
+        me, mf, ms = (sum(x[i] for x in errs) / len(errs) for i in range(3))
+        means[name] = (me, mf, ms)
+        print(f"{'mean':>5s} {name:12s} {ms:8.3f} {me:12.4e} {mf:10.4e}   "
+              f"(range e {min(x[0] for x in errs):.3e}–{max(x[0] for x in errs):.3e}, "
+              f"f {min(x[1] for x in errs):.4f}–{max(x[1] for x in errs):.4f})")
+    if len(means) == 2:
+        (e0, f0, s0), (e1, f1, s1) = means["dpa1"], means["DeePMD-kit"]
+        print(f"mean ratios dpa1/DeePMD: energy RMSE {e0 / e1:.3f}, force RMSE {f0 / f1:.3f}; "
+              f"speed (DeePMD s/step / dpa1 s/step) {s1 / s0:.2f}")
+    if a.json:
+        Path(a.json).write_text(json.dumps(
+            [{"seed": sd, "code": n, "s_per_step": s, **e} for sd, n, s, e in table], indent=1))
 
 
 if __name__ == "__main__":

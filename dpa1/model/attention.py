@@ -15,6 +15,11 @@ from dpa1.model.network import Layer, LayerNorm
 ATTNW_SHIFT = 20.0
 
 
+def _scaled_unit_rows(x: Tensor, scale: float) -> Tensor:
+    """``scale · x / max(‖x‖, 1e-12)`` along the last axis (``F.normalize`` with a factor)."""
+    return x * (scale / torch.linalg.vector_norm(x, dim=-1, keepdim=True).clamp_min(1e-12))
+
+
 class GatedAttentionLayer(nn.Module):
     """One post-norm layer: ``G ← LN(G + out_proj(A·V))`` with one head.
 
@@ -66,12 +71,14 @@ class GatedAttentionLayer(nn.Module):
             gate: multiplies the softmax weights (query mask, switches, ``u_j·u_k``, diagonal).
             All three are shared by every layer (see :meth:`NeighborGatedAttention.forward`).
         """
-        q, k, v = self.in_proj(g).split(self.hidden_dim, dim=-1)
+        q = self._project(g, 0)
+        k = self._project(g, 1)
+        v = self._project(g, 2)
         if self.normalize:
             # F.normalize semantics (x / max(|x|, 1e-12)); the scale is folded into q.
-            q = q * (self.scaling / torch.linalg.vector_norm(q, dim=-1, keepdim=True).clamp_min(1e-12))
-            k = k / torch.linalg.vector_norm(k, dim=-1, keepdim=True).clamp_min(1e-12)
-            v = v / torch.linalg.vector_norm(v, dim=-1, keepdim=True).clamp_min(1e-12)
+            q = _scaled_unit_rows(q, self.scaling)
+            k = _scaled_unit_rows(k, 1.0)
+            v = _scaled_unit_rows(v, 1.0)
         else:
             q = q * self.scaling
         if self.smooth:
@@ -79,8 +86,25 @@ class GatedAttentionLayer(nn.Module):
         else:
             logits = torch.baddbmm(logit_shift, q, k.transpose(-1, -2))
         weights = torch.softmax(logits, dim=-1) * gate
-        out = self.out_proj(torch.bmm(weights, v))
+        b_out = self.out_proj.b
+        if self.embed_dim < self.hidden_dim and b_out is not None:
+            # (A·V)·W_out = A·(V·W_out): the nnei×nnei product then runs on embed_dim columns
+            out = torch.baddbmm(b_out, weights, torch.matmul(v, self.out_proj.w))
+        else:
+            out = self.out_proj(torch.bmm(weights, v))
         return self.layer_norm(g + out)
+
+    def _project(self, g: Tensor, block: int) -> Tensor:
+        """Block ``block`` (0: Q, 1: K, 2: V) of ``in_proj``, ``(nb, nnei, hidden_dim)``.
+
+        Three products instead of one split ``(…, 3·hidden)`` output: each block comes out
+        contiguous (the elementwise work that follows runs at full speed on it) and the
+        backward pass adds three small products instead of concatenating three big blocks.
+        """
+        lo, hi = block * self.hidden_dim, (block + 1) * self.hidden_dim
+        b = self.in_proj.b
+        assert b is not None
+        return F.linear(g, self.in_proj.w[:, lo:hi].t(), b[lo:hi])
 
 
 class NeighborGatedAttention(nn.Module):
