@@ -10,7 +10,7 @@ that evaluates once). Before timing, ours and DeePMD's outputs are compared.
 - DeePMD: ``deepmd.infer.DeepPot`` on the same model frozen with ``torch.jit.script``
   (``.pth``), and DeePMD's eager ``EnergyModel.forward``; ratios use the faster one.
 
-``--eval-chunk N`` sets dpa1's ``EnergyModel.eval_chunk_atoms`` (centres per block inside
+``--eval-chunk N`` sets dpa1's ``EnergyModel.block_atoms`` (centres per block inside
 ``forward_lower``); ``--also-chunked`` adds the benchmark's own ``chunked_eval`` (a small
 extended system per block of ``--chunk`` centres: same results, memory bounded by the chunk).
 Each child runs under an address-space cap, so an oversize run fails instead of the machine.
@@ -80,8 +80,8 @@ def make_evaluators(variant: str, natoms: int, impls: list[str], chunk: int, tmp
     w = common.water_frame(common.rep_for(natoms))
     coord, box, atype = w["coord"], w["box"], w["atype"]
     model = common.build_ours(**common.VARIANTS[variant])
-    if eval_chunk > 0 and hasattr(model, "eval_chunk_atoms"):
-        model.eval_chunk_atoms = eval_chunk  # centres per block inside forward_lower
+    if eval_chunk > 0 and hasattr(model, "block_atoms"):
+        model.block_atoms = eval_chunk  # centres per block inside forward_lower
     fns = {}
     if "ours" in impls:
         from dpa1.infer.deep_pot import DeepPot
@@ -182,7 +182,7 @@ def main() -> None:
     ap.add_argument("--also-chunked", action="store_true",
                     help="also time the benchmark's own chunked_eval (above 192 atoms)")
     ap.add_argument("--eval-chunk", type=int, default=0,
-                    help="set EnergyModel.eval_chunk_atoms (dpa1's own centre blocks); 0 = dpa1's default")
+                    help="set EnergyModel.block_atoms (dpa1's own centre blocks); 0 = dpa1's default")
     ap.add_argument("--repeat", type=int, default=None)
     ap.add_argument("--no-mem", action="store_true", help="skip the peak-memory children")
     ap.add_argument("--mem-cap-gb", type=float, default=None,
@@ -306,7 +306,7 @@ def main() -> None:
             trows.append([f"{variant}: peak memory at 12,288 atoms (DeepPot)",
                           f"≤ {common.TARGETS['mem_12288_gb']} GB", txt, met])
     print(common.table(["target", "goal", "measured", "met"], trows))
-    print("\nNotes: 'ours (DeepPot)' is dpa1 as shipped (it blocks centres by EnergyModel.eval_chunk_atoms "
+    print("\nNotes: 'ours (DeepPot)' is dpa1 as shipped (it blocks centres by EnergyModel.block_atoms "
           "where that exists; --eval-chunk overrides it); 'ours (chunked)' (--also-chunked) is the "
           "benchmark's chunked_eval: forward_lower on --chunk centres with a small extended system each. "
           "Ratios use the faster DeePMD path. Peak RSS includes the interpreter and torch (~0.25–0.5 GB).")
