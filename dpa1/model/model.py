@@ -216,9 +216,9 @@ class EnergyModel(nn.Module):
         map3 = mapping.unsqueeze(-1).expand(-1, -1, 3)
         force = torch.zeros(nf, nloc, 3, dtype=g.dtype, device=g.device).scatter_add(1, map3, ext_force)
 
-        # V[3k+j] = −Σ g_k r_j
-        pair_virial = -g.unsqueeze(-1) * rij.unsqueeze(-2)  # (nf, nloc, nnei, 3, 3)
-        virial = pair_virial.sum(dim=(1, 2)).reshape(nf, 9)
+        # V[3k+j] = −Σ g_k r_j, one (3 × nloc·nnei)·(nloc·nnei × 3) product per frame
+        g_flat, r_flat = g.reshape(nf, -1, 3), rij.reshape(nf, -1, 3)
+        virial = -torch.bmm(g_flat.transpose(1, 2), r_flat).reshape(nf, 9)
         out: Dict[str, Tensor] = {
             "energy": energy,
             "atom_energy": atom_energy.unsqueeze(-1),
@@ -228,6 +228,7 @@ class EnergyModel(nn.Module):
             "mask": real.to(torch.int32),
         }
         if do_atomic_virial:
+            pair_virial = -g_flat.unsqueeze(-1) * r_flat.unsqueeze(-2)  # (nf, nloc·nnei, 3, 3)
             map9 = mapping.unsqueeze(-1).expand(-1, -1, 9)
             ext_virial = torch.zeros(nf, nall, 9, dtype=g.dtype, device=g.device).scatter_add(
                 1, idx.reshape(nf, -1, 1).expand(-1, -1, 9), pair_virial.reshape(nf, -1, 9)
