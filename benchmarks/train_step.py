@@ -11,12 +11,13 @@ interleaved, and the two loss curves are compared step by step.
   inside ``Trainer.step``, without its data loader and logging);
 - both: ``torch.optim.Adam(lr, betas=(0.9, 0.999))``, ``zero_grad(set_to_none=True)``.
 
-Our untuned path (all N_c slots, no padding trimming) is trained side by side
+Our untuned path (all N_c slots, no padding trimming, one block) is trained side by side
 from the same weights too: its loss curve must equal ours to round-off.
 
 Usage::
 
     python benchmarks/train_step.py [--quick] [--steps 12] [--variants float64,float32,attn0]
+    python benchmarks/train_step.py --variants float64 --steps 100 --budget 1e9 --heldout 20 --no-plain
 """
 
 from __future__ import annotations
@@ -40,6 +41,26 @@ def frames(n: int) -> list[dict]:
     return [common.water_frame(1, frame=k % 80) for k in range(n)]
 
 
+def heldout_errors(models: dict, nframes: int) -> dict:
+    """Energy/atom and force RMSE of each model on the first frames of ``data_2``."""
+    system = common.WATER.parent / "data_2"
+    out = {}
+    for name, net in models.items():
+        net.eval()
+        de, df = [], []
+        for k in range(nframes):
+            d = common.water_frame(1, frame=k, system=system)
+            pred = net(torch.from_numpy(d["coord"]), torch.from_numpy(d["atype"]).reshape(1, -1),
+                       torch.from_numpy(d["box"]).reshape(1, 9))
+            n = d["atype"].size
+            de.append((float(pred["energy"].detach().reshape(-1)[0]) - float(d["energy"][0, 0])) / n)
+            df.append((pred["force"].detach().numpy().reshape(-1, 3) - d["force"].reshape(-1, 3)).ravel())
+        out[name] = {"rmse_e_atom": float(np.sqrt(np.mean(np.square(de)))),
+                     "rmse_f": float(np.sqrt(np.mean(np.square(np.concatenate(df))))),
+                     "mean_e_atom": float(np.mean(de))}
+    return out
+
+
 def worker(argv: list[str]) -> None:
     p = argparse.ArgumentParser()
     p.add_argument("variant")
@@ -47,6 +68,7 @@ def worker(argv: list[str]) -> None:
     p.add_argument("--budget", type=float, default=120.0)
     p.add_argument("--no-deepmd", action="store_true")
     p.add_argument("--no-plain", action="store_true")
+    p.add_argument("--heldout", type=int, default=0)
     a = p.parse_args(argv)
     from dpa1.train.loss import EnerLoss
     from dpa1.train.lr import ExpDecayLR
@@ -57,9 +79,10 @@ def worker(argv: list[str]) -> None:
     model = common.build_ours(**common.VARIANTS[a.variant])
     use_dp = common.have_deepmd() and not a.no_deepmd
     dpm = common.to_deepmd(model) if use_dp else None  # before any step: identical weights
-    # The untuned path: every one of the N_c slots.
+    # The untuned path: every one of the N_c slots, all centres in one block.
     plain = copy.deepcopy(model)
     plain.descriptor.trim_padding = False
+    plain.block_atoms = 1 << 30
     data = frames(a.steps)
 
     def make_step(net):
@@ -124,6 +147,9 @@ def worker(argv: list[str]) -> None:
         if k >= 3 and time.perf_counter() - start > a.budget:
             break
     out = {"load": os.getloadavg()[0], "losses": losses, "times": {}}
+    if a.heldout:
+        out["heldout"] = heldout_errors(
+            {"ours": model, **({"deepmd": dpm} if use_dp else {})}, a.heldout)
     for name, ts in times.items():
         ts = ts[1:]  # step 1 is the warm-up
         out["times"][name] = {"best": min(ts), "median": float(np.median(ts)), "n": len(ts)}
@@ -137,18 +163,21 @@ def main() -> None:
     ap.add_argument("--variants", default="float64,float32,attn0")
     ap.add_argument("--no-deepmd", action="store_true", help="ours only (use the issue's numbers)")
     ap.add_argument("--no-plain", action="store_true", help="skip our untuned path")
+    ap.add_argument("--heldout", type=int, default=0,
+                    help="after the steps, RMSE of each trained model on this many data_2 frames")
+    ap.add_argument("--budget", type=float, default=None, help="seconds per variant (default 40/240)")
     a = ap.parse_args()
     steps = a.steps or (5 if a.quick else 12)
-    budget = 40.0 if a.quick else 240.0
+    budget = a.budget or (40.0 if a.quick else 240.0)
     common.print_machine()
     dp_ok = common.have_deepmd() and not a.no_deepmd
     print(f"# DeePMD side by side: {'yes' if dp_ok else 'no (reference numbers from the issue)'}; "
           f"{steps} steps per variant (first one is warm-up)")
-    rows, lrows, trows = [], [], []
+    rows, lrows, trows, hrows = [], [], [], []
     t_start = time.perf_counter()
     for variant in a.variants.split(","):
         args = [variant, "--steps", str(steps), "--budget", str(budget)] + (["--no-deepmd"] if a.no_deepmd else [])
-        args += ["--no-plain"] if a.no_plain else []
+        args += (["--no-plain"] if a.no_plain else []) + ["--heldout", str(a.heldout)]
         r = common.run_child(SCRIPT, args, timeout=1200)
         if "error" in r:
             rows.append([variant, "error", r["error"]] + [None] * 4)
@@ -175,16 +204,23 @@ def main() -> None:
         if "plain" in t:
             rows.append([variant, "ours, untuned path", t["plain"]["best"], t["plain"]["median"],
                          t["plain"]["n"], None, ""])
+        for name, err in r.get("heldout", {}).items():
+            hrows.append([variant, name, len(r["losses"][name]), err["rmse_e_atom"], err["mean_e_atom"],
+                          err["rmse_f"]])
         print(f"# done {variant} ({time.perf_counter() - t_start:.0f} s, load {r['load']:.1f})",
               file=sys.stderr, flush=True)
     print("\n## Training step, batch 1, 192-atom water (seconds per step)\n")
     print(common.table(["variant", "implementation", "best s", "median s", "n", "DeePMD/ours", ""], rows))
     if lrows:
         print("\n## Loss curves, same initial weights / frames / learning rates\n")
-        print("(plain: our untuned path, all N_c slots; the speed-ups "
+        print("(plain: our untuned path, all N_c slots in one block; the speed-ups "
               "must not change the numbers beyond round-off)\n")
         print(common.table(["variant", "against", "steps", "loss₁ ours", "loss₁ other", "rel. diff step 1",
                             "max rel. diff", "loss_last ours", "loss_last other"], lrows))
+    if hrows:
+        print("\n## Held-out errors after these steps (data_2; same initial weights, frames and lr)\n")
+        print(common.table(["variant", "model", "steps", "rmse E/atom (eV)", "mean ΔE/atom (eV)",
+                            "rmse F (eV/Å)"], hrows))
     print("\n## Targets\n")
     print(common.table(["target", "goal", "measured", "met"], trows))
     print(f"# total {time.perf_counter() - t_start:.0f} s", file=sys.stderr)

@@ -81,8 +81,9 @@ class EnergyModel(nn.Module):
             "pair_keep", pair_keep_table(ntypes, self.pair_exclude_types), persistent=False
         )
         # Centres evaluated together (see forward_lower): bounds inference memory for big
-        # systems and lets each block trim its padding to its own width. 64 was measured
-        # fastest on 192–12,288-atom water, for inference and training alike (benchmarks/).
+        # systems and lets each block trim its padding to its own width. 64 measured best on
+        # 1,536-atom water (192 atoms: flat from 16 to 96) and saves ~8 % of a training step
+        # against one block (benchmarks/RESULTS.md, 2026-12-01).
         self.block_atoms = 64
         # Model inputs are cast to the global precision (§2.1).
         self.global_dtype = torch.float64
