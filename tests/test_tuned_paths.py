@@ -147,3 +147,42 @@ def test_blocked_training_gradients_equal_plain(name: str) -> None:
             continue
         err = (g_blocked - g_plain).abs().max().item()
         assert err <= 1e-10 * max(g_plain.abs().max().item(), 1e-3), f"{pname}: {err:.2e}"
+
+
+def test_scaled_unit_rows_fast_backward_is_the_formulas_gradient() -> None:
+    """The hand-written backward of the attention's row normalisation (evaluation only) is
+    the derivative of ``scale·x/max(‖x‖, 1e-12)``: rows of every size, a zero row and a row
+    below the floor; a second derivative is refused instead of being silently wrong."""
+    from dpa1.model.attention import _scaled_unit_rows
+
+    gen = torch.Generator().manual_seed(5)
+    x = torch.randn(3, 7, 16, generator=gen, dtype=torch.float64)
+    x[0, 1] = 0.0
+    x[1, 2] *= 1e-14  # below the 1e-12 floor: a constant multiple of x
+    x[2, 3] *= 1e6
+    g = torch.randn(x.shape, generator=gen, dtype=torch.float64)
+    results = []
+    for fast in (False, True):
+        xi = x.clone().requires_grad_()
+        y = _scaled_unit_rows(xi, 0.3, fast)
+        (gx,) = torch.autograd.grad(y, xi, g)
+        results.append((y.detach(), gx))
+    (y0, g0), (y1, g1) = results
+    assert torch.equal(y0, y1)
+    assert torch.allclose(g1, g0, rtol=1e-12, atol=0.0)
+    assert torch.autograd.gradcheck(lambda t: _scaled_unit_rows(t, 0.3, True), (x[2:, :2].clone().requires_grad_(),))
+    xi = x.clone().requires_grad_()
+    with pytest.raises(RuntimeError, match="differentiable once"):
+        torch.autograd.grad(_scaled_unit_rows(xi, 0.3, True), xi, g, create_graph=True)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_evaluation_mode_equals_training_mode(name: str) -> None:
+    """Evaluation takes the fast backward of the attention normalisation, training the
+    plain autograd one (it differentiates forces again): same energies, forces, virials."""
+    model = copy.deepcopy(model_for(name))
+    c, atype, b = make_system("pbc", 9, n_virtual=1, natoms=14)
+    fp, ap = params_for(model, 1, atype.shape[0])
+    got = evaluate(model.eval(), c, atype, b, fp, ap)
+    want = evaluate(model.train(), c, atype, b, fp, ap)
+    _compare(got, want, tol(name, 1e-12, 1e-5), "eval vs train mode")

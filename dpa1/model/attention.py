@@ -15,8 +15,50 @@ from dpa1.model.network import Layer, LayerNorm
 ATTNW_SHIFT = 20.0
 
 
-def _scaled_unit_rows(x: Tensor, scale: float) -> Tensor:
-    """``scale · x / max(‖x‖, 1e-12)`` along the last axis (``F.normalize`` with a factor)."""
+#: ``F.normalize``'s floor on the norm (TorchScript needs the literal in the plain formula).
+_NORM_EPS = 1e-12
+
+
+class _ScaledUnitRows(torch.autograd.Function):
+    """``scale · x / max(‖x‖, ε)`` with a hand-written backward, for evaluation only.
+
+    Autograd's own backward of the formula takes about seven passes over ``x``-sized
+    tensors (both factors' gradients, the norm's backward with its zero mask, their sum);
+    ``r·(g − ŷ(ŷ·g))`` takes two, and the three normalisations of each attention layer are
+    the largest elementwise cost of a force evaluation. Once differentiable: training
+    (which differentiates forces again) uses the plain formula, so does TorchScript.
+    """
+
+    @staticmethod
+    def forward(ctx, x: Tensor, scale: float) -> Tensor:
+        norm = torch.linalg.vector_norm(x, dim=-1, keepdim=True)
+        r = scale / norm.clamp_min(_NORM_EPS)
+        y = x * r
+        ctx.save_for_backward(y, r, norm)
+        ctx.inv_scale2 = 1.0 / (scale * scale)
+        return y
+
+    @staticmethod
+    def backward(ctx, g: Tensor) -> tuple[Tensor, None]:
+        if torch.is_grad_enabled():  # create_graph: the formula below would be a constant
+            raise RuntimeError("the evaluation-mode attention normalisation is differentiable once; "
+                               "put the model in training mode (model.train()) to differentiate forces")
+        y, r, norm = ctx.saved_tensors
+        # dy/dx = r·(I − ŷŷᵀ) with ŷ = y/scale; a row below the floor is just r·x.
+        dot = torch.linalg.vecdot(g, y, dim=-1).unsqueeze(-1) * ctx.inv_scale2
+        dot = dot.masked_fill_(norm < _NORM_EPS, 0.0)
+        return torch.addcmul(g, y, dot, value=-1.0).mul_(r), None
+
+
+def _scaled_unit_rows(x: Tensor, scale: float, fast_backward: bool) -> Tensor:
+    """``scale · x / max(‖x‖, 1e-12)`` along the last axis (``F.normalize`` with a factor).
+
+    ``fast_backward`` (evaluation) uses :class:`_ScaledUnitRows`; same values, same
+    first derivatives (a second one raises).
+    """
+    if not torch.jit.is_scripting():
+        if fast_backward:
+            return _ScaledUnitRows.apply(x, scale)
     return x * (scale / torch.linalg.vector_norm(x, dim=-1, keepdim=True).clamp_min(1e-12))
 
 
@@ -76,9 +118,10 @@ class GatedAttentionLayer(nn.Module):
         v = self._project(g, 2)
         if self.normalize:
             # F.normalize semantics (x / max(|x|, 1e-12)); the scale is folded into q.
-            q = _scaled_unit_rows(q, self.scaling)
-            k = _scaled_unit_rows(k, 1.0)
-            v = _scaled_unit_rows(v, 1.0)
+            fast = not self.training
+            q = _scaled_unit_rows(q, self.scaling, fast)
+            k = _scaled_unit_rows(k, 1.0, fast)
+            v = _scaled_unit_rows(v, 1.0, fast)
         else:
             q = q * self.scaling
         if self.smooth:
