@@ -85,6 +85,8 @@ def main() -> None:
     ap.add_argument("--dp", default=shutil.which("dp") or "/tmp/dpvenv/bin/dp")
     ap.add_argument("--no-deepmd", action="store_true")
     ap.add_argument("--json", default=None, help="also write every row to this file")
+    ap.add_argument("--merge", nargs="*", default=[],
+                    help="earlier --json files: their runs join the comparison over seeds")
     a = ap.parse_args()
     env = {**os.environ, "OMP_NUM_THREADS": "2", "DP_INTRA_OP_PARALLELISM_THREADS": "2",
            "DP_INTER_OP_PARALLELISM_THREADS": "1"}
@@ -109,13 +111,39 @@ def main() -> None:
         print(f"{'mean':>5s} {name:12s} {ms:8.3f} {me:12.4e} {mf:10.4e}   "
               f"(range e {min(x[0] for x in errs):.3e}–{max(x[0] for x in errs):.3e}, "
               f"f {min(x[1] for x in errs):.4f}–{max(x[1] for x in errs):.4f})")
-    if len(means) == 2:
-        (e0, f0, s0), (e1, f1, s1) = means["dpa1"], means["DeePMD-kit"]
-        print(f"mean ratios dpa1/DeePMD: energy RMSE {e0 / e1:.3f}, force RMSE {f0 / f1:.3f}; "
-              f"speed (DeePMD s/step / dpa1 s/step) {s1 / s0:.2f}")
     if a.json:
         Path(a.json).write_text(json.dumps(
             [{"seed": sd, "code": n, "s_per_step": s, **e} for sd, n, s, e in table], indent=1))
+    rows = [{"seed": sd, "code": n, "s_per_step": s, **e} for sd, n, s, e in table]
+    for extra in a.merge:
+        rows += json.loads(Path(extra).read_text())
+    if {"dpa1", "DeePMD-kit"} <= {r["code"] for r in rows}:
+        compare(rows)
+
+
+def _mean_se(xs: list[float]) -> tuple[float, float]:
+    m = sum(xs) / len(xs)
+    var = sum((x - m) ** 2 for x in xs) / (len(xs) - 1) if len(xs) > 1 else float("nan")
+    return m, (var / len(xs)) ** 0.5
+
+
+def compare(rows: list[dict]) -> None:
+    """Mean ± standard error of each code's held-out RMSE over seeds, and the difference.
+
+    One seed's 200 steps are dominated by where its random initial weights land, and the
+    two codes draw different weights for the same seed: only the distributions over seeds
+    compare (Welch's t for the difference of the means).
+    """
+    seeds = sorted({r["seed"] for r in rows if r["seed"] is not None})
+    print(f"\nover {len(rows)} runs, seeds {seeds}:")
+    for key in ("rmse_energy_per_atom", "rmse_force"):
+        stats = {c: _mean_se([r[key] for r in rows if r["code"] == c]) for c in ("dpa1", "DeePMD-kit")}
+        n = {c: sum(r["code"] == c for r in rows) for c in stats}
+        (m0, se0), (m1, se1) = stats["dpa1"], stats["DeePMD-kit"]
+        se = (se0 ** 2 + se1 ** 2) ** 0.5
+        t = (m0 - m1) / se if se > 0 else float("nan")
+        print(f"  {key:22s} dpa1 {m0:.4e} ± {se0:.1e} (n={n['dpa1']})   DeePMD-kit {m1:.4e} ± {se1:.1e} "
+              f"(n={n['DeePMD-kit']})   ratio {m0 / m1:.3f}   difference {m0 - m1:+.2e} ± {se:.1e} (t = {t:+.2f})")
 
 
 if __name__ == "__main__":
