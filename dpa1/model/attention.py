@@ -24,7 +24,7 @@ class _ScaledUnitRows(torch.autograd.Function):
 
     Autograd's own backward of the formula takes about seven passes over ``x``-sized
     tensors (both factors' gradients, the norm's backward with its zero mask, their sum);
-    ``r·(g − ŷ(ŷ·g))`` takes two, and the three normalisations of each attention layer are
+    ``r·(g − ŷ(ŷ·g))`` takes about four, and the three normalisations of each attention layer are
     the largest elementwise cost of a force evaluation. Once differentiable: training
     (which differentiates forces again) uses the plain formula, so does TorchScript.
     """
