@@ -111,10 +111,9 @@ def main() -> None:
         print(f"{'mean':>5s} {name:12s} {ms:8.3f} {me:12.4e} {mf:10.4e}   "
               f"(range e {min(x[0] for x in errs):.3e}–{max(x[0] for x in errs):.3e}, "
               f"f {min(x[1] for x in errs):.4f}–{max(x[1] for x in errs):.4f})")
-    if a.json:
-        Path(a.json).write_text(json.dumps(
-            [{"seed": sd, "code": n, "s_per_step": s, **e} for sd, n, s, e in table], indent=1))
     rows = [{"seed": sd, "code": n, "s_per_step": s, **e} for sd, n, s, e in table]
+    if a.json:
+        Path(a.json).write_text(json.dumps(rows, indent=1))
     for extra in a.merge:
         rows += json.loads(Path(extra).read_text())
     if {"dpa1", "DeePMD-kit"} <= {r["code"] for r in rows}:
