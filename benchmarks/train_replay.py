@@ -1,24 +1,35 @@
-"""`dpa1 train` against DeePMD-kit on the very same run (not a test; needs DeePMD-kit).
+"""`dpa1 train` against `dp --pt train` on the very same run, both ways (not a test; needs DeePMD-kit).
 
-Runs our :class:`~dpa1.train.trainer.Trainer` (the whole ``dpa1 train`` path: statistics,
-sampler, learning rate, loss, Adam, validation and checkpoints) on the example input, records
-every batch it draws, then replays those batches through DeePMD-kit's ``EnergyModel`` (built
-from our initial weights and statistics through the serialized dict), its ``EnergyStdLoss``
-and Adam with the same learning rates. Prints the largest parameter difference and the
-held-out energies and forces of both final models.
+**ours → DeePMD-kit** (default): runs our :class:`~dpa1.train.trainer.Trainer` (the whole
+``dpa1 train`` path: statistics, sampler, learning rate, loss, Adam, validation and
+checkpoints) on the example input, records every batch it draws, then replays those batches
+through DeePMD-kit's ``EnergyModel`` (built from our initial weights and statistics through
+the serialized dict), its ``EnergyStdLoss`` and Adam with the same learning rates.
 
-With the same weights, statistics and batches the two runs are the same function: any
-difference between ``dpa1 train`` and ``dp --pt train`` results can then only come from the
-random draws (initial weights, statistics frames, batch order).
+**DeePMD-kit → ours** (``--from-deepmd SEED``): runs ``dp --pt train`` itself on
+train_water.py's input for that seed with ``SAMPLER_RECORD=1`` (DeePMD-kit then logs the
+system and frame of every step), and replays that run through our ``Trainer``: DeePMD-kit's
+initial weights (its seeded initialisation, rebuilt with ``get_model``), its statistics
+(davg/dstd and ``out_bias`` from its checkpoint: they are buffers, not trained) and its batches.
 
-    /tmp/dpvenv/bin/python benchmarks/train_replay.py [STEPS]   # default 20
+Both print the largest parameter difference of the two final models and their held-out
+errors. With the same weights, statistics and batches the two programs are the same
+function, so any difference between ``dpa1 train`` and ``dp --pt train`` results can only
+come from the random draws (initial weights, statistics frames, batch order).
+
+    /tmp/dpvenv/bin/python benchmarks/train_replay.py [STEPS]                       # default 20
+    /tmp/dpvenv/bin/python benchmarks/train_replay.py --from-deepmd 1 --steps 200 [--dp PATH]
 """
 
 from __future__ import annotations
 
+import argparse
 import copy
 import json
-import sys
+import os
+import re
+import shutil
+import subprocess
 import tempfile
 from pathlib import Path
 
@@ -27,13 +38,45 @@ import numpy as np
 import torch
 
 LOSS_KEYS = ("start_pref_e", "limit_pref_e", "start_pref_f", "limit_pref_f", "start_pref_v", "limit_pref_v")
+HELD_OUT = common.WATER.parent / "data_2"
 
 
-def main(steps: int) -> None:
+def held_out(model, nframes: int = 40) -> tuple[float, float, float]:
+    """RMSE and mean of the per-atom energy error, and the force RMSE, on data_2's first frames."""
+    from dpa1.infer.deep_pot import DeepPot
+
+    dp = DeepPot(model, device="cpu")
+    de, df = [], []
+    for f in range(nframes):
+        w = common.water_frame(1, f, HELD_OUT)
+        e, force = dp.eval(w["coord"], w["box"], w["atype"])[:2]
+        de.append((float(np.sum(e)) - float(w["energy"].reshape(-1)[0])) / w["atype"].size)
+        df.append(np.asarray(force).reshape(-1) - w["force"].reshape(-1))
+    de, df = np.array(de), np.concatenate(df)
+    return float(np.sqrt(np.mean(de**2))), float(de.mean()), float(np.sqrt(np.mean(df**2)))
+
+
+def max_rel_difference(a: torch.nn.Module, b: torch.nn.Module) -> tuple[float, str]:
+    sa, sb = a.state_dict(), b.state_dict()
+    return max(
+        ((sa[k] - sb[k]).abs().max().item() / max(sb[k].abs().max().item(), 1e-30), k)
+        for k in sb if sb[k].dtype.is_floating_point and sb[k].numel()
+    )
+
+
+def report(steps: int, ours: torch.nn.Module, theirs: torch.nn.Module, names: tuple[str, str]) -> None:
+    worst = max_rel_difference(ours, theirs)
+    print(f"{steps} steps; max rel. parameter difference {worst[0]:.2e} ({worst[1]})")
+    for name, m in zip(names, (ours, theirs)):
+        e_rmse, e_mean, f_rmse = held_out(m)
+        print(f"{name:28s} held-out (data_2, 40 frames): rmse E/atom {e_rmse:.6e}  "
+              f"mean ΔE/atom {e_mean:+.3e}  rmse F {f_rmse:.6e}")
+
+
+def ours_to_deepmd(steps: int) -> None:
     from deepmd.pt.loss import EnergyStdLoss
     from deepmd.pt.model.model import BaseModel
 
-    from dpa1.infer.deep_pot import DeepPot
     from dpa1.io.config import normalize_config
     from dpa1.io.serialize import model_from_dict, model_to_dict
     from dpa1.train.trainer import Trainer
@@ -71,22 +114,76 @@ def main(steps: int) -> None:
         _, loss, _ = loss_fn(inp, dpm, label, natoms=b["atype"].shape[-1], learning_rate=lr)
         loss.backward()
         opt.step()
+    report(steps, trainer.model, model_from_dict(dpm.serialize()), ("dpa1 train", "DeePMD-kit replay"))
 
-    replayed = model_from_dict(dpm.serialize())
-    ours, theirs = trainer.model.state_dict(), replayed.state_dict()
-    worst = max(
-        ((ours[k] - theirs[k]).abs().max().item() / max(theirs[k].abs().max().item(), 1e-30), k)
-        for k in theirs if theirs[k].dtype.is_floating_point and theirs[k].numel()
-    )
-    print(f"{steps} steps, {len(batches)} batches; max rel. parameter difference {worst[0]:.2e} ({worst[1]})")
-    for f in range(3):
-        w = common.water_frame(1, f, common.WATER.parent / "data_2")
-        e1, f1 = DeepPot(trainer.model, device="cpu").eval(w["coord"], w["box"], w["atype"])[:2]
-        e2, f2 = DeepPot(replayed, device="cpu").eval(w["coord"], w["box"], w["atype"])[:2]
-        label = float(np.asarray(w["energy"]).reshape(-1)[0])
-        print(f"held-out frame {f}: E dpa1 {float(np.sum(e1)):.8f}  DeePMD-kit replay {float(np.sum(e2)):.8f}  "
-              f"label {label:.6f}  max|dF| {np.abs(np.asarray(f1) - np.asarray(f2)).max():.2e}")
+
+def deepmd_to_ours(seed: int, steps: int, dp: str, workdir: Path) -> None:
+    from deepmd.pt.model.model import get_model
+    from deepmd.utils.argcheck import normalize
+    from deepmd.utils.compat import update_deepmd_input
+
+    import train_water
+    from dpa1.io.config import normalize_config
+    from dpa1.io.serialize import model_from_dict
+    from dpa1.train.trainer import Trainer
+
+    workdir.mkdir(parents=True, exist_ok=True)
+    inp = train_water.make_input(workdir, steps, seed)
+    env = {**os.environ, "SAMPLER_RECORD": "1"}
+    subprocess.run([dp, "--pt", "train", str(inp), "--skip-neighbor-stat"], cwd=workdir, env=env,
+                   check=True, capture_output=True)
+    raw = json.loads(inp.read_text())
+
+    def deepmd_model():
+        return get_model(normalize(update_deepmd_input(copy.deepcopy(raw), warning=False))["model"])
+
+    final = deepmd_model()
+    prefix = "model.Default."
+    state = torch.load(workdir / "model.ckpt.pt", weights_only=False)["model"]  # our own dp run
+    final.load_state_dict({k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)})
+    final = model_from_dict(final.serialize())
+    init = model_from_dict(deepmd_model().serialize())  # the seeded initial weights dp train uses
+    trained = {n for n, p in init.named_parameters() if p.requires_grad}
+    start = {k: v if k in trained else final.state_dict()[k] for k, v in init.state_dict().items()}
+
+    draws = []
+    for line in (workdir / "Sample_rank_0.txt").read_text().splitlines():
+        m = re.match(r"Step (\d+): sample system(\d+)\s+frame\[(.*)\]", line)
+        draws.append((int(m.group(2)), np.array([int(x) for x in m.group(3).split(",")])))
+    if len(draws) != steps:
+        raise RuntimeError(f"{workdir / 'Sample_rank_0.txt'}: {len(draws)} steps recorded, expected {steps}")
+    repeats = {s: sum(1 for d in draws if d[0] == s) - len({int(d[1][0]) for d in draws if d[0] == s})
+               for s in sorted({d[0] for d in draws})}
+    print(f"dp train draws: frames drawn again within a pass, per system: {repeats} "
+          "(DeePMD-kit's NUM_WORKERS data-loader workers each keep their own shuffles)")
+
+    trainer = Trainer(normalize_config(copy.deepcopy(raw)), workdir / "dpa1", input_dir=workdir)
+    trainer.model.load_state_dict(start)  # in place: the optimizer keeps its parameters
+    replay = iter(draws)
+    trainer.sampler.next_batch = lambda: trainer.sampler._load(*next(replay))
+    trainer.run()
+    report(steps, trainer.model, final, ("dpa1 train replaying dp's", "dp --pt train"))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("steps_pos", nargs="?", type=int, default=None, metavar="STEPS")
+    ap.add_argument("--steps", type=int, default=None, help="default 20")
+    ap.add_argument("--from-deepmd", type=int, default=None, metavar="SEED",
+                    help="run dp --pt train with this seed (train_water.py's input) and replay it in dpa1")
+    ap.add_argument("--dp", default=shutil.which("dp") or "/tmp/dpvenv/bin/dp")
+    ap.add_argument("--workdir", default=None, help="keep the runs here (default: a temporary directory)")
+    a = ap.parse_args()
+    steps = a.steps or a.steps_pos or 20
+    if a.from_deepmd is None:
+        ours_to_deepmd(steps)
+        return
+    if a.workdir:
+        deepmd_to_ours(a.from_deepmd, steps, a.dp, Path(a.workdir))
+    else:
+        with tempfile.TemporaryDirectory() as tmp:
+            deepmd_to_ours(a.from_deepmd, steps, a.dp, Path(tmp))
 
 
 if __name__ == "__main__":
-    main(int(sys.argv[1]) if len(sys.argv) > 1 else 20)
+    main()

@@ -158,7 +158,7 @@ def test_type_and_range_errors(tiny: dict[str, Any]) -> None:
     for key in ("neuron[1]", "attn", "attn_layer", "tebd_dim", "sel", "activation_function",
                 "precision", "temperature"):
         assert f"\nmodel.descriptor.{key}:" in "\n" + lines
-    bad_training = {"numb_steps": 0, "disp_freq": 0, "save_freq": -1, "max_ckpt_keep": 0}
+    bad_training = {"numb_steps": -1, "disp_freq": 0, "save_freq": -1, "max_ckpt_keep": 0}
     lines = _error(_edit(tiny, lambda d: d["training"].update(bad_training)))
     assert len(lines.splitlines()) == 4
 

@@ -56,6 +56,29 @@ def test_same_seed_same_numbers(tmp_path):
 class _Killed(Exception):
     pass
 
+def test_zero_steps_writes_the_initial_model_with_statistics(tmp_path):
+    """``numb_steps: 0`` (as `dp train`): model.ckpt-0.pt = the initial weights and the
+    statistics, i.e. where a 1-step run with the same seed starts."""
+    for name, steps in (("r0", 0), ("r1", 1)):
+        (tmp_path / name).mkdir()
+        inp = water_input(tmp_path / name, numb_steps=steps, disp_freq=1)
+        assert main(["train", str(inp), "-o", str(tmp_path / name / "run")]) == 0
+    m0, payload = load_checkpoint(tmp_path / "r0" / "run" / "model.ckpt.pt")
+    m1, _ = load_checkpoint(tmp_path / "r1" / "run" / "model.ckpt.pt")
+    assert payload["step"] == 0
+    lines = (tmp_path / "r0" / "run" / "lcurve.out").read_text().splitlines()
+    assert lines and all(line.startswith("#") for line in lines)  # the header, no steps
+    sd0, sd1 = m0.state_dict(), m1.state_dict()
+    trained = {n for n, p in m1.named_parameters() if p.requires_grad}
+    for k in sd0:
+        if k in trained:
+            continue
+        torch.testing.assert_close(sd0[k], sd1[k], rtol=0, atol=0)  # statistics: same frames
+    assert sd0["out_bias"].abs().max() > 1.0
+    moved = [k for k in trained if not torch.equal(sd0[k], sd1[k])]
+    assert moved, "one Adam step must change the weights"
+
+
 
 def test_restart_continues_like_an_uninterrupted_run(tmp_path, monkeypatch):
     for name in ("full", "cut"):

@@ -545,7 +545,8 @@ class Training(Section):
     validation_data: ValidationData | None = _key(None, "Validation systems")
     stat_file: str | None = _key(None, "Statistics cache (.h5/.hdf5 file or a directory)")
     stat_file_mode: Literal["update", "read"] = _key("update", "'update' or 'read'")
-    numb_steps: PosInt | None = _key(None, "Total training steps (this or numb_epoch is required)",
+    numb_steps: NonNegInt | None = _key(None, "Total training steps (this or numb_epoch is required; "
+                                               "0: statistics only, writes model.ckpt-0.pt)",
                                      aliases=("stop_batch", "num_step", "num_steps", "numb_step"))
     numb_epoch: PosFloat | None = _key(None, "Epochs, alternative to numb_steps (ignored if "
                                              "numb_steps is given)",

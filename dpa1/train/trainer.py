@@ -124,7 +124,7 @@ class Trainer:
 
         # === steps and learning rate ===
         numb_steps = tcfg.get("numb_steps")
-        if not numb_steps:
+        if numb_steps is None:
             numb_steps = int(math.ceil(tcfg["numb_epoch"] * self.sampler.steps_per_epoch))
         self.numb_steps = int(numb_steps)
         self.lr = ExpDecayLR.from_config(config["learning_rate"], self.numb_steps)
@@ -236,7 +236,7 @@ class Trainer:
             step, self.model, config=self.config, optimizer_state=self.optimizer.state_dict(),
             extra={"sampler": self.sampler.state_dict(), "torch_rng": torch.get_rng_state(),
                    "valid_sampler": self.valid_sampler.state_dict() if self.valid_sampler else None,
-                   "lr": self.lr.value(step - 1)},
+                   "lr": self.lr.value(max(step - 1, 0))},
         )
 
     def run(self) -> Path:
@@ -295,6 +295,8 @@ class Trainer:
             progress.close()
             if lcurve is not None:
                 lcurve.close()
+        if self.numb_steps == 0 and not self.restarted:
+            self._save(0)  # as `dp train` with numb_steps 0: the model with its statistics only
         if main and tcfg.get("change_bias_after_training"):
             dstats.change_energy_bias(self.model, self._stat_batches())
             self._save(last_step)
