@@ -53,9 +53,6 @@ def test_same_seed_same_numbers(tmp_path):
     np.testing.assert_array_equal(curves[0], curves[1])
 
 
-class _Killed(Exception):
-    pass
-
 def test_zero_steps_writes_the_initial_model_with_statistics(tmp_path):
     """``numb_steps: 0`` (as `dp train`): model.ckpt-0.pt = the initial weights and the
     statistics, i.e. where a 1-step run with the same seed starts."""
@@ -78,6 +75,9 @@ def test_zero_steps_writes_the_initial_model_with_statistics(tmp_path):
     moved = [k for k in trained if not torch.equal(sd0[k], sd1[k])]
     assert moved, "one Adam step must change the weights"
 
+
+class _Killed(Exception):
+    pass
 
 
 def test_restart_continues_like_an_uninterrupted_run(tmp_path, monkeypatch):
