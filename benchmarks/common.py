@@ -97,6 +97,54 @@ def to_deepmd(model) -> torch.nn.Module:
     return BaseModel.deserialize(copy.deepcopy(model_to_dict(model)))
 
 
+def deepmd_train_step(dpm: torch.nn.Module, loss_cfg: dict[str, Any], start_lr: float) -> Callable[..., float]:
+    """DeePMD-kit's training step as ``dp --pt train`` runs it: ``EnergyStdLoss`` and Adam
+    (betas 0.9/0.999, ``zero_grad(set_to_none=True)``) at a given learning rate.
+
+    Returns ``step(coord (1, N, 3), atype (1, N), box (1, 9), energy (1, 1), force (1, N, 3), lr)
+    -> loss`` (torch tensors) that updates ``dpm`` in place.
+    """
+    from deepmd.pt.loss import EnergyStdLoss
+
+    dpm.train()
+    loss_fn = EnergyStdLoss(starter_learning_rate=start_lr, **loss_cfg)
+    opt = torch.optim.Adam([q for q in dpm.parameters() if q.requires_grad], lr=start_lr, betas=(0.9, 0.999))
+
+    def step(coord, atype, box, energy, force, lr: float) -> float:
+        for g in opt.param_groups:
+            g["lr"] = lr
+        inp = {"coord": coord, "atype": atype, "box": box, "do_atomic_virial": False}
+        label = {"energy": energy, "force": force, "find_energy": 1.0, "find_force": 1.0}
+        opt.zero_grad(set_to_none=True)
+        _, loss, _ = loss_fn(inp, dpm, label, natoms=atype.shape[-1], learning_rate=lr)
+        loss.backward()
+        opt.step()
+        return float(loss.detach())
+
+    return step
+
+
+def heldout_errors(models: dict[str, torch.nn.Module], nframes: int) -> dict[str, dict[str, float]]:
+    """Energy/atom RMSE and mean error and force RMSE of each model (ours or DeePMD-kit's)
+    on the first ``nframes`` frames of ``data_2``."""
+    system = WATER.parent / "data_2"
+    out = {}
+    for name, net in models.items():
+        net.eval()
+        de, df = [], []
+        for k in range(nframes):
+            d = water_frame(1, frame=k, system=system)
+            pred = net(torch.from_numpy(d["coord"]), torch.from_numpy(d["atype"]).reshape(1, -1),
+                       torch.from_numpy(d["box"]).reshape(1, 9))
+            n = d["atype"].size
+            de.append((float(pred["energy"].detach().reshape(-1)[0]) - float(d["energy"][0, 0])) / n)
+            df.append((pred["force"].detach().numpy().reshape(-1, 3) - d["force"].reshape(-1, 3)).ravel())
+        out[name] = {"rmse_e_atom": float(np.sqrt(np.mean(np.square(de)))),
+                     "rmse_f": float(np.sqrt(np.mean(np.square(np.concatenate(df))))),
+                     "mean_e_atom": float(np.mean(de))}
+    return out
+
+
 # === data ==================================================================================
 def water_frame(rep: int = 1, frame: int = 0, system: Path = WATER) -> dict[str, np.ndarray]:
     """One water frame replicated ``rep³`` times: ``coord (1, N, 3)``, ``box (1, 9)``,

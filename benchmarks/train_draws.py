@@ -30,7 +30,6 @@ import common  # sets the threads before torch is imported
 import numpy as np
 
 import train_water
-from train_replay import held_out
 
 
 def main() -> None:
@@ -63,9 +62,9 @@ def main() -> None:
 
             s.next_batch = draw
             trainer.run()
-            e_rmse, e_mean, f_rmse = held_out(trainer.model)
-        print(f"workers {a.workers} seed {seed}: held-out rmse E/atom {e_rmse:.4e}  mean ΔE/atom {e_mean:+.3e}  "
-              f"rmse F {f_rmse:.4e}", flush=True)
+            err = common.heldout_errors({"dpa1": trainer.model}, 40)["dpa1"]
+        print(f"workers {a.workers} seed {seed}: held-out rmse E/atom {err['rmse_e_atom']:.4e}  "
+              f"mean ΔE/atom {err['mean_e_atom']:+.3e}  rmse F {err['rmse_f']:.4e}", flush=True)
 
 
 if __name__ == "__main__":

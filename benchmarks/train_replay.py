@@ -38,24 +38,6 @@ import numpy as np
 import torch
 
 LOSS_KEYS = ("start_pref_e", "limit_pref_e", "start_pref_f", "limit_pref_f", "start_pref_v", "limit_pref_v")
-HELD_OUT = common.WATER.parent / "data_2"
-
-
-def held_out(model, nframes: int = 40) -> tuple[float, float, float]:
-    """RMSE and mean of the per-atom energy error, and the force RMSE, on data_2's first frames."""
-    from dpa1.infer.deep_pot import DeepPot
-
-    dp = DeepPot(model, device="cpu")
-    de, df = [], []
-    for f in range(nframes):
-        w = common.water_frame(1, f, HELD_OUT)
-        e, force = dp.eval(w["coord"], w["box"], w["atype"])[:2]
-        de.append((float(np.sum(e)) - float(w["energy"].reshape(-1)[0])) / w["atype"].size)
-        df.append(np.asarray(force).reshape(-1) - w["force"].reshape(-1))
-    de, df = np.array(de), np.concatenate(df)
-    return float(np.sqrt(np.mean(de**2))), float(de.mean()), float(np.sqrt(np.mean(df**2)))
-
-
 def max_rel_difference(a: torch.nn.Module, b: torch.nn.Module) -> tuple[float, str]:
     sa, sb = a.state_dict(), b.state_dict()
     return max(
@@ -67,14 +49,12 @@ def max_rel_difference(a: torch.nn.Module, b: torch.nn.Module) -> tuple[float, s
 def report(steps: int, ours: torch.nn.Module, theirs: torch.nn.Module, names: tuple[str, str]) -> None:
     worst = max_rel_difference(ours, theirs)
     print(f"{steps} steps; max rel. parameter difference {worst[0]:.2e} ({worst[1]})")
-    for name, m in zip(names, (ours, theirs)):
-        e_rmse, e_mean, f_rmse = held_out(m)
-        print(f"{name:28s} held-out (data_2, 40 frames): rmse E/atom {e_rmse:.6e}  "
-              f"mean ΔE/atom {e_mean:+.3e}  rmse F {f_rmse:.6e}")
+    for name, err in common.heldout_errors(dict(zip(names, (ours, theirs))), 40).items():
+        print(f"{name:28s} held-out (data_2, 40 frames): rmse E/atom {err['rmse_e_atom']:.6e}  "
+              f"mean ΔE/atom {err['mean_e_atom']:+.3e}  rmse F {err['rmse_f']:.6e}")
 
 
 def ours_to_deepmd(steps: int) -> None:
-    from deepmd.pt.loss import EnergyStdLoss
     from deepmd.pt.model.model import BaseModel
 
     from dpa1.io.config import normalize_config
@@ -99,21 +79,10 @@ def ours_to_deepmd(steps: int) -> None:
     trainer.run()
 
     # the same batches through DeePMD-kit's model, loss and Adam
-    loss_fn = EnergyStdLoss(starter_learning_rate=trainer.lr.start_lr, **{k: cfg["loss"][k] for k in LOSS_KEYS})
-    dpm.train()
-    opt = torch.optim.Adam([p for p in dpm.parameters() if p.requires_grad], lr=trainer.lr.start_lr)
+    step = common.deepmd_train_step(dpm, {k: cfg["loss"][k] for k in LOSS_KEYS}, trainer.lr.start_lr)
     for k, b in enumerate(batches):
-        lr = trainer.lr.value(k)
-        for group in opt.param_groups:
-            group["lr"] = lr
-        inp = {"coord": b["coord"].reshape(1, -1, 3), "atype": b["atype"], "box": b["box"].reshape(1, 9),
-               "do_atomic_virial": False}
-        label = {"energy": b["energy"].reshape(1, 1), "force": b["force"].reshape(1, -1, 3),
-                 "find_energy": 1.0, "find_force": 1.0}
-        opt.zero_grad(set_to_none=True)
-        _, loss, _ = loss_fn(inp, dpm, label, natoms=b["atype"].shape[-1], learning_rate=lr)
-        loss.backward()
-        opt.step()
+        step(b["coord"].reshape(1, -1, 3), b["atype"], b["box"].reshape(1, 9), b["energy"].reshape(1, 1),
+             b["force"].reshape(1, -1, 3), trainer.lr.value(k))
     report(steps, trainer.model, model_from_dict(dpm.serialize()), ("dpa1 train", "DeePMD-kit replay"))
 
 

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import os
 import sys
 import time
@@ -39,26 +38,6 @@ SCRIPT = Path(__file__).resolve()
 
 def frames(n: int) -> list[dict]:
     return [common.water_frame(1, frame=k % 80) for k in range(n)]
-
-
-def heldout_errors(models: dict, nframes: int) -> dict:
-    """Energy/atom and force RMSE of each model on the first frames of ``data_2``."""
-    system = common.WATER.parent / "data_2"
-    out = {}
-    for name, net in models.items():
-        net.eval()
-        de, df = [], []
-        for k in range(nframes):
-            d = common.water_frame(1, frame=k, system=system)
-            pred = net(torch.from_numpy(d["coord"]), torch.from_numpy(d["atype"]).reshape(1, -1),
-                       torch.from_numpy(d["box"]).reshape(1, 9))
-            n = d["atype"].size
-            de.append((float(pred["energy"].detach().reshape(-1)[0]) - float(d["energy"][0, 0])) / n)
-            df.append((pred["force"].detach().numpy().reshape(-1, 3) - d["force"].reshape(-1, 3)).ravel())
-        out[name] = {"rmse_e_atom": float(np.sqrt(np.mean(np.square(de)))),
-                     "rmse_f": float(np.sqrt(np.mean(np.square(np.concatenate(df))))),
-                     "mean_e_atom": float(np.mean(de))}
-    return out
 
 
 def worker(argv: list[str]) -> None:
@@ -112,27 +91,13 @@ def worker(argv: list[str]) -> None:
     if not a.no_plain:
         fns["plain"] = make_step(plain)
     if use_dp:
-        from deepmd.pt.loss import EnergyStdLoss
-
-        dpm.train()
-        dp_loss = EnergyStdLoss(starter_learning_rate=lr_sched.start_lr, **loss_cfg)
-        dp_opt = torch.optim.Adam([q for q in dpm.parameters() if q.requires_grad], lr=lr_sched.start_lr,
-                                  betas=(0.9, 0.999))
+        step_dp = common.deepmd_train_step(dpm, loss_cfg, lr_sched.start_lr)
 
         def dp_step(k: int) -> float:
-            lr = lr_sched.value(k)
-            for g in dp_opt.param_groups:
-                g["lr"] = lr
             d = data[k]
-            inp = {"coord": torch.from_numpy(d["coord"]), "atype": torch.from_numpy(d["atype"]).reshape(1, -1),
-                   "box": torch.from_numpy(d["box"]), "do_atomic_virial": False}
-            label = {"energy": torch.from_numpy(d["energy"]), "force": torch.from_numpy(d["force"]),
-                     "find_energy": 1.0, "find_force": 1.0}
-            dp_opt.zero_grad(set_to_none=True)
-            _, loss, _ = dp_loss(inp, dpm, label, natoms=d["atype"].size, learning_rate=lr)
-            loss.backward()
-            dp_opt.step()
-            return float(loss.detach())
+            return step_dp(torch.from_numpy(d["coord"]), torch.from_numpy(d["atype"]).reshape(1, -1),
+                           torch.from_numpy(d["box"]), torch.from_numpy(d["energy"]),
+                           torch.from_numpy(d["force"]), lr_sched.value(k))
 
         fns["deepmd"] = dp_step
 
@@ -148,7 +113,7 @@ def worker(argv: list[str]) -> None:
             break
     out = {"load": os.getloadavg()[0], "losses": losses, "times": {}}
     if a.heldout:
-        out["heldout"] = heldout_errors(
+        out["heldout"] = common.heldout_errors(
             {"ours": model, **({"deepmd": dpm} if use_dp else {})}, a.heldout)
     for name, ts in times.items():
         ts = ts[1:]  # step 1 is the warm-up

@@ -103,11 +103,9 @@ def main() -> None:
     for seed, name, sps, err in table:
         print(f"{str(seed):>5s} {name:12s} {sps:8.3f} {err['rmse_energy_per_atom']:12.4e} {err['rmse_force']:10.4e}")
     codes = sorted({name for _, name, _, _ in table})
-    means = {}
     for name in codes:
         errs = [(e["rmse_energy_per_atom"], e["rmse_force"], s) for _, n, s, e in table if n == name]
         me, mf, ms = (sum(x[i] for x in errs) / len(errs) for i in range(3))
-        means[name] = (me, mf, ms)
         print(f"{'mean':>5s} {name:12s} {ms:8.3f} {me:12.4e} {mf:10.4e}   "
               f"(range e {min(x[0] for x in errs):.3e}–{max(x[0] for x in errs):.3e}, "
               f"f {min(x[1] for x in errs):.4f}–{max(x[1] for x in errs):.4f})")
@@ -129,9 +127,10 @@ def _mean_se(xs: list[float]) -> tuple[float, float]:
 def compare(rows: list[dict]) -> None:
     """Mean ± standard error of each code's held-out RMSE over seeds, and the difference.
 
-    One seed's 200 steps are dominated by where its random initial weights land, and the
-    two codes draw different weights for the same seed: only the distributions over seeds
-    compare (Welch's t for the difference of the means).
+    One seed's 200 steps are dominated by its random draws (which frames come last, more than
+    the initial weights; benchmarks/RESULTS.md), and the two codes draw differently for the
+    same seed: only the distributions over seeds compare (Welch's t for the difference of
+    the means).
     """
     seeds = sorted({r["seed"] for r in rows if r["seed"] is not None})
     print(f"\nover {len(rows)} runs, seeds {seeds}:")
