@@ -1,10 +1,13 @@
 """Shared helpers for the benchmark scripts (not tests).
 
-- threads: ``OMP_NUM_THREADS=2`` is set before torch is imported, then ``torch.set_num_threads(2)``;
+- threads: ``OMP_NUM_THREADS=2`` is set before torch is imported, then ``torch.set_num_threads(2)``
+  (``$DPA1_BENCH_THREADS`` overrides the 2);
 - water frames from ``../shared/data/water/data_0`` (192 atoms), replicated n×n×n;
 - the example model (``examples/water/input.json``) with overrides, ours and DeePMD-kit's
   (the same weights, converted through DeePMD's serialized dictionary);
 - interleaved best-of-N timing, peak memory of child processes (``ru_maxrss``);
+- devices (``--device cpu|cuda``): synchronisation around timed calls, GPU peak memory,
+  DeePMD-kit's own device choice (``deepmd.pt.utils.env.DEVICE``) checked against ours;
 - the machine description and the issue's reference numbers.
 
 DeePMD-kit is measured side by side when ``import deepmd.pt`` works in the interpreter
@@ -28,7 +31,7 @@ import warnings
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-NUM_THREADS = 2
+NUM_THREADS = int(os.environ.get("DPA1_BENCH_THREADS", "2"))  # 2: the issue's setting
 os.environ.setdefault("OMP_NUM_THREADS", str(NUM_THREADS))
 os.environ.setdefault("DP_INTRA_OP_PARALLELISM_THREADS", str(NUM_THREADS))
 os.environ.setdefault("DP_INTER_OP_PARALLELISM_THREADS", "1")
@@ -55,6 +58,96 @@ REFERENCE = {
     "attn0_scaling": {192: (1.4, 0.8), 1536: (1.2, 2.7), 5184: (3.8, 23.6)},
 }
 TARGETS = {"infer_f64": 2.0, "infer_f32": 3.0, "train": 1.5, "linear": 1.3, "mem_12288_gb": 3.0}
+
+
+# === devices ===============================================================================
+def resolve_device(name: str) -> torch.device:
+    """``--device`` → a concrete device (``cuda`` → ``cuda:<current>``); exits with a clear
+    message when CUDA is asked for but torch sees none."""
+    dev = torch.device(name)
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise SystemExit(f"--device {name}: torch {torch.__version__} sees no CUDA device "
+                             f"(torch.version.cuda = {torch.version.cuda})")
+        if dev.index is None:
+            dev = torch.device("cuda", torch.cuda.current_device())
+    return dev
+
+
+def set_deepmd_device(dev: torch.device) -> None:
+    """Ask DeePMD-kit for our device before it is first imported.
+
+    ``deepmd.pt.utils.env`` picks ``DEVICE`` at import: cpu if ``$DEVICE == "cpu"`` or no
+    CUDA, else ``cuda:$LOCAL_RANK``. Call this before :func:`have_deepmd`; the result is
+    checked by :func:`deepmd_device_note`. The environment is inherited by child processes.
+    """
+    if dev.type == "cpu":
+        os.environ["DEVICE"] = "cpu"
+    elif dev.type == "cuda":
+        if os.environ.get("DEVICE") == "cpu":
+            del os.environ["DEVICE"]
+        if dev.index and "LOCAL_RANK" not in os.environ:
+            os.environ["LOCAL_RANK"] = str(dev.index)
+
+
+def same_device(a: torch.device, b: torch.device) -> bool:
+    def norm(d: torch.device) -> tuple[str, int]:
+        return d.type, (d.index or 0) if d.type == "cuda" else 0
+
+    return norm(torch.device(a)) == norm(torch.device(b))
+
+
+def deepmd_device() -> Optional[torch.device]:
+    """The device DeePMD-kit put itself on, or None without DeePMD-kit."""
+    if not have_deepmd():
+        return None
+    from deepmd.pt.utils import env
+
+    return torch.device(env.DEVICE)
+
+
+def deepmd_device_note(dev: torch.device) -> str:
+    """'' when DeePMD-kit (if any) runs on ``dev``, else a warning for the output."""
+    dd = deepmd_device()
+    if dd is None or same_device(dd, dev):
+        return ""
+    return (f"WARNING: DeePMD-kit runs on {dd} (deepmd.pt.utils.env.DEVICE), ours on {dev}: "
+            "the side-by-side ratios compare different devices")
+
+
+def make_sync(dev: torch.device) -> Callable[[], None]:
+    """A no-op on cpu; ``torch.cuda.synchronize(dev)`` on cuda (kernels run asynchronously:
+    a timed call must end with the device idle)."""
+    if torch.device(dev).type == "cuda":
+        return lambda: torch.cuda.synchronize(dev)
+    return lambda: None
+
+
+def is_cuda(dev: Any) -> bool:
+    return torch.device(dev).type == "cuda"
+
+
+def gpu_reset_peak(dev: torch.device) -> None:
+    torch.cuda.synchronize(dev)
+    torch.cuda.reset_peak_memory_stats(dev)
+
+
+def gpu_peak_gb(dev: torch.device) -> float:
+    """Peak bytes allocated by torch's caching allocator on ``dev`` since the last reset (GB)."""
+    torch.cuda.synchronize(dev)
+    return torch.cuda.max_memory_allocated(dev) / 2**30
+
+
+def gpu_allocated_gb(dev: torch.device) -> float:
+    return torch.cuda.memory_allocated(dev) / 2**30
+
+
+def model_device(net: torch.nn.Module) -> torch.device:
+    for t in net.parameters():
+        return t.device
+    for t in net.buffers():
+        return t.device
+    return torch.device("cpu")
 
 
 # === DeePMD-kit ============================================================================
@@ -89,12 +182,14 @@ def deepmd_version() -> str:
 
 
 def to_deepmd(model) -> torch.nn.Module:
-    """DeePMD-kit's EnergyModel with the same weights (through the serialized dict, §13)."""
+    """DeePMD-kit's EnergyModel with the same weights (through the serialized dict, §13),
+    on DeePMD-kit's own device (:func:`deepmd_device`)."""
     from deepmd.pt.model.model import BaseModel
 
     from dpa1.io.serialize import model_to_dict
 
-    return BaseModel.deserialize(copy.deepcopy(model_to_dict(model)))
+    dpm = BaseModel.deserialize(copy.deepcopy(model_to_dict(model)))
+    return dpm.to(deepmd_device())
 
 
 def deepmd_train_step(dpm: torch.nn.Module, loss_cfg: dict[str, Any], start_lr: float) -> Callable[..., float]:
@@ -102,7 +197,7 @@ def deepmd_train_step(dpm: torch.nn.Module, loss_cfg: dict[str, Any], start_lr: 
     (betas 0.9/0.999, ``zero_grad(set_to_none=True)``) at a given learning rate.
 
     Returns ``step(coord (1, N, 3), atype (1, N), box (1, 9), energy (1, 1), force (1, N, 3), lr)
-    -> loss`` (torch tensors) that updates ``dpm`` in place.
+    -> loss`` (torch tensors, moved to DeePMD-kit's device) that updates ``dpm`` in place.
     """
     from deepmd.pt.loss import EnergyStdLoss
 
@@ -110,7 +205,10 @@ def deepmd_train_step(dpm: torch.nn.Module, loss_cfg: dict[str, Any], start_lr: 
     loss_fn = EnergyStdLoss(starter_learning_rate=start_lr, **loss_cfg)
     opt = torch.optim.Adam([q for q in dpm.parameters() if q.requires_grad], lr=start_lr, betas=(0.9, 0.999))
 
+    dev = deepmd_device()
+
     def step(coord, atype, box, energy, force, lr: float) -> float:
+        coord, atype, box, energy, force = (x.to(dev) for x in (coord, atype, box, energy, force))
         for g in opt.param_groups:
             g["lr"] = lr
         inp = {"coord": coord, "atype": atype, "box": box, "do_atomic_virial": False}
@@ -126,19 +224,20 @@ def deepmd_train_step(dpm: torch.nn.Module, loss_cfg: dict[str, Any], start_lr: 
 
 def heldout_errors(models: dict[str, torch.nn.Module], nframes: int) -> dict[str, dict[str, float]]:
     """Energy/atom RMSE and mean error and force RMSE of each model (ours or DeePMD-kit's)
-    on the first ``nframes`` frames of ``data_2``."""
+    on the first ``nframes`` frames of ``data_2`` (inputs on each model's device)."""
     system = WATER.parent / "data_2"
     out = {}
     for name, net in models.items():
         net.eval()
+        dev = model_device(net)
         de, df = [], []
         for k in range(nframes):
             d = water_frame(1, frame=k, system=system)
-            pred = net(torch.from_numpy(d["coord"]), torch.from_numpy(d["atype"]).reshape(1, -1),
-                       torch.from_numpy(d["box"]).reshape(1, 9))
+            pred = net(torch.from_numpy(d["coord"]).to(dev), torch.from_numpy(d["atype"]).reshape(1, -1).to(dev),
+                       torch.from_numpy(d["box"]).reshape(1, 9).to(dev))
             n = d["atype"].size
             de.append((float(pred["energy"].detach().reshape(-1)[0]) - float(d["energy"][0, 0])) / n)
-            df.append((pred["force"].detach().numpy().reshape(-1, 3) - d["force"].reshape(-1, 3)).ravel())
+            df.append((pred["force"].detach().cpu().numpy().reshape(-1, 3) - d["force"].reshape(-1, 3)).ravel())
         out[name] = {"rmse_e_atom": float(np.sqrt(np.mean(np.square(de)))),
                      "rmse_f": float(np.sqrt(np.mean(np.square(np.concatenate(df))))),
                      "mean_e_atom": float(np.mean(de))}
@@ -221,11 +320,14 @@ VARIANTS = {
 
 # === timing ================================================================================
 def interleaved(fns: dict[str, Callable[[], Any]], repeat: int, warmup: int = 1,
-                budget_s: Optional[float] = None) -> dict[str, dict[str, float]]:
+                budget_s: Optional[float] = None,
+                sync: Optional[Callable[[], None]] = None) -> dict[str, dict[str, float]]:
     """Call every function in turn ``repeat`` times (after ``warmup`` rounds); best/median.
 
     With ``budget_s``, stops early (after at least 2 timed rounds) when the budget is spent.
+    ``sync`` (e.g. :func:`make_sync`) runs before and after every timed call.
     """
+    sync = sync or (lambda: None)
     for _ in range(warmup):
         for fn in fns.values():
             fn()
@@ -233,8 +335,10 @@ def interleaved(fns: dict[str, Callable[[], Any]], repeat: int, warmup: int = 1,
     start = time.perf_counter()
     for i in range(repeat):
         for k, fn in fns.items():
+            sync()
             t0 = time.perf_counter()
             fn()
+            sync()
             times[k].append(time.perf_counter() - t0)
         if budget_s is not None and i >= 1 and time.perf_counter() - start > budget_s:
             break
@@ -264,7 +368,11 @@ def available_gb() -> float:
 
 
 def limit_memory(gb: float) -> None:
-    """Cap this process's address space, so an oversize run fails instead of the machine."""
+    """Cap this process's address space, so an oversize run fails instead of the machine.
+
+    Not with CUDA: the driver reserves far more address space than memory, and
+    ``cuInit`` fails under such a cap.
+    """
     lim = int(gb * 2**30)
     resource.setrlimit(resource.RLIMIT_AS, (lim, lim))
 
@@ -278,7 +386,10 @@ def run_child(script: Path, args: list[str], timeout: float) -> dict[str, Any]:
         return {"error": f"timeout > {timeout:.0f} s"}
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
     if proc.returncode != 0 or not lines:
-        tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["?"]
+        text = (proc.stderr or proc.stdout).strip().splitlines()
+        tail = text[-1:] or ["?"]
+        print(f"# child {' '.join(args)} failed (rc={proc.returncode}); its last lines:", *text[-15:],
+              sep="\n#   ", file=sys.stderr, flush=True)
         return {"error": f"rc={proc.returncode}: {tail[0][:160]}"}
     return json.loads(lines[-1])
 
@@ -289,7 +400,14 @@ def emit(result: dict[str, Any]) -> None:
 
 
 # === reporting =============================================================================
-def machine() -> dict[str, str]:
+def gpu_description(dev: torch.device) -> str:
+    p = torch.cuda.get_device_properties(dev)
+    return (f"{torch.cuda.get_device_name(dev)} ({dev}; compute capability {p.major}.{p.minor}, "
+            f"{p.total_memory / 2**30:.1f} GiB, {p.multi_processor_count} SMs; CUDA {torch.version.cuda}; "
+            f"float32 matmul precision {torch.get_float32_matmul_precision()!r})")
+
+
+def machine(device: Optional[torch.device] = None) -> dict[str, str]:
     cpu = "?"
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -305,7 +423,7 @@ def machine() -> dict[str, str]:
         flags = " ".join(f for f in ("avx2", "fma", "avx512f") if f in fl)
     except (OSError, StopIteration):
         pass
-    return {
+    out = {
         "cpu": f"{cpu} ({os.cpu_count()} cores visible; {flags})",
         "threads": f"{torch.get_num_threads()} (OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS')})",
         "torch": torch.__version__, "python": platform.python_version(),
@@ -313,11 +431,22 @@ def machine() -> dict[str, str]:
         "load": "loadavg %.1f %.1f %.1f" % os.getloadavg(),
         "date": datetime.date.today().isoformat(),
     }
+    if device is not None and (is_cuda(device) or deepmd_device_note(device)):
+        out["device"] = str(device)
+        if is_cuda(device):
+            out["gpu"] = gpu_description(device)
+        if have_deepmd():
+            dd = deepmd_device()
+            out["deepmd device"] = f"{dd}" + (" (same as ours)" if same_device(dd, device) else
+                                              f" (NOT ours: {device})")
+    return out
 
 
-def print_machine() -> None:
-    for k, v in machine().items():
+def print_machine(device: Optional[torch.device] = None) -> None:
+    for k, v in machine(device).items():
         print(f"# {k}: {v}")
+    if device is not None and deepmd_device_note(device):
+        print(f"# {deepmd_device_note(device)}")
 
 
 def table(headers: list[str], rows: list[list[Any]]) -> str:

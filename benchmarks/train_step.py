@@ -14,10 +14,17 @@ interleaved, and the two loss curves are compared step by step.
 Our untuned path (all N_c slots, no padding trimming, one block) is trained side by side
 from the same weights too: its loss curve must equal ours to round-off.
 
+``--device cuda``: models on the GPU, each step's frame copied to it inside the step (as
+``dpa1 train`` does), ``torch.cuda.synchronize()`` before and after every timed step, and
+the peak GPU memory of a step (``torch.cuda.max_memory_allocated``, the largest over the
+steps). DeePMD-kit, when importable, is asked for the same device (``$DEVICE``) and the
+output says if it is not on it.
+
 Usage::
 
     python benchmarks/train_step.py [--quick] [--steps 12] [--variants float64,float32,attn0]
     python benchmarks/train_step.py --variants float64 --steps 100 --budget 1e9 --heldout 20 --no-plain
+    python benchmarks/train_step.py --device cuda --steps 30
 """
 
 from __future__ import annotations
@@ -48,14 +55,19 @@ def worker(argv: list[str]) -> None:
     p.add_argument("--no-deepmd", action="store_true")
     p.add_argument("--no-plain", action="store_true")
     p.add_argument("--heldout", type=int, default=0)
+    p.add_argument("--device", default="cpu")
     a = p.parse_args(argv)
+    dev = common.resolve_device(a.device)
+    cuda = common.is_cuda(dev)
+    common.set_deepmd_device(dev)
+    sync = common.make_sync(dev)
     from dpa1.train.loss import EnerLoss
     from dpa1.train.lr import ExpDecayLR
 
     cfg = common.example_config(**common.VARIANTS[a.variant])
     lr_sched = ExpDecayLR.from_config(cfg["learning_rate"], cfg["training"]["numb_steps"])
     loss_cfg = {k: v for k, v in cfg["loss"].items() if k != "type"}
-    model = common.build_ours(**common.VARIANTS[a.variant])
+    model = common.build_ours(**common.VARIANTS[a.variant]).to(dev)
     use_dp = common.have_deepmd() and not a.no_deepmd
     dpm = common.to_deepmd(model) if use_dp else None  # before any step: identical weights
     # The untuned path: every one of the N_c slots, all centres in one block.
@@ -75,10 +87,11 @@ def worker(argv: list[str]) -> None:
             for g in opt.param_groups:
                 g["lr"] = lr
             d = data[k]
-            atype = torch.from_numpy(d["atype"]).reshape(1, -1)
-            pred = net(torch.from_numpy(d["coord"]), atype, torch.from_numpy(d["box"]).reshape(1, 3, 3))
-            label = {"atype": atype, "energy": torch.from_numpy(d["energy"]),
-                     "force": torch.from_numpy(d["force"]), "find_energy": 1.0, "find_force": 1.0}
+            atype = torch.from_numpy(d["atype"]).reshape(1, -1).to(dev)
+            pred = net(torch.from_numpy(d["coord"]).to(dev), atype,
+                       torch.from_numpy(d["box"]).reshape(1, 3, 3).to(dev))
+            label = {"atype": atype, "energy": torch.from_numpy(d["energy"]).to(dev),
+                     "force": torch.from_numpy(d["force"]).to(dev), "find_energy": 1.0, "find_force": 1.0}
             loss, _ = loss_fn(pred, label, lr)
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -103,20 +116,30 @@ def worker(argv: list[str]) -> None:
 
     times: dict[str, list[float]] = {k: [] for k in fns}
     losses: dict[str, list[float]] = {k: [] for k in fns}
+    gpu_peak: dict[str, float] = {k: 0.0 for k in fns}
     start = time.perf_counter()
     for k in range(a.steps):
         for name, fn in fns.items():
+            if cuda:
+                common.gpu_reset_peak(dev)
+            sync()
             t0 = time.perf_counter()
             losses[name].append(fn(k))
+            sync()
             times[name].append(time.perf_counter() - t0)
+            if cuda:
+                gpu_peak[name] = max(gpu_peak[name], common.gpu_peak_gb(dev))
         if k >= 3 and time.perf_counter() - start > a.budget:
             break
-    out = {"load": os.getloadavg()[0], "losses": losses, "times": {}}
+    out = {"load": os.getloadavg()[0], "losses": losses, "times": {}, "device": str(dev),
+           "deepmd_device": str(common.deepmd_device()) if use_dp else None}
+    if cuda:
+        out["gpu_peak_gb"] = gpu_peak
     if a.heldout:
         out["heldout"] = common.heldout_errors(
             {"ours": model, **({"deepmd": dpm} if use_dp else {})}, a.heldout)
     for name, ts in times.items():
-        ts = ts[1:]  # step 1 is the warm-up
+        ts = ts[1:] or ts  # step 1 is the warm-up
         out["times"][name] = {"best": min(ts), "median": float(np.median(ts)), "n": len(ts)}
     common.emit(out)
 
@@ -131,10 +154,17 @@ def main() -> None:
     ap.add_argument("--heldout", type=int, default=0,
                     help="after the steps, RMSE of each trained model on this many data_2 frames")
     ap.add_argument("--budget", type=float, default=None, help="seconds per variant (default 40/240)")
+    ap.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:1 ...")
+    ap.add_argument("--child-timeout", type=float, default=1200.0, help="seconds per variant's child process")
     a = ap.parse_args()
+    dev = common.resolve_device(a.device)
+    cuda = common.is_cuda(dev)
+    if a.no_deepmd:
+        os.environ["DPA1_BENCH_NO_DEEPMD"] = "1"
+    common.set_deepmd_device(dev)  # before DeePMD-kit is first imported (children inherit it)
     steps = a.steps or (5 if a.quick else 12)
     budget = a.budget or (40.0 if a.quick else 240.0)
-    common.print_machine()
+    common.print_machine(dev)
     dp_ok = common.have_deepmd() and not a.no_deepmd
     print(f"# DeePMD side by side: {'yes' if dp_ok else 'no (reference numbers from the issue)'}; "
           f"{steps} steps per variant (first one is warm-up)")
@@ -142,13 +172,15 @@ def main() -> None:
     t_start = time.perf_counter()
     for variant in a.variants.split(","):
         args = [variant, "--steps", str(steps), "--budget", str(budget)] + (["--no-deepmd"] if a.no_deepmd else [])
-        args += (["--no-plain"] if a.no_plain else []) + ["--heldout", str(a.heldout)]
-        r = common.run_child(SCRIPT, args, timeout=1200)
+        args += (["--no-plain"] if a.no_plain else []) + ["--heldout", str(a.heldout), "--device", str(dev)]
+        r = common.run_child(SCRIPT, args, timeout=a.child_timeout)
         if "error" in r:
-            rows.append([variant, "error", r["error"]] + [None] * 4)
+            rows.append([variant, "error", r["error"]] + [None] * (5 if cuda else 4))
+            print(f"# error {variant}: {r['error']}", file=sys.stderr, flush=True)
             continue
         t = r["times"]
         ours = t["ours"]["best"]
+        nrow = len(rows)
         if "deepmd" in t:
             dp, src = t["deepmd"]["best"], "measured"
         else:
@@ -169,13 +201,23 @@ def main() -> None:
         if "plain" in t:
             rows.append([variant, "ours, untuned path", t["plain"]["best"], t["plain"]["median"],
                          t["plain"]["n"], None, ""])
+        if cuda:  # peak GPU GB column: ours, DeePMD, the reference (none), untuned
+            peaks = r.get("gpu_peak_gb", {})
+            for row in rows[nrow:]:
+                key = {"ours": "ours", "DeePMD": "deepmd", "ours, untuned path": "plain"}.get(row[1])
+                row.insert(6, peaks.get(key) if key else None)
         for name, err in r.get("heldout", {}).items():
             hrows.append([variant, name, len(r["losses"][name]), err["rmse_e_atom"], err["mean_e_atom"],
                           err["rmse_f"]])
         print(f"# done {variant} ({time.perf_counter() - t_start:.0f} s, load {r['load']:.1f})",
               file=sys.stderr, flush=True)
-    print("\n## Training step, batch 1, 192-atom water (seconds per step)\n")
-    print(common.table(["variant", "implementation", "best s", "median s", "n", "DeePMD/ours", ""], rows))
+    where = f" on {common.gpu_description(dev).split(' (')[0]}" if cuda else ""
+    print(f"\n## Training step{where}, batch 1, 192-atom water (seconds per step)\n")
+    print(common.table(["variant", "implementation", "best s", "median s", "n", "DeePMD/ours"]
+                       + (["peak GPU GB"] if cuda else []) + [""], rows))
+    if cuda:
+        print("\n(peak GPU GB: torch.cuda.max_memory_allocated during one step, the largest over the steps; "
+              "each timed step is bracketed by torch.cuda.synchronize())")
     if lrows:
         print("\n## Loss curves, same initial weights / frames / learning rates\n")
         print("(plain: our untuned path, all N_c slots in one block; the speed-ups "
@@ -188,6 +230,9 @@ def main() -> None:
                             "rmse F (eV/Å)"], hrows))
     print("\n## Targets\n")
     print(common.table(["target", "goal", "measured", "met"], trows))
+    note = common.deepmd_device_note(dev)
+    if note:
+        print(note)
     print(f"# total {time.perf_counter() - t_start:.0f} s", file=sys.stderr)
 
 

@@ -157,12 +157,13 @@ def _std(n: float, s: float, q: float) -> float:
 def _raw_env(model: torch.nn.Module, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
     """``R̃ (nf, nloc, nnei, 4)`` (κ applied) and centre types ``(nf, nloc)`` (−1 virtual)."""
     desc = model.descriptor
-    coord = _tensor(batch["coord"], torch.float64)
+    dev = _device(model)
+    coord = _tensor(batch["coord"], torch.float64, dev)
     nf = coord.shape[0]
     coord = coord.reshape(nf, -1, 3)
-    atype = _tensor(batch["atype"], torch.int64).reshape(nf, -1)
+    atype = _tensor(batch["atype"], torch.int64, dev).reshape(nf, -1)
     box = batch.get("box")
-    box = None if box is None else _tensor(box, torch.float64).reshape(nf, 3, 3)
+    box = None if box is None else _tensor(box, torch.float64, dev).reshape(nf, 3, 3)
     ext_coord, ext_atype, _, nlist = build_extended_system(coord, atype, box, desc.rcut, desc.nnei)
     nloc = atype.shape[1]
     centre = atype.clamp(min=0)
@@ -212,7 +213,8 @@ def change_energy_bias(
     predicted = np.concatenate([_predict_energy(model, b) for b in batches if _has_energy(b)])
     delta, std = _fit_bias(counts, energy - predicted, model.ntypes, model.preset_out_bias, rcond)
     with torch.no_grad():
-        model.out_bias[0, :, 0] += torch.as_tensor(delta, dtype=model.out_bias.dtype)
+        ob = model.out_bias
+        ob[0, :, 0] += torch.as_tensor(delta, dtype=ob.dtype, device=ob.device)
         model.out_std[0, :, 0] = std
     return delta, std
 
@@ -263,21 +265,22 @@ def _fit_bias(
 
 
 def _predict_energy(model: torch.nn.Module, batch: Batch) -> np.ndarray:
-    coord = _tensor(batch["coord"], torch.float64)
+    dev = _device(model)
+    coord = _tensor(batch["coord"], torch.float64, dev)
     box = batch.get("box")
     out = model(
         coord,
-        _tensor(batch["atype"], torch.int64),
-        None if box is None else _tensor(box, torch.float64),
-        fparam=_optional(batch, "fparam"),
-        aparam=_optional(batch, "aparam"),
+        _tensor(batch["atype"], torch.int64, dev),
+        None if box is None else _tensor(box, torch.float64, dev),
+        fparam=_optional(batch, "fparam", dev),
+        aparam=_optional(batch, "aparam", dev),
     )
     return out["energy"].detach().reshape(-1).cpu().numpy().astype(np.float64)
 
 
-def _optional(batch: Batch, key: str) -> torch.Tensor | None:
+def _optional(batch: Batch, key: str, device: torch.device | None = None) -> torch.Tensor | None:
     if key in batch and float(batch.get("find_" + key, 1.0)) > 0.0:
-        return _tensor(batch[key], torch.float64)
+        return _tensor(batch[key], torch.float64, device)
     return None
 
 
@@ -325,21 +328,28 @@ def apply_statistics(
             raise DataError(f"the model needs {key} (width {width}) but no sampled system has "
                             f"{key}.npy")
         avg, inv_std = compute_param_stats(values, protect)
-        with torch.no_grad():
+        with torch.no_grad():  # copy_ also moves to the buffer's device
             getattr(fitting, key + "_avg").copy_(torch.as_tensor(avg))
             getattr(fitting, key + "_inv_std").copy_(torch.as_tensor(inv_std))
         result[key + "_avg"], result[key + "_inv_std"] = avg, inv_std
     bias, std = compute_energy_bias(model, batches, model.preset_out_bias, rcond=None)
     with torch.no_grad():
-        model.out_bias[0, :, 0] = torch.as_tensor(bias, dtype=model.out_bias.dtype)
+        ob = model.out_bias
+        ob[0, :, 0] = torch.as_tensor(bias, dtype=ob.dtype, device=ob.device)
         model.out_std[0, :, 0] = std
     result["bias"], result["std"] = bias, std
     return result
 
 
 # === small helpers ======================================================================
-def _tensor(x: Any, dtype: torch.dtype) -> torch.Tensor:
-    return torch.as_tensor(np.asarray(x) if not isinstance(x, torch.Tensor) else x).to(dtype)
+def _tensor(x: Any, dtype: torch.dtype, device: torch.device | None = None) -> torch.Tensor:
+    t = torch.as_tensor(np.asarray(x) if not isinstance(x, torch.Tensor) else x)
+    return t.to(device=device, dtype=dtype)
+
+
+def _device(model: torch.nn.Module) -> torch.device:
+    """Where the model lives: batches (CPU tensors or numpy from the data loader) go there."""
+    return model.descriptor.davg.device
 
 
 def _numpy(x: Any) -> np.ndarray:
