@@ -138,10 +138,6 @@ def gpu_peak_gb(dev: torch.device) -> float:
     return torch.cuda.max_memory_allocated(dev) / 2**30
 
 
-def gpu_allocated_gb(dev: torch.device) -> float:
-    return torch.cuda.memory_allocated(dev) / 2**30
-
-
 def model_device(net: torch.nn.Module) -> torch.device:
     for t in net.parameters():
         return t.device
@@ -445,8 +441,6 @@ def machine(device: Optional[torch.device] = None) -> dict[str, str]:
 def print_machine(device: Optional[torch.device] = None) -> None:
     for k, v in machine(device).items():
         print(f"# {k}: {v}")
-    if device is not None and deepmd_device_note(device):
-        print(f"# {deepmd_device_note(device)}")
 
 
 def table(headers: list[str], rows: list[list[Any]]) -> str:

@@ -160,7 +160,6 @@ def worker(argv: list[str]) -> None:
     p.add_argument("--device", default="cpu")
     p.add_argument("--gpu-mem", action="store_true", help="cuda: peak GPU memory of each implementation")
     a = p.parse_args(argv)
-    t_setup = time.perf_counter()
     dev = common.resolve_device(a.device)
     cuda = common.is_cuda(dev)
     common.set_deepmd_device(dev)
@@ -172,29 +171,13 @@ def worker(argv: list[str]) -> None:
         fns = make_evaluators(a.variant, a.natoms, impls, a.chunk, tmp, a.eval_chunk, device=str(dev))
         if a.mode == "mem":
             (fn,) = fns.values()
-            base = common.rss_gb()
-            res: dict = {}
-            if cuda:
-                common.gpu_reset_peak(dev)
-                res["gpu_base_gb"] = common.gpu_allocated_gb(dev)
+            base = common.rss_gb()  # host memory only: on cuda the timing child measures the GPU's
             t0 = time.perf_counter()
             fn()
-            sync()
-            res.update({"peak_gb": common.peak_rss_gb(), "base_gb": base, "first_s": time.perf_counter() - t0})
-            if cuda:
-                res["gpu_peak_gb"] = common.gpu_peak_gb(dev)
-            common.emit(res)
+            common.emit({"peak_gb": common.peak_rss_gb(), "base_gb": base, "first_s": time.perf_counter() - t0})
             return
-        setup_s = time.perf_counter() - t_setup
         t_calls = time.perf_counter()
-        results = {}
-        first_s = {}
-        for k, fn in fns.items():  # also the warm-up round
-            sync()
-            t0 = time.perf_counter()
-            results[k] = fn()
-            sync()
-            first_s[k] = time.perf_counter() - t0
+        results = {k: fn() for k, fn in fns.items()}  # also the warm-up round (numpy out: synced)
         par = parity(results) if len(results) > 1 else {}
         gpu_mem = {}
         if cuda and a.gpu_mem:
@@ -205,7 +188,7 @@ def worker(argv: list[str]) -> None:
                 gpu_mem[k] = common.gpu_peak_gb(dev)
         times = common.interleaved(fns, repeat=a.repeat, warmup=0, budget_s=a.budget, sync=sync)
         common.emit({"times": times, "parity": par, "load": os.getloadavg()[0], "gpu_mem": gpu_mem,
-                     "first_s": first_s, "setup_s": setup_s, "calls_s": time.perf_counter() - t_calls,
+                     "calls_s": time.perf_counter() - t_calls,
                      "device": str(dev),
                      "deepmd_device": str(common.deepmd_device()) if any(k.startswith("dp_") for k in fns)
                      else None})
@@ -366,7 +349,7 @@ def main() -> None:
             print(f"# done {variant} {n} ({time.perf_counter() - t_start:.0f} s, load {r.get('load', 0):.1f})",
                   file=sys.stderr, flush=True)
 
-    where = f" on {common.gpu_description(dev).split(' (')[0]}" if cuda else ""
+    where = f" on {torch.cuda.get_device_name(dev)}" if cuda else ""
     print(f"\n## Inference{where}: energy + force + virial, batch 1 (seconds per evaluation)\n")
     print(common.table(["variant", "atoms", "implementation", "best s", "median s", "n", "ms/atom",
                         "peak GPU GB" if cuda else "peak RSS GB", "DeePMD/ours"], rows))

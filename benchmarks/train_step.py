@@ -211,7 +211,7 @@ def main() -> None:
                           err["rmse_f"]])
         print(f"# done {variant} ({time.perf_counter() - t_start:.0f} s, load {r['load']:.1f})",
               file=sys.stderr, flush=True)
-    where = f" on {common.gpu_description(dev).split(' (')[0]}" if cuda else ""
+    where = f" on {torch.cuda.get_device_name(dev)}" if cuda else ""
     print(f"\n## Training step{where}, batch 1, 192-atom water (seconds per step)\n")
     print(common.table(["variant", "implementation", "best s", "median s", "n", "DeePMD/ours"]
                        + (["peak GPU GB"] if cuda else []) + [""], rows))
