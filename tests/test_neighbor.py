@@ -229,3 +229,36 @@ def test_format_nlist_keeps_order_at_equal_width() -> None:
     expect = torch.where(d <= RCUT, nlist[0], -1)
     np.testing.assert_array_equal(out[0].numpy(), expect.numpy())
     assert (expect != nlist[0]).any()  # some entries beyond rcut were removed in place
+
+
+def test_centre_then_distance_order_is_lexsort() -> None:
+    """The fast sort gives ``np.lexsort((d, i))`` exactly: ties, near-ties and the fallback."""
+    from dpa1.model.neighbor import _by_centre_then_distance
+
+    rng = np.random.default_rng(3)
+    for big in (0, 10**6):  # large centre indices: distances 1e-12 apart share a key
+        i = rng.integers(0, 50, size=5000) + big
+        d = rng.choice(np.linspace(0.5, 6.0, 40), size=5000)  # many exact ties
+        d = d + rng.choice([0.0, 1e-12, 3e-12], size=5000)  # and near-ties
+        assert np.array_equal(_by_centre_then_distance(i, d), np.lexsort((d, i)))
+    # A larger distance listed first with keys that round together: needs the fallback.
+    i = np.array([2**40, 2**40, 0])
+    d = np.array([1.0 + 1e-5, 1.0, 2.0])
+    assert (i * (d.max() + 1.0) + d)[0] == (i * (d.max() + 1.0) + d)[1]
+    assert np.array_equal(_by_centre_then_distance(i, d), np.lexsort((d, i)))
+
+
+@pytest.mark.parametrize("kind", ["thin", "very_thin", "triclinic"])
+def test_ghost_images_in_lexicographic_order(kind: str) -> None:
+    """One ghost per distinct (local atom, shift), ordered as ``np.unique(rows, axis=0)``."""
+    from dpa1.model.neighbor import frame_neighbors
+
+    rng = np.random.default_rng(11)
+    coord, atype, box = _random_frame(rng, kind, 30)
+    mapping, shift, nlist = frame_neighbors(coord, atype, box, RCUT, 200)
+    nloc = coord.shape[0]
+    rows = np.concatenate([mapping[nloc:, None], shift[nloc:]], axis=1)
+    assert rows.shape[0] > 0 and (shift[nloc:] != 0).any(axis=1).all()
+    assert np.array_equal(rows, np.unique(rows, axis=0))
+    used = np.unique(nlist[nlist >= nloc])
+    assert np.array_equal(used, np.arange(nloc, mapping.size))  # every ghost is somebody's neighbour

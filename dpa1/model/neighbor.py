@@ -32,8 +32,27 @@ def _frame_pairs(
         i, j, s, d = nl.compute(coord, np.zeros((3, 3)), False, "ijSd")
     else:
         i, j, s, d = nl.compute(coord, box, True, "ijSd")
-    keep = d <= rcut
-    return i[keep].astype(np.int64), j[keep].astype(np.int64), s[keep].astype(np.int64), d[keep]
+    if not np.all(d <= rcut):
+        keep = d <= rcut
+        i, j, s, d = i[keep], j[keep], s[keep], d[keep]
+    return i.astype(np.int64), j.astype(np.int64), s.astype(np.int64), d
+
+
+def _by_centre_then_distance(i: np.ndarray, d: np.ndarray) -> np.ndarray:
+    """``np.lexsort((d, i))``, 2-3x faster: one stable sort of the float key ``w·i + d``
+    (``w`` = 1 + the largest distance, so centres never mix).
+
+    Rounding the key is monotonic, so it can only merge distances of one centre that differ
+    by less than its last bit; the stable sort then keeps their input order, which is
+    lexsort's unless a larger distance came first. That (rare) case is detected, and the
+    lexsort used instead, so the result is always lexsort's.
+    """
+    width = float(d.max(initial=0.0)) + 1.0
+    order = np.argsort(i * width + d, kind="stable")
+    i_s, d_s = i[order], d[order]
+    if np.any((i_s[1:] == i_s[:-1]) & (d_s[1:] < d_s[:-1])):
+        return np.lexsort((d, i))
+    return order
 
 
 def frame_neighbors(
@@ -57,21 +76,34 @@ def frame_neighbors(
         return mapping, shift, nlist
     i, j, s, d = _frame_pairs(coord[real], box, rcut)
     i, j = real[i], real[j]  # virtual atoms were never offered: nobody's neighbour
-    order = np.lexsort((d, i))  # by centre, then by distance
+    order = _by_centre_then_distance(i, d)
     i, j, s = i[order], j[order], s[order]
-    first = np.searchsorted(i, i, side="left")
-    rank = np.arange(i.size) - first
+    first = np.cumsum(np.bincount(i, minlength=nloc)) - np.bincount(i, minlength=nloc)
+    rank = np.arange(i.size) - first[i]
     keep = rank < nnei  # truncation keeps the nnei nearest
     i, j, s, rank = i[keep], j[keep], s[keep], rank[keep]
 
     ext = j.copy()
     ghost = np.any(s != 0, axis=1)
     if ghost.any():
-        keys = np.concatenate([j[ghost, None], s[ghost]], axis=1)
-        uniq, inverse = np.unique(keys, axis=0, return_inverse=True)
+        # One image per distinct (j, shift), in lexicographic order of (j, s0, s1, s2): the
+        # rows packed into one int64 key (mixed radix on non-negative digits keeps that
+        # order), since np.unique(axis=0) on the rows costs 5-10x more.
+        sg = s[ghost]
+        lo = sg.min(axis=0)
+        radix = sg.max(axis=0) - lo + 1
+        digits = sg - lo
+        key = j[ghost]
+        for ax in range(3):
+            key = key * radix[ax] + digits[:, ax]
+        uniq, inverse = np.unique(key, return_inverse=True)
         ext[ghost] = nloc + inverse.reshape(-1)
-        mapping = np.concatenate([mapping, uniq[:, 0]])
-        shift = np.concatenate([shift, uniq[:, 1:]])
+        uniq_s = np.empty((uniq.size, 3), dtype=np.int64)
+        rest = uniq
+        for ax in (2, 1, 0):
+            rest, uniq_s[:, ax] = np.divmod(rest, radix[ax])
+        mapping = np.concatenate([mapping, rest])
+        shift = np.concatenate([shift, uniq_s + lo])
     nlist[i, rank] = ext
     return mapping, shift, nlist
 
