@@ -262,3 +262,19 @@ def test_ghost_images_in_lexicographic_order(kind: str) -> None:
     assert np.array_equal(rows, np.unique(rows, axis=0))
     used = np.unique(nlist[nlist >= nloc])
     assert np.array_equal(used, np.arange(nloc, mapping.size))  # every ghost is somebody's neighbour
+
+
+@pytest.mark.parametrize("huge_shift", [False, True])
+def test_distinct_images_is_unique_on_rows(huge_shift: bool) -> None:
+    """The packed-key ``unique`` equals ``np.unique(rows, axis=0)``, also past int64's reach."""
+    from dpa1.model.neighbor import _distinct_images
+
+    rng = np.random.default_rng(5)
+    j = rng.integers(0, 50, size=3000)
+    s = rng.integers(-3, 4, size=(3000, 3))
+    if huge_shift:  # an atom ~2 million cells away: the packed key would overflow
+        j[0], s[0] = 2**21, [2**21, 0, -(2**21)]
+    rows, inverse = np.unique(np.concatenate([j[:, None], s], axis=1), axis=0, return_inverse=True)
+    uj, us, inv = _distinct_images(j, s)
+    assert np.array_equal(uj, rows[:, 0]) and np.array_equal(us, rows[:, 1:])
+    assert np.array_equal(inv, inverse.reshape(-1))

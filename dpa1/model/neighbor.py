@@ -55,6 +55,27 @@ def _by_centre_then_distance(i: np.ndarray, d: np.ndarray) -> np.ndarray:
     return order
 
 
+def _distinct_images(j: np.ndarray, s: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Distinct rows ``(j, s0, s1, s2)`` in lexicographic order, and each row's index among them.
+
+    ``np.unique(rows, axis=0, return_inverse=True)``, 5-10x faster: each row is packed into
+    one int64 key (mixed radix on non-negative digits keeps the order).
+    """
+    lo = s.min(axis=0)
+    radix = s.max(axis=0) - lo + 1
+    if (int(j.max()) + 1) * int(np.prod(radix)) >= 2**62:  # would overflow: not seen in practice
+        uniq, inverse = np.unique(np.concatenate([j[:, None], s], axis=1), axis=0, return_inverse=True)
+        return uniq[:, 0], uniq[:, 1:], inverse.reshape(-1)
+    key = j
+    for ax in range(3):
+        key = key * radix[ax] + (s[:, ax] - lo[ax])
+    uniq, inverse = np.unique(key, return_inverse=True)
+    uniq_s = np.empty((uniq.size, 3), dtype=np.int64)
+    for ax in (2, 1, 0):
+        uniq, uniq_s[:, ax] = np.divmod(uniq, radix[ax])
+    return uniq, uniq_s + lo, inverse.reshape(-1)
+
+
 def frame_neighbors(
     coord: np.ndarray, atype: np.ndarray, box: Optional[np.ndarray], rcut: float, nnei: int
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -78,32 +99,18 @@ def frame_neighbors(
     i, j = real[i], real[j]  # virtual atoms were never offered: nobody's neighbour
     order = _by_centre_then_distance(i, d)
     i, j, s = i[order], j[order], s[order]
-    first = np.cumsum(np.bincount(i, minlength=nloc)) - np.bincount(i, minlength=nloc)
-    rank = np.arange(i.size) - first[i]
+    count = np.bincount(i, minlength=nloc)
+    rank = np.arange(i.size) - (np.cumsum(count) - count)[i]
     keep = rank < nnei  # truncation keeps the nnei nearest
     i, j, s, rank = i[keep], j[keep], s[keep], rank[keep]
 
     ext = j.copy()
     ghost = np.any(s != 0, axis=1)
     if ghost.any():
-        # One image per distinct (j, shift), in lexicographic order of (j, s0, s1, s2): the
-        # rows packed into one int64 key (mixed radix on non-negative digits keeps that
-        # order), since np.unique(axis=0) on the rows costs 5-10x more.
-        sg = s[ghost]
-        lo = sg.min(axis=0)
-        radix = sg.max(axis=0) - lo + 1
-        digits = sg - lo
-        key = j[ghost]
-        for ax in range(3):
-            key = key * radix[ax] + digits[:, ax]
-        uniq, inverse = np.unique(key, return_inverse=True)
-        ext[ghost] = nloc + inverse.reshape(-1)
-        uniq_s = np.empty((uniq.size, 3), dtype=np.int64)
-        rest = uniq
-        for ax in (2, 1, 0):
-            rest, uniq_s[:, ax] = np.divmod(rest, radix[ax])
-        mapping = np.concatenate([mapping, rest])
-        shift = np.concatenate([shift, uniq_s + lo])
+        uniq_j, uniq_s, inverse = _distinct_images(j[ghost], s[ghost])
+        ext[ghost] = nloc + inverse
+        mapping = np.concatenate([mapping, uniq_j])
+        shift = np.concatenate([shift, uniq_s])
     nlist[i, rank] = ext
     return mapping, shift, nlist
 
