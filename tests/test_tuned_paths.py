@@ -206,6 +206,14 @@ def test_evaluation_frees_each_block_graph() -> None:
     model.block_atoms = 4
     coord, atype, box = make_system("pbc", 3, natoms=14)
     fp, ap = params_for(model, 1, atype.shape[0])
+
+    def run():
+        return model(
+            torch.tensor(coord)[None], torch.tensor(atype)[None], torch.tensor(box)[None],
+            fparam=None if fp is None else torch.tensor(fp),
+            aparam=None if ap is None else torch.tensor(ap)[None],
+        )
+
     alive: list = []
 
     def pack(t: torch.Tensor) -> _Saved:
@@ -214,11 +222,7 @@ def test_evaluation_frees_each_block_graph() -> None:
         return s
 
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda s: s.t):
-        out = model(
-            torch.tensor(coord)[None], torch.tensor(atype)[None], torch.tensor(box)[None],
-            fparam=None if fp is None else torch.tensor(fp),
-            aparam=None if ap is None else torch.tensor(ap)[None],
-        )
+        out = run()
     gc.collect()
     assert len(alive) > 100  # the hooks saw the blocks' graphs
     held = sum(r() is not None for r in alive)
@@ -226,7 +230,5 @@ def test_evaluation_frees_each_block_graph() -> None:
     assert not out["energy"].requires_grad and not out["atom_energy"].requires_grad
     # training keeps the graph: the loss differentiates energies and forces
     model.train()
-    out = model(torch.tensor(coord)[None], torch.tensor(atype)[None], torch.tensor(box)[None],
-                fparam=None if fp is None else torch.tensor(fp),
-                aparam=None if ap is None else torch.tensor(ap)[None])
+    out = run()
     assert out["energy"].requires_grad and out["force"].requires_grad
