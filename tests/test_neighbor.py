@@ -9,7 +9,14 @@ import numpy as np
 import pytest
 import torch
 
-from dpa1.model.neighbor import brute_force_neighbors, build_extended_system, format_nlist
+from dpa1.model.neighbor import (
+    _by_centre_then_distance,
+    _distinct_images,
+    brute_force_neighbors,
+    build_extended_system,
+    format_nlist,
+    frame_neighbors,
+)
 from model_utils import random_cell
 from model_utils import single_thread  # noqa: F401  (autouse fixture)
 
@@ -233,8 +240,6 @@ def test_format_nlist_keeps_order_at_equal_width() -> None:
 
 def test_centre_then_distance_order_is_lexsort() -> None:
     """The fast sort gives ``np.lexsort((d, i))`` exactly: ties, near-ties and the fallback."""
-    from dpa1.model.neighbor import _by_centre_then_distance
-
     rng = np.random.default_rng(3)
     for big in (0, 10**6):  # large centre indices: distances 1e-12 apart share a key
         i = rng.integers(0, 50, size=5000) + big
@@ -251,8 +256,6 @@ def test_centre_then_distance_order_is_lexsort() -> None:
 @pytest.mark.parametrize("kind", ["thin", "very_thin", "triclinic"])
 def test_ghost_images_in_lexicographic_order(kind: str) -> None:
     """One ghost per distinct (local atom, shift), ordered as ``np.unique(rows, axis=0)``."""
-    from dpa1.model.neighbor import frame_neighbors
-
     rng = np.random.default_rng(11)
     coord, atype, box = _random_frame(rng, kind, 30)
     mapping, shift, nlist = frame_neighbors(coord, atype, box, RCUT, 200)
@@ -267,8 +270,6 @@ def test_ghost_images_in_lexicographic_order(kind: str) -> None:
 @pytest.mark.parametrize("huge_shift", [False, True])
 def test_distinct_images_is_unique_on_rows(huge_shift: bool) -> None:
     """The packed-key ``unique`` equals ``np.unique(rows, axis=0)``, also past int64's reach."""
-    from dpa1.model.neighbor import _distinct_images
-
     rng = np.random.default_rng(5)
     j = rng.integers(0, 50, size=3000)
     s = rng.integers(-3, 4, size=(3000, 3))

@@ -32,8 +32,8 @@ def _frame_pairs(
         i, j, s, d = nl.compute(coord, np.zeros((3, 3)), False, "ijSd")
     else:
         i, j, s, d = nl.compute(coord, box, True, "ijSd")
-    if not np.all(d <= rcut):
-        keep = d <= rcut
+    keep = d <= rcut
+    if not keep.all():
         i, j, s, d = i[keep], j[keep], s[keep], d[keep]
     return i.astype(np.int64), j.astype(np.int64), s.astype(np.int64), d
 

@@ -88,6 +88,11 @@ class Activation(nn.Module):
         )
 
 
+def _add_doubled(y: Tensor, x: Tensor) -> Tensor:
+    """``y + [x, x]`` without materialising the concatenation."""
+    return (y.unflatten(-1, (2, x.shape[-1])) + x.unsqueeze(-2)).flatten(-2)
+
+
 class _DoubledSkip(torch.autograd.Function):
     """``y + [x, x]`` (the skip of a layer that doubles its width), with a backward that
     adds the two halves of the gradient (autograd's own, a sum over a broadcast axis of
@@ -97,9 +102,8 @@ class _DoubledSkip(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, y: Tensor, x: Tensor) -> Tensor:
-        n = x.shape[-1]
-        ctx.n = n
-        return (y.unflatten(-1, (2, n)) + x.unsqueeze(-2)).flatten(-2)
+        ctx.n = x.shape[-1]
+        return _add_doubled(y, x)
 
     @staticmethod
     def backward(ctx, g: Tensor) -> tuple[Tensor, Tensor]:
@@ -163,11 +167,7 @@ class Layer(nn.Module):
         if self.skip == 1:
             y = y + x
         elif self.skip == 2:
-            # y + [x, x] without materialising the concatenation
-            if torch.jit.is_scripting():
-                y = (y.unflatten(-1, (2, self.num_in)) + x.unsqueeze(-2)).flatten(-2)
-            else:
-                y = _DoubledSkip.apply(y, x)
+            y = _add_doubled(y, x) if torch.jit.is_scripting() else _DoubledSkip.apply(y, x)
         return y
 
 
