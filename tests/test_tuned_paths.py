@@ -177,6 +177,61 @@ def test_scaled_unit_rows_fast_backward_is_the_formulas_gradient() -> None:
 
 
 @pytest.mark.parametrize("name", NAMES)
+def test_threaded_blocks_equal_sequential(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """On a multi-threaded CPU, evaluation runs its blocks side by side (block_pool.py):
+    the same numbers as one block after another, several frames, virtual atoms and
+    fparam/aparam included; the caller's thread count and grad mode hold in the blocks."""
+    import dpa1.model.model as model_module
+
+    model = copy.deepcopy(model_for(name)).eval()
+    model.block_atoms = 12  # 2 frames: 6 centres per frame and block, 3 when threaded
+    coords, boxes = [], []
+    for seed in (5, 6):
+        c, a, b = make_system("pbc", seed, n_virtual=2, natoms=14)
+        coords.append(c)
+        boxes.append(b)
+    fp, ap = params_for(model, 2, a.shape[0])
+    calls = []
+    real_map = model_module.map_blocks
+    monkeypatch.setattr(model_module, "map_blocks",
+                        lambda fn, starts, workers: calls.append((len(starts), workers)) or real_map(fn, starts, workers))
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        got = evaluate(model, np.stack(coords), a, np.stack(boxes), fp, ap)
+        assert torch.get_num_threads() == 2  # the workers' one-thread setting is their own
+        model.thread_blocks = False
+        want = evaluate(model, np.stack(coords), a, np.stack(boxes), fp, ap)
+        model.thread_blocks = True
+        with torch.no_grad(), pytest.raises(RuntimeError, match="torch.no_grad"):
+            evaluate(model, np.stack(coords), a, np.stack(boxes), fp, ap)
+    finally:
+        torch.set_num_threads(before)
+    assert calls[0] == (6, 2)  # 16 centres (2 of them virtual): 6 blocks on 2 threads
+    _compare(got, want, tol(name, 1e-12, 1e-5), "threaded vs sequential blocks")
+
+
+def test_contiguous_gradient_products_are_exact_and_twice_differentiable() -> None:
+    """``a·bᵀ`` (attention logits) and ``y + [x, x]`` (doubling skip) with their own
+    backward: first and second derivatives are those of the formulas (training
+    differentiates forces), and the logits' gradients come out contiguous."""
+    from dpa1.model.attention import _BmmNT
+    from dpa1.model.network import _DoubledSkip
+
+    gen = torch.Generator().manual_seed(8)
+    a = torch.randn(2, 5, 3, generator=gen, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(2, 4, 3, generator=gen, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(_BmmNT.apply, (a, b))
+    assert torch.autograd.gradgradcheck(_BmmNT.apply, (a, b))
+    ga, gb = torch.autograd.grad(_BmmNT.apply(a, b), (a, b), torch.randn(2, 5, 4, dtype=torch.float64))
+    assert ga.is_contiguous() and gb.is_contiguous()
+    y = torch.randn(3, 6, generator=gen, dtype=torch.float64, requires_grad=True)
+    x = torch.randn(3, 3, generator=gen, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(_DoubledSkip.apply, (y, x))
+    assert torch.autograd.gradgradcheck(_DoubledSkip.apply, (y, x))
+
+
+@pytest.mark.parametrize("name", NAMES)
 def test_evaluation_mode_equals_training_mode(name: str) -> None:
     """Evaluation takes the fast backward of the attention normalisation, training the
     plain autograd one (it differentiates forces again): same energies, forces, virials."""

@@ -203,8 +203,11 @@ class DescrptDPA1(nn.Module):
         rr = rr.reshape(nb, nnei, 4)
         if slot_weight is not None:
             rr = rr * slot_weight.unsqueeze(-1)
-        t1 = torch.matmul(g.transpose(-1, -2), rr) / self.nnei  # (nb, ng, 4): N_c is the full sel
-        d = torch.matmul(t1, t1[:, : self.axis_neuron].transpose(-1, -2))  # (nb, ng, na)
+        # T1ᵀ = Rᵀ G / N_c (N_c is the full sel), (nb, 4, ng): in this order G's gradient
+        # comes out of the product contiguous, not transposed (the last LayerNorm's backward
+        # would copy it).
+        t1t = torch.matmul(rr.transpose(-1, -2), g) / self.nnei
+        d = torch.matmul(t1t.transpose(-1, -2), t1t[..., : self.axis_neuron])  # (nb, ng, na)
         d = d.reshape(nf, nloc, -1)
         if self.concat_output_tebd:
             d = torch.cat([d, t_center], dim=-1)

@@ -19,6 +19,7 @@ from typing import Dict, List, Optional, Tuple
 import torch
 from torch import Tensor, nn
 
+from dpa1.model.block_pool import block_workers, map_blocks
 from dpa1.model.descriptor import DescrptDPA1, pair_keep_table
 from dpa1.model.fitting import EnergyFitting
 from dpa1.model.neighbor import build_extended_system
@@ -85,6 +86,9 @@ class EnergyModel(nn.Module):
         # 1,536-atom water (192 atoms: flat from 16 to 96) and saves ~8 % of a training step
         # against one block (benchmarks/RESULTS.md, 2026-12-01).
         self.block_atoms = 64
+        # Evaluation on a CPU runs blocks side by side, one per intra-op thread
+        # (block_pool.py); False: one block after another, each on all threads.
+        self.thread_blocks = True
         # Model inputs are cast to the global precision (§2.1).
         self.global_dtype = torch.float64
 
@@ -174,6 +178,15 @@ class EnergyModel(nn.Module):
         # keeping inference memory linear in the number of atoms (training keeps every
         # block's graph for the loss's backward pass, as one graph would).
         chunk = max(1, self.block_atoms // max(nf, 1))
+        workers = 1
+        if not torch.jit.is_scripting():
+            if not self.training and ext_coord.device.type == "cpu" and self.thread_blocks:
+                # One block per CPU thread (block_pool.py), at half size: on two threads,
+                # the two blocks in flight hold what one block of block_atoms does.
+                half = max(1, chunk // 2)
+                workers = block_workers((nloc + half - 1) // half)
+                if workers > 1:
+                    chunk = half
         # Blocks of centres with similar neighbour counts: the descriptor trims each block's
         # padding slots down to its own fullest centre (attention cost ~ slots²), so the
         # centres are visited by increasing count and the results put back in place.
@@ -191,17 +204,17 @@ class EnergyModel(nn.Module):
             rij_b, mask_b, type_b, atype_b, real_b = rij, mask, nei_type, atype, real
         energies: List[Tensor] = []
         grads: List[Tensor] = []
-        for start in range(0, nloc, chunk):
-            end = min(nloc, start + chunk)
-            ap: Optional[Tensor] = None
-            if aparam is not None:
-                ap = aparam[:, start:end]
-            e_c, g_c = self._energy_and_grad(
-                rij_b[:, start:end], mask_b[:, start:end], type_b[:, start:end], atype_b[:, start:end],
-                real_b[:, start:end], fparam, ap,
-            )
-            energies.append(e_c)
-            grads.append(g_c)
+        starts = list(range(0, nloc, chunk))
+        if workers > 1:
+            if not torch.jit.is_scripting():  # (workers is 1 in TorchScript)
+                blocks = self._blocks_threaded(starts, chunk, workers, rij_b, mask_b, type_b, atype_b, real_b,
+                                               fparam, aparam)
+                energies, grads = [b[0] for b in blocks], [b[1] for b in blocks]
+        else:
+            for start in starts:
+                e_c, g_c = self._block(start, chunk, rij_b, mask_b, type_b, atype_b, real_b, fparam, aparam)
+                energies.append(e_c)
+                grads.append(g_c)
         atom_energy = torch.cat(energies, dim=1) if len(energies) > 1 else energies[0]
         g = torch.cat(grads, dim=1) if len(grads) > 1 else grads[0]
         if order is not None:
@@ -239,6 +252,30 @@ class EnergyModel(nn.Module):
                 1, map9, ext_virial
             )
         return out
+
+    def _block(
+        self, start: int, chunk: int, rij: Tensor, mask: Tensor, nei_type: Tensor, atype: Tensor, real: Tensor,
+        fparam: Optional[Tensor], aparam: Optional[Tensor],
+    ) -> Tuple[Tensor, Tensor]:
+        """:meth:`_energy_and_grad` of centres ``start : start + chunk`` (of every frame)."""
+        end = start + chunk
+        ap: Optional[Tensor] = None
+        if aparam is not None:
+            ap = aparam[:, start:end]
+        return self._energy_and_grad(
+            rij[:, start:end], mask[:, start:end], nei_type[:, start:end], atype[:, start:end], real[:, start:end],
+            fparam, ap,
+        )
+
+    @torch.jit.unused
+    def _blocks_threaded(
+        self, starts: List[int], chunk: int, workers: int, rij: Tensor, mask: Tensor, nei_type: Tensor,
+        atype: Tensor, real: Tensor, fparam: Optional[Tensor], aparam: Optional[Tensor],
+    ) -> List[Tuple[Tensor, Tensor]]:
+        """:meth:`_block` of every start in ``starts``, on ``workers`` threads (block_pool.py)."""
+        return map_blocks(
+            lambda start: self._block(start, chunk, rij, mask, nei_type, atype, real, fparam, aparam), starts, workers
+        )
 
     def _energy_and_grad(
         self, rij: Tensor, mask: Tensor, nei_type: Tensor, atype: Tensor, real: Tensor,

@@ -1,0 +1,61 @@
+"""Evaluation blocks of centres run side by side on a pool of CPU threads.
+
+The energy model evaluates its centres in independent blocks (``EnergyModel.forward_lower``).
+On a CPU, one block per thread with one intra-op thread each beats one block at a time on
+all threads: the tensors of a block are small (a 32-centre block's attention tensors are
+~1.5 MB in float32), and two threads splitting every small elementwise pass and GEMM
+wait on each other and on memory far more than two threads working on their own data
+(192-atom water on 2 cores: float32 0.194 → 0.140 s, float64 0.322 → 0.280 s, same
+numbers up to the GEMMs' round-off; benchmarks/RESULTS.md, 2026-12-01).
+
+PyTorch ops release the GIL, so the Python glue of one block overlaps the kernels of the
+other. Thread counts in PyTorch (OpenMP, MKL) are per thread: a worker's setting leaves
+the caller's alone.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import os
+import threading
+from typing import Callable, TypeVar
+
+import torch
+
+T = TypeVar("T")
+
+_pools: dict[int, concurrent.futures.ThreadPoolExecutor] = {}
+_lock = threading.Lock()
+# A forked child inherits the dict but not the threads behind it.
+os.register_at_fork(after_in_child=_pools.clear)
+
+
+def _pool(workers: int) -> concurrent.futures.ThreadPoolExecutor:
+    with _lock:
+        pool = _pools.get(workers)
+        if pool is None:
+            pool = concurrent.futures.ThreadPoolExecutor(workers, thread_name_prefix="dpa1-block")
+            _pools[workers] = pool
+        return pool
+
+
+def block_workers(nblocks: int) -> int:
+    """Threads worth using for ``nblocks`` blocks: the caller's intra-op threads, at most one per block."""
+    return min(torch.get_num_threads(), nblocks)
+
+
+def map_blocks(fn: Callable[[int], T], starts: list[int], workers: int) -> list[T]:
+    """``[fn(s) for s in starts]``, ``workers`` blocks at a time, in order.
+
+    Each call runs with the caller's grad mode and ``threads // workers`` intra-op threads.
+    An exception in any block is re-raised here.
+    """
+    grad_on = torch.is_grad_enabled()
+    intra = max(1, torch.get_num_threads() // workers)
+
+    def run(start: int) -> T:
+        torch.set_num_threads(intra)  # this worker thread's own setting
+        with torch.set_grad_enabled(grad_on):
+            return fn(start)
+
+    return list(_pool(workers).map(run, starts))
