@@ -273,9 +273,13 @@ class EnergyModel(nn.Module):
         atype: Tensor, real: Tensor, fparam: Optional[Tensor], aparam: Optional[Tensor],
     ) -> List[Tuple[Tensor, Tensor]]:
         """:meth:`_block` of every start in ``starts``, on ``workers`` threads (block_pool.py)."""
-        return map_blocks(
-            lambda start: self._block(start, chunk, rij, mask, nei_type, atype, real, fparam, aparam), starts, workers
+        # The blocks are in order of increasing width (cost ~ width²): handing out the widest
+        # first lets the threads finish together (longest-processing-time-first scheduling).
+        blocks = map_blocks(
+            lambda start: self._block(start, chunk, rij, mask, nei_type, atype, real, fparam, aparam),
+            starts[::-1], workers,
         )
+        return blocks[::-1]
 
     def _energy_and_grad(
         self, rij: Tensor, mask: Tensor, nei_type: Tensor, atype: Tensor, real: Tensor,
