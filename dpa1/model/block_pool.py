@@ -2,15 +2,14 @@
 
 The energy model evaluates its centres in independent blocks (``EnergyModel.forward_lower``).
 On a CPU, one block per thread with one intra-op thread each beats one block at a time on
-all threads: the tensors of a block are small (a 32-centre block's attention tensors are
-~1.5 MB in float32), and two threads splitting every small elementwise pass and GEMM
-wait on each other and on memory far more than two threads working on their own data
-(192-atom water on 2 cores: float32 0.194 → 0.140 s, float64 0.322 → 0.280 s, same
-numbers up to the GEMMs' round-off; benchmarks/RESULTS.md, 2026-12-01).
+all threads. A block's ops are small, and two threads splitting each of them gain only 1.5×
+over one thread, while two single-thread evaluations side by side run at full speed each
+(192-atom water, 2 cores: float32 13-14 % faster, same numbers up to the GEMMs' round-off;
+benchmarks/RESULTS.md, 2026-12-01 "after 20:00").
 
-PyTorch ops release the GIL, so the Python glue of one block overlaps the kernels of the
-other. Thread counts in PyTorch (OpenMP, MKL) are per thread: a worker's setting leaves
-the caller's alone.
+PyTorch ops and the autograd engine release the GIL, so one block's Python glue overlaps
+the other's kernels. PyTorch's thread counts (OpenMP, MKL) are per thread: a worker's
+setting leaves the caller's alone.
 """
 
 from __future__ import annotations
