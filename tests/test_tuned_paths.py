@@ -179,8 +179,9 @@ def test_scaled_unit_rows_fast_backward_is_the_formulas_gradient() -> None:
 @pytest.mark.parametrize("name", NAMES)
 def test_threaded_blocks_equal_sequential(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """On a multi-threaded CPU, evaluation runs its blocks side by side (block_pool.py):
-    the same numbers as one block after another, several frames, virtual atoms and
-    fparam/aparam included; the caller's thread count and grad mode hold in the blocks."""
+    the same numbers as one block after another (several frames, virtual atoms and
+    fparam/aparam included). The caller's thread count is left alone, and its grad mode
+    holds in the blocks (under no_grad they refuse, as the sequential loop does)."""
     import dpa1.model.model as model_module
 
     model = copy.deepcopy(model_for(name)).eval()
