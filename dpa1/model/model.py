@@ -182,7 +182,8 @@ class EnergyModel(nn.Module):
         if not torch.jit.is_scripting():
             if not self.training and ext_coord.device.type == "cpu" and self.thread_blocks:
                 # One block per CPU thread (block_pool.py), at half size: on two threads,
-                # the two blocks in flight hold what one block of block_atoms does.
+                # the two blocks in flight hold what one block of block_atoms does (on more
+                # threads, memory in flight grows by ~0.1 GB per thread in float64).
                 half = max(1, chunk // 2)
                 workers = block_workers((nloc + half - 1) // half)
                 if workers > 1:
