@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import copy
 import json
+import threading
 from fractions import Fraction
 from pathlib import Path
 
@@ -180,8 +181,9 @@ def test_scaled_unit_rows_fast_backward_is_the_formulas_gradient() -> None:
 def test_threaded_blocks_equal_sequential(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """On a multi-threaded CPU, evaluation runs its blocks side by side (block_pool.py):
     the same numbers as one block after another (several frames, virtual atoms and
-    fparam/aparam included). The caller's thread count is left alone, and its grad mode
-    holds in the blocks (under no_grad they refuse, as the sequential loop does)."""
+    fparam/aparam included). The caller's thread count is left alone (also as the default
+    of threads started later), and its grad mode holds in the blocks (under no_grad they
+    refuse, as the sequential loop does)."""
     import dpa1.model.model as model_module
 
     model = copy.deepcopy(model_for(name)).eval()
@@ -201,6 +203,11 @@ def test_threaded_blocks_equal_sequential(name: str, monkeypatch: pytest.MonkeyP
     try:
         got = evaluate(model, np.stack(coords), a, np.stack(boxes), fp, ap)
         assert torch.get_num_threads() == 2  # the workers' one-thread setting is their own
+        seen: list = []  # ... and threads started later default to the caller's count
+        later = threading.Thread(target=lambda: seen.append(torch.get_num_threads()))
+        later.start()
+        later.join()
+        assert seen == [2]
         model.thread_blocks = False
         want = evaluate(model, np.stack(coords), a, np.stack(boxes), fp, ap)
         model.thread_blocks = True

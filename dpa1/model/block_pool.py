@@ -9,7 +9,8 @@ benchmarks/RESULTS.md, 2026-12-01 "after 20:00").
 
 PyTorch ops and the autograd engine release the GIL, so one block's Python glue overlaps
 the other's kernels. PyTorch's thread counts (OpenMP, MKL) are per thread: a worker's
-setting leaves the caller's alone.
+setting leaves the caller's alone (only the default of threads started later follows the
+last ``torch.set_num_threads``, and :func:`map_blocks` puts the caller's count back there).
 """
 
 from __future__ import annotations
@@ -50,11 +51,16 @@ def map_blocks(fn: Callable[[int], T], starts: list[int], workers: int) -> list[
     An exception in any block is re-raised here.
     """
     grad_on = torch.is_grad_enabled()
-    intra = max(1, torch.get_num_threads() // workers)
+    threads = torch.get_num_threads()
+    intra = max(1, threads // workers)
 
     def run(start: int) -> T:
         torch.set_num_threads(intra)  # this worker thread's own setting
         with torch.set_grad_enabled(grad_on):
             return fn(start)
 
-    return list(_pool(workers).map(run, starts))
+    try:
+        return list(_pool(workers).map(run, starts))
+    finally:
+        # set_num_threads also sets the default of threads started later: give it back.
+        torch.set_num_threads(threads)
