@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -41,6 +42,9 @@ def test_train_writes_lcurve_checkpoints_and_out_json(tmp_path):
     assert out["model"]["descriptor"]["neuron"] == [4, 8]
     assert out["model"]["descriptor"]["smooth_type_embedding"] is False  # defaults filled
     assert "model.ckpt-12.pt" in (run / "checkpoint").read_text()
+    # train.log is complete and closed when the command returns (in-process runs leaked it)
+    assert "latest checkpoint" in (run / "train.log").read_text()
+    assert not logging.getLogger("dpa1").handlers
 
 
 def test_same_seed_same_numbers(tmp_path):

@@ -30,10 +30,18 @@ def add_parser(sub) -> None:
     p.set_defaults(func=run)
 
 
+def close_logging() -> None:
+    """Remove and close the handlers of the ``dpa1`` logger (train.log stays open otherwise)."""
+    logger = logging.getLogger("dpa1")
+    for handler in list(logger.handlers):
+        logger.removeHandler(handler)
+        handler.close()
+
+
 def setup_logging(out_dir: Path, level: str, is_main: bool) -> None:
     logger = logging.getLogger("dpa1")
     logger.setLevel(level.upper())
-    logger.handlers.clear()
+    close_logging()
     if not is_main:
         logger.addHandler(logging.NullHandler())
         return
@@ -71,4 +79,5 @@ def run(args: argparse.Namespace) -> int:
             logging.getLogger("dpa1").info("latest checkpoint: %s", ckpt)
     finally:
         cleanup(info)
+        close_logging()
     return 0
