@@ -39,9 +39,17 @@ def _pool(workers: int) -> concurrent.futures.ThreadPoolExecutor:
         return pool
 
 
-def block_workers(nblocks: int) -> int:
-    """Threads worth using for ``nblocks`` blocks: the caller's intra-op threads, at most one per block."""
-    return min(torch.get_num_threads(), nblocks)
+def plan_blocks(ncentres: int, chunk: int) -> tuple[int, int]:
+    """``(chunk, workers)`` for ``ncentres`` centres that one thread would take ``chunk`` at a time.
+
+    Threaded blocks are half as large: on two threads, the two blocks in flight hold what one
+    block of ``chunk`` does (each further thread adds one block, ~0.1 GB in float64). The
+    workers are the caller's intra-op threads, at most one per block; with one worker the
+    caller's ``chunk`` is kept.
+    """
+    half = max(1, chunk // 2)
+    workers = min(torch.get_num_threads(), (ncentres + half - 1) // half)
+    return (half, workers) if workers > 1 else (chunk, 1)
 
 
 def map_blocks(fn: Callable[[int], T], starts: list[int], workers: int) -> list[T]:

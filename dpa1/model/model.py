@@ -19,7 +19,7 @@ from typing import Dict, List, Optional, Tuple
 import torch
 from torch import Tensor, nn
 
-from dpa1.model.block_pool import block_workers, map_blocks
+from dpa1.model.block_pool import map_blocks, plan_blocks
 from dpa1.model.descriptor import DescrptDPA1, pair_keep_table
 from dpa1.model.fitting import EnergyFitting
 from dpa1.model.neighbor import build_extended_system
@@ -181,13 +181,7 @@ class EnergyModel(nn.Module):
         workers = 1
         if not torch.jit.is_scripting():
             if not self.training and ext_coord.device.type == "cpu" and self.thread_blocks:
-                # One block per CPU thread (block_pool.py), at half size: on two threads,
-                # the two blocks in flight hold what one block of block_atoms does (on more
-                # threads, memory in flight grows by ~0.1 GB per thread in float64).
-                half = max(1, chunk // 2)
-                workers = block_workers((nloc + half - 1) // half)
-                if workers > 1:
-                    chunk = half
+                chunk, workers = plan_blocks(nloc, chunk)  # one block per CPU thread
         # Blocks of centres with similar neighbour counts: the descriptor trims each block's
         # padding slots down to its own fullest centre (attention cost ~ slots²), so the
         # centres are visited by increasing count and the results put back in place.
