@@ -13,6 +13,11 @@ from __future__ import annotations
 
 import copy
 import json
+import math
+import os
+import shutil
+import subprocess
+import sys
 import threading
 from fractions import Fraction
 from pathlib import Path
@@ -20,6 +25,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from dpa1.data.stats import apply_statistics
 from dpa1.io.config import normalize_config
@@ -295,3 +301,128 @@ def test_evaluation_frees_each_block_graph() -> None:
     model.train()
     out = run()
     assert out["energy"].requires_grad and out["force"].requires_grad
+
+
+# === the C++ attention stack (dpa1/model/csrc/attention_stack.cpp) ===========================
+def require_native() -> None:
+    """The op must build wherever a C++ compiler is installed (CI has gcc): a broken build
+    fails here instead of passing silently on the PyTorch fallback."""
+    from dpa1.model.native import native_ops
+
+    if os.environ.get("DPA1_NATIVE", "1") == "0" or not (shutil.which("c++") or shutil.which("g++")):
+        pytest.skip("the C++ op is switched off (DPA1_NATIVE=0) or there is no C++ compiler")
+    assert native_ops(), "the C++ attention op did not build (see the RuntimeWarning)"
+
+
+def _attention_inputs(nb: int, n: int, embed: int, dtype: torch.dtype, seed: int):
+    """Random attention inputs with padding, a centre without neighbours and one slot standing
+    for several padding slots (``key_log_weight``, as padding trimming makes)."""
+    gen = torch.Generator().manual_seed(seed)
+    g = torch.randn(nb, n, embed, generator=gen, dtype=dtype)
+    mask = torch.rand(nb, n, generator=gen) < 0.75
+    mask[1] = False
+    sw = torch.rand(nb, n, generator=gen, dtype=dtype) * mask
+    direction = F.normalize(torch.randn(nb, n, 3, generator=gen, dtype=dtype), dim=-1) * mask.unsqueeze(-1)
+    klw = torch.zeros(n, dtype=dtype)
+    klw[-1] = math.log(4.0)
+    return g, mask, sw, direction, klw
+
+
+ATTENTION_CASES = {
+    # name: (NeighborGatedAttention kwargs, embed_dim, hidden_dim)
+    "smooth": (dict(smooth=True, dotr=True, do_mask=False, normalize=True, temperature=None), 6, 8),
+    "smooth_wide": (dict(smooth=True, dotr=False, do_mask=True, normalize=True, temperature=None), 8, 12),
+    "masked": (dict(smooth=False, dotr=True, do_mask=False, normalize=True, temperature=None), 12, 8),
+    "masked_wide": (dict(smooth=False, dotr=True, do_mask=True, normalize=True, temperature=None), 8, 16),
+    "unnormalized": (dict(smooth=True, dotr=True, do_mask=False, normalize=False, temperature=0.7), 8, 8),
+}
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("case", list(ATTENTION_CASES))
+def test_native_attention_stack_equals_pytorch_layers(case: str, dtype: torch.dtype) -> None:
+    """In evaluation on a CPU the attention layers run as one C++ op: the output and its
+    gradients with respect to ``g``, the switches and the directions are the PyTorch layers',
+    for smooth and masked softmax, with and without normalisation, both orders of the output
+    projection (embed < hidden or not), and groups of centres that do not divide the block.
+    A second derivative is refused, as in the other evaluation-only backward."""
+    from dpa1.model.attention import NeighborGatedAttention
+
+    require_native()
+    kwargs, embed, hidden = ATTENTION_CASES[case]
+    gen = torch.Generator().manual_seed(3)
+    stack = NeighborGatedAttention(
+        3, embed, hidden, scaling_factor=1.0, trainable_ln=True, ln_eps=1e-5, dtype=dtype, generator=gen, **kwargs
+    ).eval()
+    with torch.no_grad():  # LayerNorm away from its initial identity
+        for layer in stack.layers:
+            layer.layer_norm.w.normal_(1.0, 0.3, generator=gen)
+            layer.layer_norm.b.normal_(0.0, 0.3, generator=gen)
+    g, mask, sw, direction, klw = _attention_inputs(7, 9, embed, dtype, seed=4)
+    weights = torch.randn(7, 9, embed, generator=gen, dtype=dtype)
+    results = []
+    for native, group in ((False, 1), (True, 3), (True, 1), (True, 64)):
+        stack.native, stack.native_group = native, group
+        gi, swi, di = (t.clone().requires_grad_() for t in (g, sw, direction))
+        out = stack(gi, mask, swi, di, klw if kwargs["smooth"] else None)
+        grads = torch.autograd.grad((out * weights).sum(), (gi, swi, di), allow_unused=True)
+        results.append((out.detach(), *grads))
+    rtol = 1e-12 if dtype == torch.float64 else 2e-5
+    want = results[0]
+    for got in results[1:]:
+        for label, a, b in zip(("out", "d/dg", "d/dsw", "d/ddirection"), got, want):
+            if b is None:
+                assert a is None, label
+                continue
+            scale = b.abs().max().item()
+            err = (a - b).abs().max().item()
+            assert err <= rtol * max(scale, 1.0), f"{case} {label}: {err:.2e} (scale {scale:.2e})"
+    stack.native = True
+    gi = g.clone().requires_grad_()
+    out = stack(gi, mask, sw, direction)
+    with pytest.raises(RuntimeError, match="differentiable once"):
+        torch.autograd.grad(out.sum(), gi, create_graph=True)
+
+
+def test_native_attention_runs_in_evaluation_not_training(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The water example model's evaluation goes through the C++ op (and gives the PyTorch
+    layers' forces); training, which differentiates forces again, keeps the PyTorch layers."""
+    from dpa1.model import attention
+
+    require_native()
+    calls = []
+    real = attention._AttentionStack.apply
+    monkeypatch.setattr(attention._AttentionStack, "apply", lambda *a: calls.append(1) or real(*a))
+    coord, box, atype, _ = water_frames(1)
+    model = water_example_model("float64").eval()
+    got = evaluate(model, coord[0], atype, box[0], atomic=True)
+    assert calls, "evaluation did not use the C++ attention op"
+    model.descriptor.attention.native = False
+    n_calls = len(calls)
+    want = evaluate(model, coord[0], atype, box[0], atomic=True)
+    assert len(calls) == n_calls
+    _compare(got, want, 1e-12, "C++ vs PyTorch attention, water example model")
+    model.descriptor.attention.native = True
+    model.train()
+    out = model(torch.tensor(coord[:1]), torch.tensor(atype).reshape(1, -1), torch.tensor(box[:1]))
+    torch.autograd.grad(out["force"].square().sum(), [p for p in model.parameters() if p.requires_grad],
+                        allow_unused=True)
+    assert len(calls) == n_calls
+
+
+def test_failed_native_build_falls_back_to_pytorch(tmp_path: Path) -> None:
+    """Without a working compiler the op is not built: one warning names the failure and
+    evaluation runs on the PyTorch layers."""
+    script = (
+        "import warnings, torch\n"
+        "from dpa1.model.native import native_ops\n"
+        "with warnings.catch_warnings(record=True) as w:\n"
+        "    warnings.simplefilter('always')\n"
+        "    assert not native_ops() and not native_ops()\n"
+        "assert len(w) == 1 and 'could not be built' in str(w[0].message), [str(x.message) for x in w]\n"
+        "print('fallback ok')\n"
+    )
+    env = {**os.environ, "TORCH_EXTENSIONS_DIR": str(tmp_path), "CXX": "false"}
+    env.pop("DPA1_NATIVE", None)
+    run = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0 and "fallback ok" in run.stdout, run.stderr[-2000:]

@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from dpa1.model.native import native_ops
 from dpa1.model.network import Layer, LayerNorm
 
 # Smooth attention shifts logits by this before multiplying by the switches, so that
@@ -92,6 +93,56 @@ def _bmm_nt(a: Tensor, b: Tensor) -> Tensor:
     return _BmmNT.apply(a, b)
 
 
+class _AttentionStack(torch.autograd.Function):
+    """Every layer of a :class:`NeighborGatedAttention` in one C++ op (``csrc/attention_stack.cpp``).
+
+    Evaluation only: the backward gives the gradients of ``g`` and of the shared logit
+    scale/shift and gate (what forces need), not of the parameters, and it is not
+    differentiable again (training differentiates forces, so it keeps the PyTorch layers).
+    The op runs without the GIL and a few centres at a time through all layers.
+    """
+
+    @staticmethod
+    def forward(ctx, g: Tensor, scale: Tensor, shift: Tensor, gate: Tensor, stack: "NeighborGatedAttention"):
+        nb, n = g.shape[0], g.shape[1]
+        layer0 = stack.layers[0]
+        full = (nb, n, n)
+        # The op takes full (nb, n, n) tables; the gradients are summed back to the given shapes.
+        sc = scale.expand(full).contiguous() if layer0.smooth else scale
+        sh, ga = shift.expand(full).contiguous(), gate.expand(full).contiguous()
+        params = [t.detach() for layer in stack.layers for t in layer.native_params()]
+        out, *saved = torch.ops.dpa1.attention_stack(
+            g.detach().contiguous(), sc.detach(), sh.detach(), ga.detach(), params, layer0.scaling,
+            layer0.normalize, layer0.smooth, layer0.layer_norm.eps, stack.native_group,
+        )
+        ctx.save_for_backward(sc, ga, *params, *saved)
+        ctx.nparams = len(params)
+        ctx.shapes = (scale.shape, shift.shape, gate.shape)
+        ctx.config = (layer0.scaling, layer0.normalize, layer0.smooth, stack.native_group)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        if torch.is_grad_enabled():
+            raise RuntimeError("the evaluation-mode attention is differentiable once; put the model "
+                               "in training mode (model.train()) to differentiate forces")
+        sc, ga, *rest = ctx.saved_tensors
+        params, saved = rest[: ctx.nparams], rest[ctx.nparams:]
+        scaling, normalize, smooth, group = ctx.config
+        dg, dscale, dshift, dgate = torch.ops.dpa1.attention_stack_backward(
+            grad, sc, ga, params, saved, scaling, normalize, smooth, group
+        )
+        scale_shape, shift_shape, gate_shape = ctx.shapes
+        need = ctx.needs_input_grad
+        return (
+            dg if need[0] else None,
+            dscale.sum_to_size(scale_shape) if smooth and need[1] else None,
+            dshift.sum_to_size(shift_shape) if smooth and need[2] else None,
+            dgate.sum_to_size(gate_shape) if need[3] else None,
+            None,
+        )
+
+
 class GatedAttentionLayer(nn.Module):
     """One post-norm layer: ``G ← LN(G + out_proj(A·V))`` with one head.
 
@@ -167,6 +218,13 @@ class GatedAttentionLayer(nn.Module):
             out = self.out_proj(torch.bmm(weights, v))
         return self.layer_norm(g + out)
 
+    @torch.jit.unused
+    def native_params(self) -> list[Tensor]:
+        """``[w_in, b_in, w_out, b_out, ln_w, ln_b]`` as ``csrc/attention_stack.cpp`` takes them."""
+        b_in, b_out = self.in_proj.b, self.out_proj.b
+        assert b_in is not None and b_out is not None
+        return [self.in_proj.w, b_in, self.out_proj.w, b_out, self.layer_norm.w, self.layer_norm.b]
+
     def _project(self, g: Tensor, block: int) -> Tensor:
         """Block ``block`` (0: Q, 1: K, 2: V) of ``in_proj``, ``(nb, nnei, hidden_dim)``.
 
@@ -189,6 +247,10 @@ class NeighborGatedAttention(nn.Module):
         self.layers = nn.ModuleList(
             GatedAttentionLayer(embed_dim, hidden_dim, **kwargs) for _ in range(layer_num)
         )
+        # Evaluation on a CPU runs the layers as one C++ op (_AttentionStack), taking
+        # `native_group` centres at a time through all of them; False: the PyTorch layers.
+        self.native = True
+        self.native_group = 4
 
     def forward(
         self, g: Tensor, mask: Tensor, sw: Tensor, direction: Tensor, key_log_weight: Optional[Tensor] = None
@@ -226,6 +288,14 @@ class NeighborGatedAttention(nn.Module):
             # TensorFlow's attn_mask: the final weights lose their diagonal.
             eye = torch.eye(g.shape[1], dtype=torch.bool, device=g.device)
             gate = gate.masked_fill(eye, 0.0)
+        if not torch.jit.is_scripting():
+            if self._use_native(g):
+                return _AttentionStack.apply(g, scale, shift, gate, self)
         for layer in self.layers:
             g = layer(g, scale, shift, gate)
         return g
+
+    @torch.jit.unused
+    def _use_native(self, g: Tensor) -> bool:
+        """The C++ stack evaluates (not trains) on a CPU when it could be built (native.py)."""
+        return self.native and not self.training and g.device.type == "cpu" and native_ops()

@@ -1,0 +1,79 @@
+"""dpa1's C++ ops (``dpa1/model/csrc``), built on first use with PyTorch's extension builder.
+
+There is one today, the evaluation path of the attention stack (``attention_stack.cpp``, used
+by :mod:`dpa1.model.attention`). It is built once per machine and torch version into
+PyTorch's extension cache (``$TORCH_EXTENSIONS_DIR``, default ``~/.cache/torch_extensions``;
+~30 s with gcc) and loaded from there afterwards. Without a C++ compiler, or with
+``DPA1_NATIVE=0``, the same math runs as PyTorch ops (slower on a CPU, same numbers up to
+round-off); a failed build is reported once as a warning.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import warnings
+from pathlib import Path
+
+import torch
+
+_log = logging.getLogger(__name__)
+_SOURCES = [Path(__file__).parent / "csrc" / "attention_stack.cpp"]
+_lock = threading.Lock()
+_state: dict[str, bool] = {}
+
+
+def native_ops() -> bool:
+    """Whether ``torch.ops.dpa1`` is loaded (builds it the first time; never raises)."""
+    ok = _state.get("ok")
+    if ok is not None:
+        return ok
+    with _lock:
+        if "ok" not in _state:
+            _state["ok"] = _load()
+    return _state["ok"]
+
+
+def _vector_flags() -> tuple[str, list[str]]:
+    """The SIMD level the op is compiled for: AVX2 where this CPU has it (as ATen's own
+    kernels, ``at::vec`` and its vectorised ``exp``), else portable code."""
+    if torch.backends.cpu.get_cpu_capability() in ("AVX2", "AVX512"):
+        return "avx2", ["-mavx2", "-mfma", "-DCPU_CAPABILITY=AVX2", "-DCPU_CAPABILITY_AVX2"]
+    return "default", ["-DCPU_CAPABILITY=DEFAULT"]
+
+
+def _load() -> bool:
+    if os.environ.get("DPA1_NATIVE", "1").strip().lower() in ("0", "false", "no", "off"):
+        return False
+    if hasattr(torch.ops, "dpa1") and hasattr(torch.ops.dpa1, "attention_stack"):
+        return True
+    try:
+        from torch.utils import cpp_extension
+
+        isa, flags = _vector_flags()
+        _log.info("dpa1: building the C++ attention op (once per machine, ~30 s)")
+        cpp_extension.load(
+            name=f"dpa1_native_{isa}",  # one build per instruction set, for caches shared across machines
+            sources=[str(p) for p in _SOURCES],
+            extra_cflags=["-O3", "-fopenmp-simd", *flags],
+            is_python_module=False,
+            verbose=False,
+        )
+        torch.ops.dpa1.attention_stack  # noqa: B018 (raises if the library did not register)
+        return True
+    except Exception as exc:  # noqa: BLE001 (any build failure means: use the PyTorch ops)
+        warnings.warn(
+            f"dpa1: the C++ attention op could not be built ({_first_error(exc)}); using PyTorch ops "
+            "(same numbers, slower on a CPU). Set DPA1_NATIVE=0 to skip the build.",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+        return False
+
+
+def _first_error(exc: Exception) -> str:
+    """The compiler's first error line of a failed build (its whole log is in the message)."""
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    errors = [ln for ln in lines if "error:" in ln.lower()]  # gcc/clang: "file:line:col: error: ..."
+    return f"{type(exc).__name__}: {(errors or lines or [repr(exc)])[0]}"
