@@ -250,7 +250,7 @@ class NeighborGatedAttention(nn.Module):
         # Evaluation on a CPU runs the layers as one C++ op (_AttentionStack), taking
         # `native_group` centres at a time through all of them; False: the PyTorch layers.
         self.native = True
-        self.native_group = 4
+        self.native_group = 8
 
     def forward(
         self, g: Tensor, mask: Tensor, sw: Tensor, direction: Tensor, key_log_weight: Optional[Tensor] = None

@@ -313,8 +313,8 @@ std::vector<Tensor> forward_impl(const Tensor& g, const Tensor& scale, const Ten
   Tensor out = keep({nb, n, E});
   // one group's temporaries, reused by every group
   const int64_t gm = std::min(group, nb), grows = gm * n;
-  Carver scratch(grows * (3 * H + E + (out_first ? 0 : H) + 2 * E + 2 * n), opt);
-  Tensor qkv_buf = scratch({grows, 3 * H}), o_buf = scratch({grows, E});
+  Carver scratch(grows * (E + (out_first ? 0 : H) + 2 * E + 2 * n), opt);
+  Tensor o_buf = scratch({grows, E});
   Tensor L_buf = scratch({grows, n}), A_buf = scratch({grows, n});
   Tensor av_buf = out_first ? none : scratch({grows, H});
   Tensor x_buf[2] = {scratch({grows, E}), scratch({grows, E})};
@@ -326,16 +326,20 @@ std::vector<Tensor> forward_impl(const Tensor& g, const Tensor& scale, const Ten
       const Layer& p = layers[l];
       const Saved& s = saved[l];
       Tensor q = s.q.narrow(0, c0, m), k = s.k.narrow(0, c0, m), v = s.v.narrow(0, c0, m);
-      Tensor qkv = qkv_buf.narrow(0, 0, rows);
-      // the biases are added by the row kernels (addmm would first copy them into the output)
-      at::mm_out(qkv, x.view({rows, E}), p.w_in);
-      T* src = qkv.data_ptr<T>();
+      // Q, K, V straight into the saved tensors, then normalised in place: no (rows, 3H) buffer
+      // (a group's working set must fit the L2 cache). The biases are added by the row kernel
+      // (addmm would first copy them into the output).
+      const Tensor x2 = x.view({rows, E});
       const T* b_in = p.b_in.data_ptr<T>();
       T* nrm = normalize ? ptr<T>(s.norms, c0) : nullptr;
-      unit_rows<T>(src, 3 * H, b_in, q.data_ptr<T>(), nrm, 3, rows, H, T(scaling), normalize);
-      unit_rows<T>(src + H, 3 * H, b_in + H, k.data_ptr<T>(), nrm ? nrm + 1 : nullptr, 3, rows, H, T(1), normalize);
-      unit_rows<T>(src + 2 * H, 3 * H, b_in + 2 * H, v.data_ptr<T>(), nrm ? nrm + 2 : nullptr, 3, rows, H, T(1),
-                   normalize);
+      Tensor qkv[3] = {q, k, v};
+      for (int64_t part = 0; part < 3; ++part) {
+        Tensor y2 = qkv[part].view({rows, H});
+        at::mm_out(y2, x2, p.w_in.narrow(1, part * H, H));
+        T* y = y2.data_ptr<T>();
+        unit_rows<T>(y, H, b_in + part * H, y, nrm ? nrm + part : nullptr, 3, rows, H,
+                     T(part == 0 ? scaling : 1.0), normalize);
+      }
       Tensor L = smooth ? s.logits.narrow(0, c0, m) : L_buf.narrow(0, 0, rows).view({m, n, n});
       at::bmm_out(L, q, k.transpose(1, 2));
       Tensor A = A_buf.narrow(0, 0, rows).view({m, n, n});
@@ -386,10 +390,9 @@ std::vector<Tensor> backward_impl(const Tensor& go, const Tensor& scale, const T
     dshift.zero_();
   }
   const int64_t gm = std::min(group, nb), grows = gm * n;
-  Carver scratch(grows * (2 * n + std::max(E, H) + H + 2 * H + 3 * H + 2 * E), opt);
+  Carver scratch(grows * (2 * n + std::max(E, H) + 3 * H + 2 * E), opt);
   Tensor A_buf = scratch({grows, n}), dA_buf = scratch({grows, n}), mid_buf = scratch({grows * std::max(E, H)});
   Tensor dv_buf = scratch({grows, H}), dq_buf = scratch({grows, H}), dk_buf = scratch({grows, H});
-  Tensor dqkv_buf = scratch({grows, 3 * H});
   Tensor dx_buf[2] = {scratch({grows, E}), scratch({grows, E})};
   const T* sc = smooth ? scale.data_ptr<T>() : nullptr;
   for (int64_t c0 = 0; c0 < nb; c0 += group) {
@@ -434,17 +437,18 @@ std::vector<Tensor> backward_impl(const Tensor& go, const Tensor& scale, const T
       Tensor dq = dq_buf.narrow(0, 0, rows).view({m, n, H}), dk = dk_buf.narrow(0, 0, rows).view({m, n, H});
       at::bmm_out(dq, dA, k);
       at::bmm_out(dk, dA.transpose(1, 2), q);
-      Tensor dqkv = dqkv_buf.narrow(0, 0, rows);
-      T* d = dqkv.data_ptr<T>();
+      // through the normalisations (in place), then the input projection added to the residual's
+      // gradient (in place)
       const T* nrm = normalize ? ptr<T>(s.norms, c0) : nullptr;
-      unit_rows_backward<T>(dq.data_ptr<T>(), q.data_ptr<T>(), nrm, 3, rows, H, T(scaling), normalize, d, 3 * H);
-      unit_rows_backward<T>(dk.data_ptr<T>(), k.data_ptr<T>(), nrm ? nrm + 1 : nullptr, 3, rows, H, T(1),
-                            normalize, d + H, 3 * H);
-      unit_rows_backward<T>(dv.data_ptr<T>(), v.data_ptr<T>(), nrm ? nrm + 2 : nullptr, 3, rows, H, T(1),
-                            normalize, d + 2 * H, 3 * H);
-      // the residual and the input projection
       Tensor dxi2 = dxi.view({rows, E});
-      at::addmm_out(dxi2, dxi2, dqkv, p.w_in.t());
+      const Tensor qkv[3] = {q, k, v};
+      Tensor dqkv[3] = {dq.view({rows, H}), dk.view({rows, H}), dv};
+      for (int64_t part = 0; part < 3; ++part) {
+        T* d = dqkv[part].data_ptr<T>();
+        unit_rows_backward<T>(d, qkv[part].data_ptr<T>(), nrm ? nrm + part : nullptr, 3, rows, H,
+                              T(part == 0 ? scaling : 1.0), normalize, d, H);
+        at::addmm_out(dxi2, dxi2, dqkv[part], p.w_in.narrow(1, part * H, H).t());
+      }
       dx = dxi;
     }
   }
