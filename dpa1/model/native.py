@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import threading
 import warnings
 from pathlib import Path
@@ -35,6 +36,17 @@ def native_ops() -> bool:
     return _state["ok"]
 
 
+def _ninja_on_path() -> None:
+    """PyTorch's builder runs ``ninja`` from PATH; pip may have put the ``ninja`` package's
+    binary in a scripts folder that is not on it (``pip install --user``)."""
+    if shutil.which("ninja") is None:
+        try:
+            import ninja
+        except ImportError:
+            return
+        os.environ["PATH"] = ninja.BIN_DIR + os.pathsep + os.environ.get("PATH", "")
+
+
 def _vector_flags() -> tuple[str, list[str]]:
     """The SIMD level the op is compiled for: AVX2 where this CPU has it (as ATen's own
     kernels, ``at::vec`` and its vectorised ``exp``), else portable code."""
@@ -51,6 +63,7 @@ def _load() -> bool:
     try:
         from torch.utils import cpp_extension
 
+        _ninja_on_path()
         isa, flags = _vector_flags()
         _log.info("dpa1: building the C++ attention op (once per machine, ~30 s)")
         cpp_extension.load(
