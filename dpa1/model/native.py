@@ -65,7 +65,7 @@ def _load() -> bool:
 
         _ninja_on_path()
         isa, flags = _vector_flags()
-        _log.info("dpa1: building the C++ attention op (once per machine, ~30 s)")
+        _log.info("dpa1: loading the C++ attention op (the first time on a machine, it is built: ~30 s)")
         cpp_extension.load(
             name=f"dpa1_native_{isa}",  # one build per instruction set, for caches shared across machines
             sources=[str(p) for p in _SOURCES],
