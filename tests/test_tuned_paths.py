@@ -4,6 +4,8 @@
   width) and padding trimming reproduce the dense, unblocked evaluation (spec §6).
 - ``smooth_switch`` is accurate to its last bits right up to rcut (exact rational
   arithmetic as the reference), in float64 and float32.
+- Evaluation on a CPU runs the attention layers as one C++ op: the PyTorch layers' numbers,
+  and the PyTorch layers again (with a warning) when the op cannot be built.
 - The water example model in float32 gives the forces of its float64 twin. Before the
   switch was factored, float32 forces of this model were round-off noise (rms 183 eV/Å
   against 0.012), in DeePMD-kit as well.
@@ -419,6 +421,13 @@ def test_failed_native_build_falls_back_to_pytorch(tmp_path: Path) -> None:
         "with warnings.catch_warnings(record=True) as w:\n"
         "    warnings.simplefilter('always')\n"
         "    assert not native_ops() and not native_ops()\n"
+        "    from dpa1.model.attention import NeighborGatedAttention\n"
+        "    st = NeighborGatedAttention(2, 4, 4, dotr=True, do_mask=False, scaling_factor=1.0, normalize=True,\n"
+        "        temperature=None, smooth=True, trainable_ln=True, ln_eps=1e-5, dtype=torch.float64).eval()\n"
+        "    g = torch.randn(2, 3, 4, dtype=torch.float64, requires_grad=True)\n"
+        "    d = torch.nn.functional.normalize(torch.randn(2, 3, 3, dtype=torch.float64), dim=-1)\n"
+        "    out = st(g, torch.ones(2, 3, dtype=torch.bool), torch.rand(2, 3, dtype=torch.float64), d)\n"
+        "    assert torch.autograd.grad(out.sum(), g)[0].shape == g.shape\n"
         "assert len(w) == 1 and 'could not be built' in str(w[0].message), [str(x.message) for x in w]\n"
         "print('fallback ok')\n"
     )
