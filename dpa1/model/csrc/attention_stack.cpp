@@ -156,6 +156,13 @@ void softmax_rows(const T* L, const T* sc, const T* sh, const T* ga, T* P, T* A,
   }
 }
 
+// A = P·gate over `count` elements (the backward recomputes A instead of saving it).
+template <typename T>
+void gated_weights(const T* P, const T* ga, T* A, int64_t count) {
+#pragma omp simd
+  for (int64_t j = 0; j < count; ++j) A[j] = P[j] * ga[j];
+}
+
 // dA → dL in place, through A = P·gate and the softmax; the shared tables' gradients are
 // accumulated (dgate += dA·P; smooth: dshift += dz, dscale += dz·L).
 template <typename T>
@@ -403,13 +410,7 @@ std::vector<Tensor> backward_impl(const Tensor& go, const Tensor& scale, const T
       const Saved& s = saved[li];
       const Tensor q = s.q.narrow(0, c0, m), k = s.k.narrow(0, c0, m), v = s.v.narrow(0, c0, m);
       Tensor A = A_buf.narrow(0, 0, rows).view({m, n, n});
-      {
-        const T* P = ptr<T>(s.prob, c0);
-        const T* ga = gate.data_ptr<T>() + nn;
-        T* a = A.data_ptr<T>();
-#pragma omp simd
-        for (int64_t j = 0; j < rows * n; ++j) a[j] = P[j] * ga[j];
-      }
+      gated_weights<T>(ptr<T>(s.prob, c0), gate.data_ptr<T>() + nn, A.data_ptr<T>(), rows * n);
       // dy is the residual's gradient: it goes straight into this layer's input gradient, to
       // which the input projection's is then added in place
       Tensor dxi = li == 0 ? dg.narrow(0, c0, m) : dx_buf[li % 2].narrow(0, 0, rows).view({m, n, E});
