@@ -279,3 +279,33 @@ def test_distinct_images_is_unique_on_rows(huge_shift: bool) -> None:
     uj, us, inv = _distinct_images(j, s)
     assert np.array_equal(uj, rows[:, 0]) and np.array_equal(us, rows[:, 1:])
     assert np.array_equal(inv, inverse.reshape(-1))
+
+
+@pytest.mark.parametrize("kind", ["triclinic", "thin", "very_thin", "nopbc"])
+def test_native_bookkeeping_equals_numpy(kind: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The C++ sort/truncate/images step (``csrc/neighbor_list.cpp``) gives the NumPy code's
+    lists exactly: with truncation, virtual atoms, exact distance ties (a lattice of atoms) and
+    images seen through several shifts, and when the image keys' table is sparse (a sort)."""
+    from dpa1.model import neighbor
+    from dpa1.model.native import native_ops
+
+    if not native_ops():
+        pytest.skip("the C++ ops are not built here (test_tuned_paths requires them where a compiler is)")
+    rng = np.random.default_rng(21)
+    cases = [_random_frame(rng, kind, n, n_virtual=v) for n, v in ((40, 0), (25, 5))]
+    if kind != "nopbc":  # equal distances everywhere: ties are kept in pair order
+        grid = np.stack(np.meshgrid(*[np.arange(3.0)] * 3, indexing="ij"), -1).reshape(-1, 3) * 1.3
+        cases.append((grid, np.zeros(len(grid), dtype=np.int64), np.eye(3) * 3.9))
+        # atoms many cells away: the image keys span a wide range (sort instead of a table)
+        coord, atype, box = cases[0]
+        far = coord.copy()
+        far[:3] += np.array([[40, -35, 20], [-60, 10, 5], [7, 80, -90]]) @ box
+        cases.append((far, atype, box))
+    for coord, atype, box in cases:
+        for nnei in (3, 17, 400):
+            got = neighbor.frame_neighbors(coord, atype, box, RCUT, nnei)
+            with monkeypatch.context() as m:
+                m.setattr(neighbor, "native_ops", lambda: False)
+                want = neighbor.frame_neighbors(coord, atype, box, RCUT, nnei)
+            for name, a, b in zip(("mapping", "shift", "nlist"), got, want):
+                assert a.dtype == b.dtype and np.array_equal(a, b), f"{kind}, nnei {nnei}: {name}"

@@ -386,30 +386,76 @@ def test_native_attention_stack_equals_pytorch_layers(case: str, dtype: torch.dt
         torch.autograd.grad(out.sum(), gi, create_graph=True)
 
 
-def test_native_attention_runs_in_evaluation_not_training(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The water example model's evaluation goes through the C++ op (and gives the PyTorch
-    layers' forces); training, which differentiates forces again, keeps the PyTorch layers."""
-    from dpa1.model import attention
+def test_native_ops_run_in_evaluation_not_training(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The water example model's evaluation goes through the C++ attention and embedding ops
+    (and gives the PyTorch layers' forces); training, which differentiates forces again, keeps
+    the PyTorch layers."""
+    from dpa1.model import attention, network
 
     require_native()
     calls = []
-    real = attention._AttentionStack.apply
-    monkeypatch.setattr(attention._AttentionStack, "apply", lambda *a: calls.append(1) or real(*a))
+    for fn in (attention._AttentionStack, network._EmbeddingTangent):
+        real = fn.apply
+        monkeypatch.setattr(fn, "apply", lambda *a, real=real, fn=fn: calls.append(fn) or real(*a))
     coord, box, atype, _ = water_frames(1)
     model = water_example_model("float64").eval()
     got = evaluate(model, coord[0], atype, box[0], atomic=True)
-    assert calls, "evaluation did not use the C++ attention op"
+    assert attention._AttentionStack in calls and network._EmbeddingTangent in calls, calls
     model.descriptor.attention.native = False
+    model.descriptor.embedding.native = False
     n_calls = len(calls)
     want = evaluate(model, coord[0], atype, box[0], atomic=True)
     assert len(calls) == n_calls
-    _compare(got, want, 1e-12, "C++ vs PyTorch attention, water example model")
+    _compare(got, want, 1e-12, "C++ vs PyTorch attention and embedding, water example model")
     model.descriptor.attention.native = True
+    model.descriptor.embedding.native = True
     model.train()
     out = model(torch.tensor(coord[:1]), torch.tensor(atype).reshape(1, -1), torch.tensor(box[:1]))
     torch.autograd.grad(out["force"].square().sum(), [p for p in model.parameters() if p.requires_grad],
                         allow_unused=True)
     assert len(calls) == n_calls
+
+
+EMBEDDING_CASES = {
+    # name: (in_dim, neuron, resnet_dt): concat input (σ and two type embeddings), doubled skips;
+    # strip (σ alone); equal widths (y + x) with a timestep
+    "concat": (17, [25, 50, 100], False),
+    "strip_dt": (1, [4, 8, 16], True),
+    "equal_dt": (5, [10, 10, 20, 7], True),
+}
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("case", list(EMBEDDING_CASES))
+def test_native_embedding_equals_pytorch_layers(case: str, dtype: torch.dtype) -> None:
+    """In evaluation on a CPU the embedding net runs as one C++ op carrying ∂y/∂σ forward:
+    its values and σ's gradient are the PyTorch layers', for tiles of rows that do not divide
+    the rows; a second derivative is refused."""
+    from dpa1.model.network import EmbeddingNet
+
+    require_native()
+    in_dim, neuron, resnet_dt = EMBEDDING_CASES[case]
+    gen = torch.Generator().manual_seed(5)
+    net = EmbeddingNet(in_dim, neuron, activation_function="tanh", resnet_dt=resnet_dt, dtype=dtype,
+                       generator=gen).eval()
+    sigma = torch.rand(3, 17, 1, generator=gen, dtype=dtype) * 4 - 2
+    rest = torch.randn(3, 17, in_dim - 1, generator=gen, dtype=dtype) if in_dim > 1 else None
+    weights = torch.randn(3, 17, neuron[-1], generator=gen, dtype=dtype)
+    results = []
+    for native, tile in ((False, 1), (True, 7), (True, 1), (True, 256)):
+        net.native, net.native_tile = native, tile
+        s = sigma.clone().requires_grad_()
+        y = net.along_first(s, rest)
+        results.append((y.detach(), torch.autograd.grad((y * weights).sum(), s)[0]))
+    rtol = 1e-12 if dtype == torch.float64 else 2e-5
+    for got in results[1:]:
+        for label, a, b in zip(("y", "d/dsigma"), got, results[0]):
+            err = (a - b).abs().max().item()
+            assert err <= rtol * max(b.abs().max().item(), 1.0), f"{case} {label}: {err:.2e}"
+    net.native = True
+    s = sigma.clone().requires_grad_()
+    with pytest.raises(RuntimeError, match="differentiable once"):
+        torch.autograd.grad(net.along_first(s, rest).sum(), s, create_graph=True)
 
 
 def test_failed_native_build_falls_back_to_pytorch(tmp_path: Path) -> None:

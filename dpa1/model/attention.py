@@ -96,29 +96,30 @@ def _bmm_nt(a: Tensor, b: Tensor) -> Tensor:
 class _AttentionStack(torch.autograd.Function):
     """Every layer of a :class:`NeighborGatedAttention` in one C++ op (``csrc/attention_stack.cpp``).
 
-    Evaluation only: the backward gives the gradients of ``g`` and of the shared logit
-    scale/shift and gate (what forces need), not of the parameters, and it is not
+    Evaluation only: the backward gives the gradients of ``g``, of the switches (smooth) and of
+    the directions (``dotr``), what forces need, not of the parameters, and it is not
     differentiable again (training differentiates forces, so it keeps the PyTorch layers).
-    The op runs without the GIL and a few centres at a time through all layers.
+    The op runs without the GIL, a few centres at a time through all layers, and builds the
+    logit and gate tables of :meth:`NeighborGatedAttention.forward` itself, per group, from
+    ``w`` (smooth: the switches, else the mask), the directions and ``key_log_weight``.
     """
 
     @staticmethod
-    def forward(ctx, g: Tensor, scale: Tensor, shift: Tensor, gate: Tensor, stack: "NeighborGatedAttention"):
-        nb, n = g.shape[0], g.shape[1]
+    def forward(ctx, g: Tensor, w: Tensor, direction: Tensor, key_log_weight: Optional[Tensor],
+                stack: "NeighborGatedAttention"):
         layer0 = stack.layers[0]
-        full = (nb, n, n)
-        # The op takes full (nb, n, n) tables; the gradients are summed back to the given shapes.
-        sc = scale.expand(full).contiguous() if layer0.smooth else scale
-        sh, ga = shift.expand(full).contiguous(), gate.expand(full).contiguous()
-        params = [t.detach() for layer in stack.layers for t in layer.native_params()]
+        empty = g.new_empty(0)
+        u = direction.detach().contiguous() if layer0.dotr else empty
+        lw = key_log_weight.detach().contiguous() if key_log_weight is not None and layer0.smooth else empty
+        w = w.detach().contiguous()
+        params = [t for layer in stack.layers for t in layer.native_params()]
+        config = (layer0.scaling, layer0.normalize, layer0.smooth, layer0.do_mask)
         out, *saved = torch.ops.dpa1.attention_stack(
-            g.detach().contiguous(), sc.detach(), sh.detach(), ga.detach(), params, layer0.scaling,
-            layer0.normalize, layer0.smooth, layer0.layer_norm.eps, stack.native_group,
+            g.detach().contiguous(), w, u, lw, params, *config, layer0.layer_norm.eps, stack.native_group,
         )
-        ctx.save_for_backward(sc, ga, *params, *saved)
+        ctx.save_for_backward(w, u, lw, *params, *saved)
         ctx.nparams = len(params)
-        ctx.shapes = (scale.shape, shift.shape, gate.shape)
-        ctx.config = (layer0.scaling, layer0.normalize, layer0.smooth, stack.native_group)
+        ctx.config = (*config, stack.native_group)
         return out
 
     @staticmethod
@@ -126,19 +127,16 @@ class _AttentionStack(torch.autograd.Function):
         if torch.is_grad_enabled():
             raise RuntimeError("the evaluation-mode attention is differentiable once; put the model "
                                "in training mode (model.train()) to differentiate forces")
-        sc, ga, *rest = ctx.saved_tensors
+        w, u, lw, *rest = ctx.saved_tensors
         params, saved = rest[: ctx.nparams], rest[ctx.nparams:]
-        scaling, normalize, smooth, group = ctx.config
-        dg, dscale, dshift, dgate = torch.ops.dpa1.attention_stack_backward(
-            grad, sc, ga, params, saved, scaling, normalize, smooth, group
-        )
-        scale_shape, shift_shape, gate_shape = ctx.shapes
+        dg, dw, du = torch.ops.dpa1.attention_stack_backward(grad, w, u, lw, params, saved, *ctx.config)
         need = ctx.needs_input_grad
+        smooth, dotr = ctx.config[2], u.numel() > 0
         return (
             dg if need[0] else None,
-            dscale.sum_to_size(scale_shape) if smooth and need[1] else None,
-            dshift.sum_to_size(shift_shape) if smooth and need[2] else None,
-            dgate.sum_to_size(gate_shape) if need[3] else None,
+            dw if smooth and need[1] else None,
+            du if dotr and need[2] else None,
+            None,
             None,
         )
 
@@ -220,7 +218,8 @@ class GatedAttentionLayer(nn.Module):
 
     @torch.jit.unused
     def native_params(self) -> list[Tensor]:
-        """``[w_in, b_in, w_out, b_out, ln_w, ln_b]`` as ``csrc/attention_stack.cpp`` takes them."""
+        """``[w_in, b_in, w_out, b_out, ln_w, ln_b]`` as ``csrc/attention_stack.cpp`` takes them
+        (called under the op's autograd Function, where nothing records gradients)."""
         b_in, b_out = self.in_proj.b, self.out_proj.b
         assert b_in is not None and b_out is not None
         return [self.in_proj.w, b_in, self.out_proj.w, b_out, self.layer_norm.w, self.layer_norm.b]
@@ -267,6 +266,10 @@ class NeighborGatedAttention(nn.Module):
         if self.layer_num == 0:
             return g
         layer0 = self.layers[0]
+        if not torch.jit.is_scripting():
+            if self._use_native(g):
+                w = sw if layer0.smooth else mask.to(g.dtype)
+                return _AttentionStack.apply(g, w, direction, key_log_weight, self)
         # Everything below is the same in every layer: build it once.
         if layer0.smooth:
             scale = sw.unsqueeze(-1) * sw.unsqueeze(-2)  # (nb, nnei, nnei)
@@ -288,9 +291,6 @@ class NeighborGatedAttention(nn.Module):
             # TensorFlow's attn_mask: the final weights lose their diagonal.
             eye = torch.eye(g.shape[1], dtype=torch.bool, device=g.device)
             gate = gate.masked_fill(eye, 0.0)
-        if not torch.jit.is_scripting():
-            if self._use_native(g):
-                return _AttentionStack.apply(g, scale, shift, gate, self)
         for layer in self.layers:
             g = layer(g, scale, shift, gate)
         return g

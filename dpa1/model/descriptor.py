@@ -187,9 +187,9 @@ class DescrptDPA1(nn.Module):
         sigma = rr[..., :1]
         strip_net = self.embedding_strip
         if strip_net is None:
-            g = self.embedding(torch.cat([sigma, t_in], dim=-1))
+            g = self.embedding.along_first(sigma, t_in)
         else:
-            g_s = self.embedding(sigma)
+            g_s = self.embedding.along_first(sigma)
             g_t = strip_net(t_in)
             if self.smooth:
                 g_t = g_t * sw.unsqueeze(-1)

@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 _log = logging.getLogger(__name__)
-_SOURCES = [Path(__file__).parent / "csrc" / "attention_stack.cpp"]
+_SOURCES = [Path(__file__).parent / "csrc" / name for name in ("attention_stack.cpp", "embedding_net.cpp", "neighbor_list.cpp")]
 _lock = threading.Lock()
 _state: dict[str, bool] = {}
 
@@ -73,7 +73,8 @@ def _load() -> bool:
             is_python_module=False,
             verbose=False,
         )
-        torch.ops.dpa1.attention_stack  # noqa: B018 (raises if the library did not register)
+        for op in ("attention_stack", "embedding_tangent", "sorted_nlist"):
+            getattr(torch.ops.dpa1, op)  # raises if the library did not register it
         return True
     except Exception as exc:  # noqa: BLE001 (any build failure means: use the PyTorch ops)
         warnings.warn(

@@ -14,6 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from dpa1.model.native import native_ops
+
 PRECISIONS = {"float64": torch.float64, "float32": torch.float32, "default": torch.float64}
 
 
@@ -201,11 +203,69 @@ class EmbeddingNet(nn.Module):
             )
             for i in range(len(self.neuron))
         )
+        # Evaluation on a CPU runs along_first as one C++ op, `native_tile` rows at a time
+        # through every layer; False: the PyTorch layers.
+        self.native = True
+        self.native_tile = 256
 
     def forward(self, x: Tensor) -> Tensor:
         for layer in self.layers:
             x = layer(x)
         return x
+
+    def along_first(self, first: Tensor, rest: Optional[Tensor] = None) -> Tensor:
+        """``forward(cat([first, rest], -1))`` where only ``first (..., 1)`` needs a gradient.
+
+        In evaluation on a CPU (tanh layers) this is :class:`_EmbeddingTangent`: one C++ op that
+        carries ``∂y/∂first`` forward beside the values. Its backward gives ``first``'s gradient
+        only, once (``rest``, the type embedding, and the parameters get none).
+        """
+        if not torch.jit.is_scripting():
+            if self._use_native(first):
+                return _EmbeddingTangent.apply(first, rest, self)
+        x = first if rest is None else torch.cat([first, rest], dim=-1)
+        return self.forward(x)
+
+    @torch.jit.unused
+    def _use_native(self, x: Tensor) -> bool:
+        return (
+            self.native and not self.training and x.device.type == "cpu" and self.activation_function == "tanh"
+            and len(self.layers) > 0 and native_ops()
+        )
+
+
+class _EmbeddingTangent(torch.autograd.Function):
+    """:meth:`EmbeddingNet.along_first` by ``csrc/embedding_net.cpp``, for evaluation.
+
+    The op returns ``y`` and ``dy = ∂y/∂x₀`` (forward-mode, one tangent per row), so the
+    backward is ``⟨∂E/∂y, dy⟩`` per row instead of a backward pass through every layer.
+    """
+
+    @staticmethod
+    def forward(ctx, first: Tensor, rest: Optional[Tensor], net: "EmbeddingNet") -> Tensor:
+        x = first if rest is None else torch.cat([first, rest.to(first.dtype)], dim=-1)
+        lead = x.shape[:-1]
+        empty = first.new_empty(0)
+        layers = net.layers
+        y, dy = torch.ops.dpa1.embedding_tangent(
+            x.detach().reshape(-1, x.shape[-1]).contiguous(),
+            [layer.w.detach() for layer in layers],
+            [empty if layer.b is None else layer.b.detach() for layer in layers],
+            [empty if layer.idt is None else layer.idt.detach() for layer in layers],
+            [layer.skip for layer in layers],
+            net.native_tile,
+        )
+        ctx.save_for_backward(dy)
+        return y.view(*lead, y.shape[-1])
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Optional[Tensor], None, None]:
+        if torch.is_grad_enabled():
+            raise RuntimeError("the evaluation-mode embedding net is differentiable once; put the model "
+                               "in training mode (model.train()) to differentiate forces")
+        (dy,) = ctx.saved_tensors
+        d_first = torch.linalg.vecdot(grad.reshape(dy.shape), dy, dim=-1) if ctx.needs_input_grad[0] else None
+        return (None if d_first is None else d_first.view(*grad.shape[:-1], 1)), None, None
 
 
 class FittingNet(EmbeddingNet):

@@ -1,5 +1,5 @@
 // The evaluation path of the neighbour gated self-attention (attention.py), all layers in one
-// op: the forward, and the backward of the inputs' gradients (g, logit scale/shift, gate).
+// op: the forward, and the backward of the inputs' gradients (g, the slot weights, the directions).
 //
 // Why C++ (benchmarks/RESULTS.md, 2026-12-01 "after 20:00" and "stop 16"):
 // - A 32-centre block runs ~500 small ops in Python, and the threads that evaluate blocks side
@@ -14,8 +14,11 @@
 //
 // Shapes: nb centres, n slots, E = embed width (ng), H = hidden width (attn).
 // Per layer, params are [w_in (E, 3H), b_in (3H), w_out (H, E), b_out (E), ln_w (E), ln_b (E)].
-// The math is GatedAttentionLayer.forward's (spec §6); the tables scale/shift/gate are full
-// (nb, n, n) tensors shared by every layer (scale is unused unless smooth).
+// The math is GatedAttentionLayer.forward's (spec §6). Its (n, n) tables scale/shift/gate, the
+// same in every layer, are built here per group from what they are made of (build_tables): the
+// slot weights w (smooth: the switches ŝ, else the mask), the directions u (dotr) and the keys'
+// log-multiplicities. Their gradients are summed back to w and u (table_grads). As (nb, n, n)
+// tensors they were read from memory by every layer, and their gradients written back.
 
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
@@ -163,6 +166,113 @@ void gated_weights(const T* P, const T* ga, T* A, int64_t count) {
   for (int64_t j = 0; j < count; ++j) A[j] = P[j] * ga[j];
 }
 
+// One group's tables (m centres, (m, n, n) each), as NeighborGatedAttention.forward builds them:
+// smooth: scale = w_i·w_j, shift = 20·scale − 20 + lw_j, gate = scale; else scale unused,
+// shift = 0 on keys with w_j > 0 and −1e30 on the others, gate = w_i (the query mask). Then
+// gate ×= u_i·u_j (dotr, u not null) and 0 on the diagonal (do_mask).
+template <typename T>
+void build_tables(const T* w, const T* u, const T* lw, int64_t m, int64_t n, bool smooth, bool do_mask, T* sc,
+                  T* sh, T* ga, T* uxyz) {
+  const T shift = T(20);  // attention.ATTNW_SHIFT
+  for (int64_t c = 0; c < m; ++c, w += n) {
+    T *ux = uxyz, *uy = uxyz + n, *uz = uxyz + 2 * n;
+    if (u) {  // the directions as three rows, for the vector loop
+      const T* uc = u + c * n * 3;
+      for (int64_t j = 0; j < n; ++j) {
+        ux[j] = uc[3 * j];
+        uy[j] = uc[3 * j + 1];
+        uz[j] = uc[3 * j + 2];
+      }
+    }
+    for (int64_t i = 0; i < n; ++i) {
+      const int64_t o = (c * n + i) * n;
+      const T wi = w[i];
+      if (smooth) {
+#pragma omp simd
+        for (int64_t j = 0; j < n; ++j) {
+          const T s2 = wi * w[j];
+          sc[o + j] = s2;
+          sh[o + j] = s2 * shift - shift + (lw ? lw[j] : T(0));
+          ga[o + j] = s2;
+        }
+      } else {
+#pragma omp simd
+        for (int64_t j = 0; j < n; ++j) {
+          sh[o + j] = w[j] > T(0) ? T(0) : T(-1e30);
+          ga[o + j] = wi;
+        }
+      }
+      if (u) {
+        const T xi = ux[i], yi = uy[i], zi = uz[i];
+#pragma omp simd
+        for (int64_t j = 0; j < n; ++j) ga[o + j] *= xi * ux[j] + yi * uy[j] + zi * uz[j];
+      }
+      if (do_mask) ga[o + i] = T(0);
+    }
+  }
+}
+
+// The gradients of build_tables' inputs from those of the tables (dsc, dsh only if smooth): added
+// to dw (smooth) and du (dotr), (m, n) and (m, n, 3).
+template <typename T>
+void table_grads(const T* w, const T* u, const T* dsc, const T* dsh, const T* dga, int64_t m, int64_t n,
+                 bool smooth, bool do_mask, T* dw, T* du, T* uxyz) {
+  const T shift = T(20);
+  for (int64_t c = 0; c < m; ++c, w += n, dw = dw ? dw + n : nullptr) {
+    T *ux = uxyz, *uy = uxyz + n, *uz = uxyz + 2 * n;
+    T *dux = uxyz + 3 * n, *duy = uxyz + 4 * n, *duz = uxyz + 5 * n;
+    if (u) {
+      const T* uc = u + c * n * 3;
+      for (int64_t j = 0; j < n; ++j) {
+        ux[j] = uc[3 * j];
+        uy[j] = uc[3 * j + 1];
+        uz[j] = uc[3 * j + 2];
+        dux[j] = duy[j] = duz[j] = T(0);
+      }
+    }
+    for (int64_t i = 0; i < n; ++i) {
+      const int64_t o = (c * n + i) * n;
+      const T wi = w[i], xi = u ? ux[i] : T(0), yi = u ? uy[i] : T(0), zi = u ? uz[i] : T(0);
+      T dwi = 0, dxi = 0, dyi = 0, dzi = 0;
+#pragma omp simd reduction(+ : dwi, dxi, dyi, dzi)
+      for (int64_t j = 0; j < n; ++j) {
+        const T keep = (do_mask && j == i) ? T(0) : T(1);
+        const T gram = u ? xi * ux[j] + yi * uy[j] + zi * uz[j] : T(1);
+        const T dg = dga[o + j] * keep;
+        const T base = smooth ? wi * w[j] : wi;
+        if (smooth) {
+          const T d2 = dsc[o + j] + shift * dsh[o + j] + dg * gram;  // ∂/∂(w_i·w_j)
+          dwi += d2 * w[j];
+          dw[j] += d2 * wi;
+        }
+        if (u) {
+          const T dgram = dg * base;  // ∂/∂(u_i·u_j)
+          dxi += dgram * ux[j];
+          dyi += dgram * uy[j];
+          dzi += dgram * uz[j];
+          dux[j] += dgram * xi;
+          duy[j] += dgram * yi;
+          duz[j] += dgram * zi;
+        }
+      }
+      if (smooth) dw[i] += dwi;
+      if (u) {
+        dux[i] += dxi;
+        duy[i] += dyi;
+        duz[i] += dzi;
+      }
+    }
+    if (u) {
+      T* dc = du + c * n * 3;
+      for (int64_t j = 0; j < n; ++j) {
+        dc[3 * j] += dux[j];
+        dc[3 * j + 1] += duy[j];
+        dc[3 * j + 2] += duz[j];
+      }
+    }
+  }
+}
+
 // dA → dL in place, through A = P·gate and the softmax; the shared tables' gradients are
 // accumulated (dgate += dA·P; smooth: dshift += dz, dscale += dz·L).
 template <typename T>
@@ -294,9 +404,9 @@ class Carver {
 // --- the op --------------------------------------------------------------------------------
 
 template <typename T>
-std::vector<Tensor> forward_impl(const Tensor& g, const Tensor& scale, const Tensor& shift, const Tensor& gate,
+std::vector<Tensor> forward_impl(const Tensor& g, const Tensor& w, const Tensor& u, const Tensor& lw,
                                  const std::vector<Layer>& layers, double scaling, bool normalize, bool smooth,
-                                 double ln_eps, int64_t group) {
+                                 bool do_mask, double ln_eps, int64_t group) {
   const int64_t nb = g.size(0), n = g.size(1), E = g.size(2);
   const int64_t H = layers[0].w_out.size(0);
   const bool out_first = E < H;  // (A·V)·W_out = A·(V·W_out): the n×n product on E columns
@@ -320,15 +430,20 @@ std::vector<Tensor> forward_impl(const Tensor& g, const Tensor& scale, const Ten
   Tensor out = keep({nb, n, E});
   // one group's temporaries, reused by every group
   const int64_t gm = std::min(group, nb), grows = gm * n;
-  Carver scratch(grows * (E + (out_first ? 0 : H) + 2 * E + 2 * n), opt);
+  Carver scratch(grows * (E + (out_first ? 0 : H) + 2 * E + 5 * n) + 6 * n, opt);
   Tensor o_buf = scratch({grows, E});
+  Tensor sc_buf = scratch({grows, n}), sh_buf = scratch({grows, n}), ga_buf = scratch({grows, n});
+  T* uxyz = scratch({6 * n}).data_ptr<T>();
+  const T* up = u.numel() ? u.data_ptr<T>() : nullptr;
+  const T* lwp = lw.numel() ? lw.data_ptr<T>() : nullptr;
   Tensor L_buf = scratch({grows, n}), A_buf = scratch({grows, n});
   Tensor av_buf = out_first ? none : scratch({grows, H});
   Tensor x_buf[2] = {scratch({grows, E}), scratch({grows, E})};
-  const T* sc = smooth ? scale.data_ptr<T>() : nullptr;
   for (int64_t c0 = 0; c0 < nb; c0 += group) {
     const int64_t m = std::min(group, nb - c0), rows = m * n;
     Tensor x = g.narrow(0, c0, m);
+    T *sc = sc_buf.data_ptr<T>(), *sh = sh_buf.data_ptr<T>(), *ga = ga_buf.data_ptr<T>();
+    build_tables<T>(ptr<T>(w, c0), up ? up + c0 * n * 3 : nullptr, lwp, m, n, smooth, do_mask, sc, sh, ga, uxyz);
     for (int64_t l = 0; l < nl; ++l) {
       const Layer& p = layers[l];
       const Saved& s = saved[l];
@@ -350,8 +465,7 @@ std::vector<Tensor> forward_impl(const Tensor& g, const Tensor& scale, const Ten
       Tensor L = smooth ? s.logits.narrow(0, c0, m) : L_buf.narrow(0, 0, rows).view({m, n, n});
       at::bmm_out(L, q, k.transpose(1, 2));
       Tensor A = A_buf.narrow(0, 0, rows).view({m, n, n});
-      softmax_rows<T>(L.data_ptr<T>(), sc ? sc + c0 * n * n : nullptr, ptr<T>(shift, c0), ptr<T>(gate, c0),
-                      ptr<T>(s.prob, c0), A.data_ptr<T>(), rows, n, smooth);
+      softmax_rows<T>(L.data_ptr<T>(), sc, sh, ga, ptr<T>(s.prob, c0), A.data_ptr<T>(), rows, n, smooth);
       Tensor o = o_buf.narrow(0, 0, rows);
       if (out_first) {
         Tensor vw = s.vw.narrow(0, c0, m);
@@ -378,39 +492,49 @@ std::vector<Tensor> forward_impl(const Tensor& g, const Tensor& scale, const Ten
 }
 
 template <typename T>
-std::vector<Tensor> backward_impl(const Tensor& go, const Tensor& scale, const Tensor& gate,
+std::vector<Tensor> backward_impl(const Tensor& go, const Tensor& w, const Tensor& u, const Tensor& lw,
                                   const std::vector<Layer>& layers, const std::vector<Saved>& saved,
-                                  double scaling, bool normalize, bool smooth, int64_t group) {
+                                  double scaling, bool normalize, bool smooth, bool do_mask, int64_t group) {
   const int64_t nb = go.size(0), n = go.size(1), E = go.size(2);
   const int64_t H = layers[0].w_out.size(0);
   const bool out_first = E < H;
   const auto opt = go.options();
   const Tensor none = at::empty({0}, opt);
-  Carver grads(nb * n * (E + (smooth ? 3 : 1) * n), opt);
+  const T* up = u.numel() ? u.data_ptr<T>() : nullptr;
+  const T* lwp = lw.numel() ? lw.data_ptr<T>() : nullptr;
+  Carver grads(nb * n * (E + (smooth ? 1 : 0) + (up ? 3 : 0)), opt);
   Tensor dg = grads({nb, n, E});
-  Tensor dgate = grads({nb, n, n});
-  Tensor dscale = smooth ? grads({nb, n, n}) : none;
-  Tensor dshift = smooth ? grads({nb, n, n}) : none;
-  dgate.zero_();
-  if (smooth) {
-    dscale.zero_();
-    dshift.zero_();
-  }
+  Tensor dw = smooth ? grads({nb, n}) : none;
+  Tensor du = up ? grads({nb, n, 3}) : none;
+  if (smooth) dw.zero_();
+  if (up) du.zero_();
   const int64_t gm = std::min(group, nb), grows = gm * n;
-  Carver scratch(grows * (2 * n + std::max(E, H) + 3 * H + 2 * E), opt);
+  Carver scratch(grows * (8 * n + std::max(E, H) + 3 * H + 2 * E) + 6 * n, opt);
+  Tensor sc_buf = scratch({grows * n}), sh_buf = scratch({grows * n}), ga_buf = scratch({grows * n});
+  Tensor dsc_buf = scratch({grows * n}), dsh_buf = scratch({grows * n}), dga_buf = scratch({grows * n});
+  T* uxyz = scratch({6 * n}).data_ptr<T>();
   Tensor A_buf = scratch({grows, n}), dA_buf = scratch({grows, n}), mid_buf = scratch({grows * std::max(E, H)});
   Tensor dv_buf = scratch({grows, H}), dq_buf = scratch({grows, H}), dk_buf = scratch({grows, H});
   Tensor dx_buf[2] = {scratch({grows, E}), scratch({grows, E})};
-  const T* sc = smooth ? scale.data_ptr<T>() : nullptr;
   for (int64_t c0 = 0; c0 < nb; c0 += group) {
-    const int64_t m = std::min(group, nb - c0), rows = m * n, nn = c0 * n * n;
+    const int64_t m = std::min(group, nb - c0), rows = m * n;
     Tensor dx = go.narrow(0, c0, m);
+    T *sc = sc_buf.data_ptr<T>(), *sh = sh_buf.data_ptr<T>(), *ga = ga_buf.data_ptr<T>();
+    const T* wp = ptr<T>(w, c0);
+    const T* uc = up ? up + c0 * n * 3 : nullptr;
+    build_tables<T>(wp, uc, lwp, m, n, smooth, do_mask, sc, sh, ga, uxyz);
+    T *dsc = dsc_buf.data_ptr<T>(), *dsh = dsh_buf.data_ptr<T>(), *dga = dga_buf.data_ptr<T>();
+    std::fill(dga, dga + rows * n, T(0));
+    if (smooth) {
+      std::fill(dsc, dsc + rows * n, T(0));
+      std::fill(dsh, dsh + rows * n, T(0));
+    }
     for (size_t li = layers.size(); li-- > 0;) {
       const Layer& p = layers[li];
       const Saved& s = saved[li];
       const Tensor q = s.q.narrow(0, c0, m), k = s.k.narrow(0, c0, m), v = s.v.narrow(0, c0, m);
       Tensor A = A_buf.narrow(0, 0, rows).view({m, n, n});
-      gated_weights<T>(ptr<T>(s.prob, c0), gate.data_ptr<T>() + nn, A.data_ptr<T>(), rows * n);
+      gated_weights<T>(ptr<T>(s.prob, c0), ga, A.data_ptr<T>(), rows * n);
       // dy is the residual's gradient: it goes straight into this layer's input gradient, to
       // which the input projection's is then added in place
       Tensor dxi = li == 0 ? dg.narrow(0, c0, m) : dx_buf[li % 2].narrow(0, 0, rows).view({m, n, E});
@@ -431,10 +555,8 @@ std::vector<Tensor> backward_impl(const Tensor& go, const Tensor& scale, const T
         Tensor dv3 = dv.view({m, n, H});
         at::bmm_out(dv3, A.transpose(1, 2), dav.view({m, n, H}));
       }
-      softmax_backward_rows<T>(dA.data_ptr<T>(), ptr<T>(s.prob, c0), gate.data_ptr<T>() + nn,
-                               smooth ? ptr<T>(s.logits, c0) : nullptr, sc ? sc + nn : nullptr, dgate.data_ptr<T>() + nn,
-                               smooth ? dscale.data_ptr<T>() + nn : nullptr,
-                               smooth ? dshift.data_ptr<T>() + nn : nullptr, rows, n, smooth);
+      softmax_backward_rows<T>(dA.data_ptr<T>(), ptr<T>(s.prob, c0), ga, smooth ? ptr<T>(s.logits, c0) : nullptr,
+                               sc, dga, dsc, dsh, rows, n, smooth);
       Tensor dq = dq_buf.narrow(0, 0, rows).view({m, n, H}), dk = dk_buf.narrow(0, 0, rows).view({m, n, H});
       at::bmm_out(dq, dA, k);
       at::bmm_out(dk, dA.transpose(1, 2), q);
@@ -452,45 +574,52 @@ std::vector<Tensor> backward_impl(const Tensor& go, const Tensor& scale, const T
       }
       dx = dxi;
     }
+    table_grads<T>(wp, uc, dsc, dsh, dga, m, n, smooth, do_mask, smooth ? ptr<T>(dw, c0) : nullptr,
+                   up ? ptr<T>(du, c0) : nullptr, uxyz);
   }
-  return {dg, dscale, dshift, dgate};
+  return {dg, dw, du};
 }
 
-void check_tables(const Tensor& g, const Tensor& t, const char* name) {
-  TORCH_CHECK(t.is_contiguous() && t.dim() == 3 && t.size(0) == g.size(0) && t.size(1) == g.size(1) &&
-                  t.size(2) == g.size(1) && t.scalar_type() == g.scalar_type(),
-              "dpa1::attention_stack: ", name, " must be a contiguous (nb, n, n) tensor of g's dtype");
-}
-
-std::vector<Tensor> stack_forward(const Tensor& g, const Tensor& scale, const Tensor& shift, const Tensor& gate,
-                                  at::TensorList params, double scaling, bool normalize, bool smooth,
-                                  double ln_eps, int64_t group) {
+void check_inputs(const Tensor& g, const Tensor& w, const Tensor& u, const Tensor& lw, int64_t group) {
   TORCH_CHECK(g.dim() == 3 && g.is_contiguous(), "dpa1::attention_stack: g must be a contiguous (nb, n, E) tensor");
+  const int64_t nb = g.size(0), n = g.size(1);
+  const auto st = g.scalar_type();
+  TORCH_CHECK(w.is_contiguous() && w.dim() == 2 && w.size(0) == nb && w.size(1) == n && w.scalar_type() == st,
+              "dpa1::attention_stack: w must be a contiguous (nb, n) tensor of g's dtype");
+  TORCH_CHECK(u.numel() == 0 || (u.is_contiguous() && u.dim() == 3 && u.size(0) == nb && u.size(1) == n &&
+                                 u.size(2) == 3 && u.scalar_type() == st),
+              "dpa1::attention_stack: u must be empty or a contiguous (nb, n, 3) tensor of g's dtype");
+  TORCH_CHECK(lw.numel() == 0 || (lw.is_contiguous() && lw.numel() == n && lw.scalar_type() == st),
+              "dpa1::attention_stack: lw must be empty or (n,) of g's dtype");
   TORCH_CHECK(group > 0, "dpa1::attention_stack: group must be positive");
+}
+
+std::vector<Tensor> stack_forward(const Tensor& g, const Tensor& w, const Tensor& u, const Tensor& lw,
+                                  at::TensorList params, double scaling, bool normalize, bool smooth, bool do_mask,
+                                  double ln_eps, int64_t group) {
+  check_inputs(g, w, u, lw, group);
   const auto layers = unpack(params);
   TORCH_CHECK(!layers.empty(), "dpa1::attention_stack: no layers");
-  if (smooth) check_tables(g, scale, "scale");
-  check_tables(g, shift, "shift");
-  check_tables(g, gate, "gate");
   std::vector<Tensor> result;
   AT_DISPATCH_FLOATING_TYPES(g.scalar_type(), "attention_stack", [&] {
-    result = forward_impl<scalar_t>(g, scale, shift, gate, layers, scaling, normalize, smooth, ln_eps, group);
+    result = forward_impl<scalar_t>(g, w, u, lw, layers, scaling, normalize, smooth, do_mask, ln_eps, group);
   });
   return result;
 }
 
-std::vector<Tensor> stack_backward(const Tensor& grad, const Tensor& scale, const Tensor& gate,
+std::vector<Tensor> stack_backward(const Tensor& grad, const Tensor& w, const Tensor& u, const Tensor& lw,
                                    at::TensorList params, at::TensorList saved_list, double scaling,
-                                   bool normalize, bool smooth, int64_t group) {
+                                   bool normalize, bool smooth, bool do_mask, int64_t group) {
   const auto layers = unpack(params);
   TORCH_CHECK(!layers.empty() && saved_list.size() == layers.size() * kSavedPerLayer,
               "dpa1::attention_stack_backward: saved tensors do not match the layers");
   std::vector<Saved> saved;
   for (size_t l = 0; l < layers.size(); ++l) saved.push_back(Saved::from(&saved_list[l * kSavedPerLayer]));
   const Tensor go = grad.contiguous();
+  check_inputs(go, w, u, lw, group);
   std::vector<Tensor> result;
   AT_DISPATCH_FLOATING_TYPES(go.scalar_type(), "attention_stack_backward", [&] {
-    result = backward_impl<scalar_t>(go, scale, gate, layers, saved, scaling, normalize, smooth, group);
+    result = backward_impl<scalar_t>(go, w, u, lw, layers, saved, scaling, normalize, smooth, do_mask, group);
   });
   return result;
 }
@@ -499,11 +628,11 @@ std::vector<Tensor> stack_backward(const Tensor& grad, const Tensor& scale, cons
 
 TORCH_LIBRARY(dpa1, m) {
   m.def(
-      "attention_stack(Tensor g, Tensor scale, Tensor shift, Tensor gate, Tensor[] params, float scaling, "
-      "bool normalize, bool smooth, float ln_eps, int group) -> Tensor[]");
+      "attention_stack(Tensor g, Tensor w, Tensor u, Tensor lw, Tensor[] params, float scaling, "
+      "bool normalize, bool smooth, bool do_mask, float ln_eps, int group) -> Tensor[]");
   m.def(
-      "attention_stack_backward(Tensor grad, Tensor scale, Tensor gate, Tensor[] params, Tensor[] saved, "
-      "float scaling, bool normalize, bool smooth, int group) -> Tensor[]");
+      "attention_stack_backward(Tensor grad, Tensor w, Tensor u, Tensor lw, Tensor[] params, Tensor[] saved, "
+      "float scaling, bool normalize, bool smooth, bool do_mask, int group) -> Tensor[]");
 }
 
 TORCH_LIBRARY_IMPL(dpa1, CPU, m) {
