@@ -1,11 +1,18 @@
 """dpa1's C++ ops (``dpa1/model/csrc``), built on first use with PyTorch's extension builder.
 
-There is one today, the evaluation path of the attention stack (``attention_stack.cpp``, used
-by :mod:`dpa1.model.attention`). It is built once per machine and torch version into
-PyTorch's extension cache (``$TORCH_EXTENSIONS_DIR``, default ``~/.cache/torch_extensions``;
-~30 s with gcc) and loaded from there afterwards. Without a C++ compiler, or with
-``DPA1_NATIVE=0``, the same math runs as PyTorch ops (slower on a CPU, same numbers up to
-round-off); a failed build is reported once as a warning.
+Three sources, one library (``torch.ops.dpa1``):
+
+- ``attention_stack.cpp``: the evaluation path of the attention layers (:mod:`dpa1.model.attention`);
+- ``embedding_net.cpp``: the evaluation path of the embedding net along s(r)
+  (``EmbeddingNet.along_first`` in :mod:`dpa1.model.network`);
+- ``neighbor_list.cpp``: the sorting and truncation after vesin's pair search
+  (:func:`dpa1.model.neighbor.frame_neighbors`, training and evaluation).
+
+It is built once per machine and torch version into PyTorch's extension cache
+(``$TORCH_EXTENSIONS_DIR``, default ``~/.cache/torch_extensions``; ~30 s with gcc) and loaded
+from there afterwards. Without a C++ compiler, or with ``DPA1_NATIVE=0``, the same math runs
+as PyTorch and NumPy code (slower, same numbers up to round-off; identical neighbour lists); a
+failed build is reported once as a warning.
 """
 
 from __future__ import annotations
@@ -20,7 +27,10 @@ from pathlib import Path
 import torch
 
 _log = logging.getLogger(__name__)
-_SOURCES = [Path(__file__).parent / "csrc" / name for name in ("attention_stack.cpp", "embedding_net.cpp", "neighbor_list.cpp")]
+_SOURCES = [
+    Path(__file__).parent / "csrc" / name
+    for name in ("attention_stack.cpp", "embedding_net.cpp", "neighbor_list.cpp")
+]
 _lock = threading.Lock()
 _state: dict[str, bool] = {}
 
@@ -65,7 +75,7 @@ def _load() -> bool:
 
         _ninja_on_path()
         isa, flags = _vector_flags()
-        _log.info("dpa1: loading the C++ attention op (the first time on a machine, it is built: ~30 s)")
+        _log.info("dpa1: loading the C++ ops (the first time on a machine, they are built: ~30 s)")
         cpp_extension.load(
             name=f"dpa1_native_{isa}",  # one build per instruction set, for caches shared across machines
             sources=[str(p) for p in _SOURCES],
@@ -78,7 +88,7 @@ def _load() -> bool:
         return True
     except Exception as exc:  # noqa: BLE001 (any build failure means: use the PyTorch ops)
         warnings.warn(
-            f"dpa1: the C++ attention op could not be built ({_first_error(exc)}); using PyTorch ops "
+            f"dpa1: the C++ ops could not be built ({_first_error(exc)}); using PyTorch ops "
             "(same numbers, slower on a CPU). Set DPA1_NATIVE=0 to skip the build.",
             RuntimeWarning,
             stacklevel=3,

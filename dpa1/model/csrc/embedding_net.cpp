@@ -125,7 +125,8 @@ std::vector<Tensor> embedding_tangent(const Tensor& x, at::TensorList weights, a
   for (size_t l = 0; l < nl; ++l) {
     const Tensor& w = weights[l];
     TORCH_CHECK(w.dim() == 2 && w.is_contiguous() && w.size(0) == in && w.scalar_type() == x.scalar_type(),
-                "dpa1::embedding_tangent: layer ", l, "'s weight must be a contiguous (", in, ", out) tensor of x's dtype");
+                "dpa1::embedding_tangent: layer ", l, "'s weight must be a contiguous (", in,
+                ", out) tensor of x's dtype");
     const int64_t out = w.size(1);
     for (const Tensor* t : {&biases[l], &idts[l]}) {
       TORCH_CHECK(!t->defined() || t->numel() == 0 || (t->is_contiguous() && t->numel() == out &&
