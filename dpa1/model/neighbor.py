@@ -99,13 +99,14 @@ def frame_neighbors(
         return mapping, shift, nlist
     i, j, s, d = _frame_pairs(coord[real], box, rcut)
     i, j = real[i], real[j]  # virtual atoms were never offered: nobody's neighbour
+    # The same steps in C++ (csrc/neighbor_list.cpp), when its int64 image keys cannot overflow
     span = s.max(axis=0, initial=0) - s.min(axis=0, initial=0) + 1
-    if native_ops() and nloc * float(np.prod(span)) < 2**61:  # the same in C++ (csrc/neighbor_list.cpp)
+    if native_ops() and nloc * float(np.prod(span)) < 2**61:
         nl_t, ghost_j, ghost_s = torch.ops.dpa1.sorted_nlist(
-            torch.from_numpy(i), torch.from_numpy(j), torch.from_numpy(s), torch.from_numpy(d), nloc, nnei
+            *(torch.from_numpy(a) for a in (i, j, s, d)), nloc, nnei
         )
-        return (np.concatenate([mapping, ghost_j.numpy()]), np.concatenate([shift, ghost_s.numpy()]),
-                nl_t.numpy())
+        mapping = np.concatenate([mapping, ghost_j.numpy()])
+        return mapping, np.concatenate([shift, ghost_s.numpy()]), nl_t.numpy()
     order = _by_centre_then_distance(i, d)
     i, j, s = i[order], j[order], s[order]
     count = np.bincount(i, minlength=nloc)

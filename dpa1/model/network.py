@@ -203,8 +203,8 @@ class EmbeddingNet(nn.Module):
             )
             for i in range(len(self.neuron))
         )
-        # Evaluation on a CPU runs along_first as one C++ op, `native_tile` rows at a time
-        # through every layer; False: the PyTorch layers.
+        # Evaluation on a CPU runs along_first (the descriptor's call) as one C++ op,
+        # `native_tile` rows at a time through every layer; False: the PyTorch layers.
         self.native = True
         self.native_tile = 256
 
@@ -243,15 +243,16 @@ class _EmbeddingTangent(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, first: Tensor, rest: Optional[Tensor], net: "EmbeddingNet") -> Tensor:
-        x = first if rest is None else torch.cat([first, rest.to(first.dtype)], dim=-1)
+        # (no graph is recorded in here: parameters go in as they are)
+        x = first if rest is None else torch.cat([first, rest], dim=-1)
         lead = x.shape[:-1]
         empty = first.new_empty(0)
         layers = net.layers
         y, dy = torch.ops.dpa1.embedding_tangent(
-            x.detach().reshape(-1, x.shape[-1]).contiguous(),
-            [layer.w.detach() for layer in layers],
-            [empty if layer.b is None else layer.b.detach() for layer in layers],
-            [empty if layer.idt is None else layer.idt.detach() for layer in layers],
+            x.reshape(-1, x.shape[-1]).contiguous(),
+            [layer.w for layer in layers],
+            [empty if layer.b is None else layer.b for layer in layers],
+            [empty if layer.idt is None else layer.idt for layer in layers],
             [layer.skip for layer in layers],
             net.native_tile,
         )

@@ -38,7 +38,7 @@ std::vector<Tensor> sorted_nlist(const Tensor& i_t, const Tensor& j_t, const Ten
   // pairs grouped by centre (a counting sort), then each centre's by (distance, input order)
   std::vector<int64_t> start(nloc + 1, 0);
   for (int64_t p = 0; p < np; ++p) {
-    TORCH_CHECK(i[p] >= 0 && i[p] < nloc, "dpa1::sorted_nlist: centre index out of range");
+    TORCH_CHECK(i[p] >= 0 && i[p] < nloc && j[p] >= 0 && j[p] < nloc, "dpa1::sorted_nlist: index out of range");
     ++start[i[p] + 1];
   }
   std::partial_sum(start.begin(), start.end(), start.begin());
