@@ -84,7 +84,8 @@ if ls "$CARRY"/wheels/*.whl >/dev/null 2>&1; then
   for so in "$SITE"/deepmd/lib/libdeepmd_op_pt.so; do [ -f "$so" ] && mv "$so" "$so.disabled"; done
 fi
 export PYTHONPATH="$ROOT${SITE:+:$SITE}${PYTHONPATH:+:$PYTHONPATH}"
-# The C++ attention op is for CPU evaluation only; building it (~30 s) would spend device time.
+# The C++ ops are CPU code (the neighbour list falls back to NumPy); building them (~30 s)
+# would spend device time.
 export DPA1_NATIVE=${DPA1_NATIVE:-0}
 if [ -d "$CARRY/stubs" ] && ! $PY -c "import mendeleev" >/dev/null 2>&1; then
   export PYTHONPATH="$PYTHONPATH:$CARRY/stubs"

@@ -8,8 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from dpa1.model.native import native_ops
-from dpa1.model.network import Layer, LayerNorm
+from dpa1.model.native import evaluates_natively
+from dpa1.model.network import Layer, LayerNorm, refuse_second_derivative
 
 # Smooth attention shifts logits by this before multiplying by the switches, so that
 # padding keys sit at exactly −20 (and stay in the softmax denominator, as DeePMD does).
@@ -41,9 +41,7 @@ class _ScaledUnitRows(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, g: Tensor) -> tuple[Tensor, None]:
-        if torch.is_grad_enabled():  # create_graph: the formula below would be a constant
-            raise RuntimeError("the evaluation-mode attention normalisation is differentiable once; "
-                               "put the model in training mode (model.train()) to differentiate forces")
+        refuse_second_derivative("attention normalisation")
         y, r, norm = ctx.saved_tensors
         # dy/dx = r·(I − ŷŷᵀ) with ŷ = y/scale; a row below the floor is just r·x.
         dot = torch.linalg.vecdot(g, y, dim=-1).unsqueeze(-1) * ctx.inv_scale2
@@ -124,9 +122,7 @@ class _AttentionStack(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad: Tensor):
-        if torch.is_grad_enabled():
-            raise RuntimeError("the evaluation-mode attention is differentiable once; put the model "
-                               "in training mode (model.train()) to differentiate forces")
+        refuse_second_derivative("attention")
         w, u, lw, *rest = ctx.saved_tensors
         params, saved = rest[: ctx.nparams], rest[ctx.nparams:]
         dg, dw, du = torch.ops.dpa1.attention_stack_backward(grad, w, u, lw, params, saved, *ctx.config)
@@ -297,5 +293,4 @@ class NeighborGatedAttention(nn.Module):
 
     @torch.jit.unused
     def _use_native(self, g: Tensor) -> bool:
-        """The C++ stack evaluates (not trains) on a CPU when it could be built (native.py)."""
-        return self.native and not self.training and g.device.type == "cpu" and native_ops()
+        return evaluates_natively(self, g)

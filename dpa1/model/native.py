@@ -46,6 +46,13 @@ def native_ops() -> bool:
     return _state["ok"]
 
 
+def evaluates_natively(module: torch.nn.Module, x: torch.Tensor) -> bool:
+    """Whether ``module`` (with a ``native`` switch) runs its C++ op on ``x``: in evaluation,
+    on a CPU, when the ops could be built. Training differentiates forces again, which the
+    ops' backward cannot."""
+    return bool(module.native) and not module.training and x.device.type == "cpu" and native_ops()
+
+
 def _ninja_on_path() -> None:
     """PyTorch's builder runs ``ninja`` from PATH; pip may have put the ``ninja`` package's
     binary in a scripts folder that is not on it (``pip install --user``)."""

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from dpa1.model.native import native_ops
+from dpa1.model.native import evaluates_natively
 
 PRECISIONS = {"float64": torch.float64, "float32": torch.float32, "default": torch.float64}
 
@@ -88,6 +88,14 @@ class Activation(nn.Module):
             F.silu(x),
             torch.tanh(self.slope * (x - self.threshold)) + self.const,
         )
+
+
+def refuse_second_derivative(what: str) -> None:
+    """For the backward of an evaluation-only Function: raise if it is being differentiated
+    again (``create_graph``), where its hand-written formula would act as a constant."""
+    if torch.is_grad_enabled():
+        raise RuntimeError(f"the evaluation-mode {what} is differentiable once; put the model in "
+                           "training mode (model.train()) to differentiate forces")
 
 
 def _add_doubled(y: Tensor, x: Tensor) -> Tensor:
@@ -228,10 +236,7 @@ class EmbeddingNet(nn.Module):
 
     @torch.jit.unused
     def _use_native(self, x: Tensor) -> bool:
-        return (
-            self.native and not self.training and x.device.type == "cpu" and self.activation_function == "tanh"
-            and len(self.layers) > 0 and native_ops()
-        )
+        return self.activation_function == "tanh" and len(self.layers) > 0 and evaluates_natively(self, x)
 
 
 class _EmbeddingTangent(torch.autograd.Function):
@@ -261,9 +266,7 @@ class _EmbeddingTangent(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad: Tensor) -> tuple[Optional[Tensor], None, None]:
-        if torch.is_grad_enabled():
-            raise RuntimeError("the evaluation-mode embedding net is differentiable once; put the model "
-                               "in training mode (model.train()) to differentiate forces")
+        refuse_second_derivative("embedding net")
         (dy,) = ctx.saved_tensors
         d_first = torch.linalg.vecdot(grad.reshape(dy.shape), dy, dim=-1) if ctx.needs_input_grad[0] else None
         return (None if d_first is None else d_first.view(*grad.shape[:-1], 1)), None, None

@@ -166,6 +166,16 @@ void gated_weights(const T* P, const T* ga, T* A, int64_t count) {
   for (int64_t j = 0; j < count; ++j) A[j] = P[j] * ga[j];
 }
 
+// Centre c's directions (n, 3) as three rows ux, uy, uz (n each), for the vector loops.
+template <typename T>
+void split_xyz(const T* uc, int64_t n, T* ux, T* uy, T* uz) {
+  for (int64_t j = 0; j < n; ++j) {
+    ux[j] = uc[3 * j];
+    uy[j] = uc[3 * j + 1];
+    uz[j] = uc[3 * j + 2];
+  }
+}
+
 // One group's tables (m centres, (m, n, n) each), as NeighborGatedAttention.forward builds them:
 // smooth: scale = w_i·w_j, shift = 20·scale − 20 + lw_j, gate = scale; else scale unused,
 // shift = 0 on keys with w_j > 0 and −1e30 on the others, gate = w_i (the query mask). Then
@@ -176,14 +186,7 @@ void build_tables(const T* w, const T* u, const T* lw, int64_t m, int64_t n, boo
   const T shift = T(20);  // attention.ATTNW_SHIFT
   for (int64_t c = 0; c < m; ++c, w += n) {
     T *ux = uxyz, *uy = uxyz + n, *uz = uxyz + 2 * n;
-    if (u) {  // the directions as three rows, for the vector loop
-      const T* uc = u + c * n * 3;
-      for (int64_t j = 0; j < n; ++j) {
-        ux[j] = uc[3 * j];
-        uy[j] = uc[3 * j + 1];
-        uz[j] = uc[3 * j + 2];
-      }
-    }
+    if (u) split_xyz(u + c * n * 3, n, ux, uy, uz);
     for (int64_t i = 0; i < n; ++i) {
       const int64_t o = (c * n + i) * n;
       const T wi = w[i];
@@ -222,13 +225,8 @@ void table_grads(const T* w, const T* u, const T* dsc, const T* dsh, const T* dg
     T *ux = uxyz, *uy = uxyz + n, *uz = uxyz + 2 * n;
     T *dux = uxyz + 3 * n, *duy = uxyz + 4 * n, *duz = uxyz + 5 * n;
     if (u) {
-      const T* uc = u + c * n * 3;
-      for (int64_t j = 0; j < n; ++j) {
-        ux[j] = uc[3 * j];
-        uy[j] = uc[3 * j + 1];
-        uz[j] = uc[3 * j + 2];
-        dux[j] = duy[j] = duz[j] = T(0);
-      }
+      split_xyz(u + c * n * 3, n, ux, uy, uz);
+      std::fill(dux, dux + 3 * n, T(0));  // dux, duy, duz are consecutive
     }
     for (int64_t i = 0; i < n; ++i) {
       const int64_t o = (c * n + i) * n;
