@@ -387,33 +387,82 @@ def test_native_attention_stack_equals_pytorch_layers(case: str, dtype: torch.dt
 
 
 def test_native_ops_run_in_evaluation_not_training(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The water example model's evaluation goes through the C++ attention and embedding ops
-    (and gives the PyTorch layers' forces); training, which differentiates forces again, keeps
-    the PyTorch layers."""
-    from dpa1.model import attention, network
+    """The water example model's evaluation goes through the C++ block op (native_block.py);
+    without it, through the C++ attention and embedding ops; all three give the PyTorch
+    layers' forces. Training, which differentiates forces again, uses none of them."""
+    from dpa1.model import attention, native_block, network
 
     require_native()
     calls = []
-    for fn in (attention._AttentionStack, network._EmbeddingTangent):
+    for fn in (attention._AttentionStack, network._EmbeddingTangent, native_block._EnergyBlock):
         real = fn.apply
         monkeypatch.setattr(fn, "apply", lambda *a, real=real, fn=fn: calls.append(fn) or real(*a))
     coord, box, atype, _ = water_frames(1)
     model = water_example_model("float64").eval()
-    got = evaluate(model, coord[0], atype, box[0], atomic=True)
-    assert attention._AttentionStack in calls and network._EmbeddingTangent in calls, calls
+    block = evaluate(model, coord[0], atype, box[0], atomic=True)
+    assert set(calls) == {native_block._EnergyBlock}, calls
+    calls.clear()
+    model.native = False
+    ops = evaluate(model, coord[0], atype, box[0], atomic=True)
+    assert set(calls) == {attention._AttentionStack, network._EmbeddingTangent}, calls
+    calls.clear()
     model.descriptor.attention.native = False
     model.descriptor.embedding.native = False
-    n_calls = len(calls)
     want = evaluate(model, coord[0], atype, box[0], atomic=True)
-    assert len(calls) == n_calls
-    _compare(got, want, 1e-12, "C++ vs PyTorch attention and embedding, water example model")
-    model.descriptor.attention.native = True
-    model.descriptor.embedding.native = True
+    assert not calls
+    _compare(block, want, 1e-12, "C++ block vs PyTorch layers, water example model")
+    _compare(ops, want, 1e-12, "C++ attention and embedding vs PyTorch layers, water example model")
+    model.native = model.descriptor.attention.native = model.descriptor.embedding.native = True
     model.train()
     out = model(torch.tensor(coord[:1]), torch.tensor(atype).reshape(1, -1), torch.tensor(box[:1]))
     torch.autograd.grad(out["force"].square().sum(), [p for p in model.parameters() if p.requires_grad],
                         allow_unused=True)
-    assert len(calls) == n_calls
+    assert not calls
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_native_block_equals_modules(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every configuration the block op covers (concat type embedding, tanh nets) gives the
+    modules' energies, forces and virials, per atom too, with trimming, several blocks, virtual
+    atoms, exclusions, fparam/aparam and vacuum energies; the others keep the modules. Its
+    backward is not differentiable again."""
+    from dpa1.model import native_block
+
+    require_native()
+    model = copy.deepcopy(model_for(name))
+    model.block_atoms = 6  # several blocks of 3 centres per frame, each trimmed to its width
+    used = []
+    real = native_block._EnergyBlock.apply
+    monkeypatch.setattr(native_block._EnergyBlock, "apply", lambda *a: used.append(1) or real(*a))
+    coords, boxes = [], []
+    for seed in (3, 4):
+        c, atype, b = make_system("pbc", seed, n_virtual=2, natoms=14)
+        coords.append(c)
+        boxes.append(b)
+    fp, ap = params_for(model, 2, atype.shape[0])
+    got = evaluate(model, np.stack(coords), atype, np.stack(boxes), fp, ap)
+    covered = model.descriptor.tebd_input_mode == "concat" and model.descriptor.activation_function == "tanh"
+    assert bool(used) == covered, (name, len(used))
+    model.native = False
+    want = evaluate(model, np.stack(coords), atype, np.stack(boxes), fp, ap)
+    _compare(got, want, tol(name, 1e-12, 1e-5), "C++ block vs modules")
+    if covered:
+        model.native = True
+        nei = 8
+        rij = torch.randn(1, 3, nei, 3, dtype=torch.float64, requires_grad=True)
+        mask = torch.ones(1, 3, nei, dtype=torch.bool)
+        e = model._fitted_energy(rij, mask, torch.full((1, 3, nei), 2),  # type 2: in no exclusion
+                                 torch.full((1, 3), 2), *params_or_none(fp, ap, 3))
+        assert torch.autograd.grad(e.sum(), rij, retain_graph=True)[0].abs().sum() > 0
+        with pytest.raises(RuntimeError, match="differentiable once"):
+            torch.autograd.grad(e.sum(), rij, create_graph=True)
+
+
+def params_or_none(fp, ap, nloc: int):
+    """One frame's fparam/aparam tensors for ``nloc`` centres, or None."""
+    f = None if fp is None else torch.tensor(fp[:1])
+    a = None if ap is None else torch.tensor(ap[:1, :nloc])
+    return f, a
 
 
 EMBEDDING_CASES = {

@@ -10,7 +10,7 @@ For centre ``i`` with neighbour slots ``j = 1..N_c``:
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -149,41 +149,20 @@ class DescrptDPA1(nn.Module):
         Returns:
             ``(nf, nloc, dim_out)`` in float64.
         """
-        nf, nloc, nnei = nei_mask.shape
+        nf, nloc, _ = nei_mask.shape
         dtype = self.dtype
-        # === exact padding trimming ===
-        # Slots beyond the last neighbour of every atom are identical padding rows: one
-        # representative slot, weighted by their number, reproduces them exactly (its moment
-        # contribution and its share of the smooth softmax denominator); see §3.4, §6.
-        slot_weight: Optional[Tensor] = None
-        key_log_weight: Optional[Tensor] = None
-        if self.trim_padding:
-            used = nei_mask.reshape(-1, nnei).any(dim=0)
-            last = int(torch.nonzero(used).max()) + 1 if bool(used.any()) else 0
-            if last + 1 < nnei:
-                keep_n = last + 1
-                rij, nei_mask, nei_type = rij[:, :, :keep_n], nei_mask[:, :, :keep_n], nei_type[:, :, :keep_n]
-                slot_weight = torch.ones(keep_n, dtype=dtype, device=rij.device)
-                slot_weight[last] = float(nnei - last)
-                key_log_weight = torch.log(slot_weight)
-                nnei = keep_n
+        rij, nei_mask, nei_type, slot_weight, key_log_weight = self.trim(rij, nei_mask, nei_type)
+        nnei = nei_mask.shape[-1]
         davg = self.davg[:, :nnei][atype]
         dstd = self.dstd[:, :nnei][atype]
         env, sw = env_matrix(rij.to(dtype), nei_mask, self.rcut, self.rcut_smth, self.env_protection)
         rr = (env - davg) / dstd  # (nf, nloc, nnei, 4)
         # Descriptor-level exclusion: κ is 1 on padding, so padding keeps −davg/dstd (§3.4).
-        keep = self.keep[atype.unsqueeze(-1), torch.where(nei_mask, nei_type, self.ntypes)]
+        keep = self.pair_kept(nei_mask, nei_type, atype)
         rr = rr * keep.unsqueeze(-1).to(dtype)
         mask = nei_mask & keep
         sw = sw * mask.to(dtype)
-
-        table = self.type_embedding()  # (ntypes + 1, nt)
-        t_nei = table[nei_type]  # (nf, nloc, nnei, nt)
-        t_center = table[atype]  # (nf, nloc, nt)
-        if self.type_one_side:
-            t_in = t_nei
-        else:
-            t_in = torch.cat([t_nei, t_center.unsqueeze(2).expand(-1, -1, nnei, -1)], dim=-1)
+        t_in, t_center = self.type_inputs(nei_type, atype)
         sigma = rr[..., :1]
         strip_net = self.embedding_strip
         if strip_net is None:
@@ -212,6 +191,44 @@ class DescrptDPA1(nn.Module):
         if self.concat_output_tebd:
             d = torch.cat([d, t_center], dim=-1)
         return d.to(torch.float64)
+
+    def trim(
+        self, rij: Tensor, nei_mask: Tensor, nei_type: Tensor
+    ) -> Tuple[Tensor, Tensor, Tensor, Optional[Tensor], Optional[Tensor]]:
+        """Exact padding trimming: ``(rij, nei_mask, nei_type)`` cut to the slots in use, and the
+        slots' weights and their logs (None when nothing is cut).
+
+        Slots beyond the last neighbour of every atom are identical padding rows: one
+        representative slot, weighted by their number, reproduces them exactly (its moment
+        contribution and its share of the smooth softmax denominator); see §3.4, §6.
+        """
+        nnei = nei_mask.shape[-1]
+        if not self.trim_padding:
+            return rij, nei_mask, nei_type, None, None
+        used = nei_mask.reshape(-1, nnei).any(dim=0)
+        last = int(torch.nonzero(used).max()) + 1 if bool(used.any()) else 0
+        if last + 1 >= nnei:
+            return rij, nei_mask, nei_type, None, None
+        keep_n = last + 1
+        slot_weight = torch.ones(keep_n, dtype=self.dtype, device=rij.device)
+        slot_weight[last] = float(nnei - last)
+        return (rij[:, :, :keep_n], nei_mask[:, :, :keep_n], nei_type[:, :, :keep_n], slot_weight,
+                torch.log(slot_weight))
+
+    def pair_kept(self, nei_mask: Tensor, nei_type: Tensor, atype: Tensor) -> Tensor:
+        """``(nf, nloc, nnei)`` κ: false on pairs of ``exclude_types``, true on padding."""
+        return self.keep[atype.unsqueeze(-1), torch.where(nei_mask, nei_type, self.ntypes)]
+
+    def type_inputs(self, nei_type: Tensor, atype: Tensor) -> Tuple[Tensor, Tensor]:
+        """The embedding net's type columns ``(nf, nloc, nnei, nt or 2·nt)`` (after σ) and the
+        centres' type embedding ``(nf, nloc, nt)``."""
+        table = self.type_embedding()  # (ntypes + 1, nt)
+        t_nei = table[nei_type]  # (nf, nloc, nnei, nt)
+        t_center = table[atype]  # (nf, nloc, nt)
+        if self.type_one_side:
+            return t_nei, t_center
+        nnei = nei_type.shape[-1]
+        return torch.cat([t_nei, t_center.unsqueeze(2).expand(-1, -1, nnei, -1)], dim=-1), t_center
 
     # --- statistics -------------------------------------------------------------------
     @torch.jit.unused

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import List, Optional
 
 import torch
 from torch import Tensor, nn
@@ -79,7 +79,14 @@ class EnergyFitting(nn.Module):
             fparam: ``(nf, numb_fparam)``; aparam: ``(nf, nloc, numb_aparam)``.
         """
         nf, nloc, _ = descriptor.shape
-        parts = [descriptor.to(self.dtype)]
+        extra = self.extra_inputs(nf, nloc, fparam, aparam)
+        x = torch.cat([descriptor.to(self.dtype)] + extra, dim=-1) if len(extra) > 0 else descriptor.to(self.dtype)
+        return self.finish(self.net(x).squeeze(-1), extra, atype)
+
+    def extra_inputs(self, nf: int, nloc: int, fparam: Optional[Tensor], aparam: Optional[Tensor]) -> List[Tensor]:
+        """The network's inputs after the descriptor: normalised ``fparam`` and ``aparam``,
+        each ``(nf, nloc, width)`` (none of them depends on the coordinates)."""
+        parts: List[Tensor] = []
         if self.numb_fparam > 0:
             if fparam is None:
                 if self.default_fparam_tensor.numel() == 0:
@@ -92,10 +99,15 @@ class EnergyFitting(nn.Module):
                 raise ValueError(f"the model needs aparam of width {self.numb_aparam}")
             ap = aparam.to(self.dtype).reshape(nf, nloc, -1)
             parts.append((ap - self.aparam_avg) * self.aparam_inv_std)
-        x = torch.cat(parts, dim=-1) if len(parts) > 1 else parts[0]
-        e = self.net(x).squeeze(-1) + self.bias_atom_e[atype, 0]
+        return parts
+
+    def finish(self, e_net: Tensor, extra: List[Tensor], atype: Tensor) -> Tensor:
+        """Atomic energies ``(nf, nloc)`` in float64 from the network's output ``e_net``."""
+        e = e_net + self.bias_atom_e[atype, 0]
         if self.remove_vacuum:
-            x0 = torch.cat([torch.zeros_like(parts[0])] + parts[1:], dim=-1)
+            nf, nloc = atype.shape
+            x0 = torch.zeros(nf, nloc, self.dim_descrpt, dtype=self.dtype, device=e_net.device)
+            x0 = torch.cat([x0] + extra, dim=-1) if len(extra) > 0 else x0
             e = e - self.net(x0).squeeze(-1)
         e = e * self.type_keep[atype]
         return e.to(torch.float64)

@@ -19,6 +19,7 @@ from typing import Dict, List, Optional, Tuple
 import torch
 from torch import Tensor, nn
 
+from dpa1.model import native_block
 from dpa1.model.block_pool import map_blocks, plan_blocks
 from dpa1.model.descriptor import DescrptDPA1, pair_keep_table
 from dpa1.model.fitting import EnergyFitting
@@ -89,6 +90,9 @@ class EnergyModel(nn.Module):
         # Evaluation on a CPU runs blocks side by side, one per intra-op thread
         # (block_pool.py); False: one block after another, each on all threads.
         self.thread_blocks = True
+        # Evaluation on a CPU runs each block's descriptor and fitting as one C++ op pair
+        # (native_block.py) where the model has the shape it covers; False: the modules.
+        self.native = True
         # Model inputs are cast to the global precision (§2.1).
         self.global_dtype = torch.float64
 
@@ -284,8 +288,7 @@ class EnergyModel(nn.Module):
         # Forces come from autograd: callers must not wrap the model in torch.no_grad()
         # (TorchScript cannot re-enable gradients here).
         rij = rij.detach().requires_grad_(True)
-        desc = self.descriptor(rij, mask, nei_type, atype)
-        e_fit = self.fitting(desc, atype, fparam, aparam)
+        e_fit = self._fitted_energy(rij, mask, nei_type, atype, fparam, aparam)
         atom_energy = (e_fit + self.out_bias[0, atype, 0]) * self.atom_keep[atype]
         atom_energy = torch.where(real, atom_energy, torch.zeros_like(atom_energy))
         esum = atom_energy.sum(dim=1, keepdim=True)
@@ -305,6 +308,17 @@ class EnergyModel(nn.Module):
             # of 64 centres, 4.4 GB at 12,288 atoms.
             atom_energy = atom_energy.detach()
         return atom_energy, g
+
+    def _fitted_energy(
+        self, rij: Tensor, mask: Tensor, nei_type: Tensor, atype: Tensor,
+        fparam: Optional[Tensor], aparam: Optional[Tensor],
+    ) -> Tensor:
+        """``fitting(descriptor(rij))``: atomic energies ``(nf, n)`` before the output bias."""
+        if not torch.jit.is_scripting():
+            if native_block.applies(self, rij):
+                return native_block.fitted_energy(self, rij, mask, nei_type, atype, fparam, aparam)
+        desc = self.descriptor(rij, mask, nei_type, atype)
+        return self.fitting(desc, atype, fparam, aparam)
 
     # --- metadata used by inference front-ends ---------------------------------------------
     @torch.jit.export

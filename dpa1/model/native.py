@@ -29,7 +29,7 @@ import torch
 _log = logging.getLogger(__name__)
 _SOURCES = [
     Path(__file__).parent / "csrc" / name
-    for name in ("attention_stack.cpp", "embedding_net.cpp", "neighbor_list.cpp")
+    for name in ("attention_stack.cpp", "embedding_net.cpp", "energy_block.cpp", "neighbor_list.cpp")
 ]
 _lock = threading.Lock()
 _state: dict[str, bool] = {}
@@ -86,11 +86,12 @@ def _load() -> bool:
         cpp_extension.load(
             name=f"dpa1_native_{isa}",  # one build per instruction set, for caches shared across machines
             sources=[str(p) for p in _SOURCES],
-            extra_cflags=["-O3", "-fopenmp-simd", *flags],
+            extra_cflags=["-O3", "-fopenmp", *flags],
+            extra_ldflags=["-fopenmp"],
             is_python_module=False,
             verbose=False,
         )
-        for op in ("attention_stack", "embedding_tangent", "sorted_nlist"):
+        for op in ("attention_stack", "embedding_tangent", "energy_block", "sorted_nlist"):
             getattr(torch.ops.dpa1, op)  # raises if the library did not register it
         return True
     except Exception as exc:  # noqa: BLE001 (any build failure means: use the PyTorch ops)

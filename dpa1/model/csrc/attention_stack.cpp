@@ -21,10 +21,13 @@
 // tensors they were read from memory by every layer, and their gradients written back.
 
 #include <ATen/ATen.h>
+#include <ATen/Parallel.h>
 #include <ATen/Dispatch.h>
 #include <ATen/cpu/vec/functional.h>
 #include <ATen/cpu/vec/vec.h>
 #include <torch/library.h>
+
+#include "ops.h"
 
 #include <algorithm>
 #include <cmath>
@@ -426,18 +429,22 @@ std::vector<Tensor> forward_impl(const Tensor& g, const Tensor& w, const Tensor&
     s.rstd = keep({nb, n});
   }
   Tensor out = keep({nb, n, E});
-  // one group's temporaries, reused by every group
+  const T* up = u.numel() ? u.data_ptr<T>() : nullptr;
+  const T* lwp = lw.numel() ? lw.data_ptr<T>() : nullptr;
+  const int64_t ngroups = (nb + group - 1) / group;
+  // Groups are independent: side by side on the intra-op threads (inline on one thread).
+  at::parallel_for(0, ngroups, 1, [&](int64_t gb, int64_t ge) {
+  at::NoGradGuard no_grad;  // a worker thread's own grad mode: the parameters may require grad
+  // one group's temporaries, reused by every group of this thread
   const int64_t gm = std::min(group, nb), grows = gm * n;
   Carver scratch(grows * (E + (out_first ? 0 : H) + 2 * E + 5 * n) + 6 * n, opt);
   Tensor o_buf = scratch({grows, E});
   Tensor sc_buf = scratch({grows, n}), sh_buf = scratch({grows, n}), ga_buf = scratch({grows, n});
   T* uxyz = scratch({6 * n}).data_ptr<T>();
-  const T* up = u.numel() ? u.data_ptr<T>() : nullptr;
-  const T* lwp = lw.numel() ? lw.data_ptr<T>() : nullptr;
   Tensor L_buf = scratch({grows, n}), A_buf = scratch({grows, n});
   Tensor av_buf = out_first ? none : scratch({grows, H});
   Tensor x_buf[2] = {scratch({grows, E}), scratch({grows, E})};
-  for (int64_t c0 = 0; c0 < nb; c0 += group) {
+  for (int64_t c0 = gb * group; c0 < std::min(nb, ge * group); c0 += group) {
     const int64_t m = std::min(group, nb - c0), rows = m * n;
     Tensor x = g.narrow(0, c0, m);
     T *sc = sc_buf.data_ptr<T>(), *sh = sh_buf.data_ptr<T>(), *ga = ga_buf.data_ptr<T>();
@@ -482,6 +489,7 @@ std::vector<Tensor> forward_impl(const Tensor& g, const Tensor& w, const Tensor&
       x = xo;
     }
   }
+  });
   std::vector<Tensor> result{out};
   for (const auto& s : saved) {
     for (const auto& t : s.list()) result.push_back(t);
@@ -506,6 +514,9 @@ std::vector<Tensor> backward_impl(const Tensor& go, const Tensor& w, const Tenso
   Tensor du = up ? grads({nb, n, 3}) : none;
   if (smooth) dw.zero_();
   if (up) du.zero_();
+  const int64_t ngroups = (nb + group - 1) / group;
+  at::parallel_for(0, ngroups, 1, [&](int64_t gb, int64_t ge) {
+  at::NoGradGuard no_grad;  // a worker thread's own grad mode: the parameters may require grad
   const int64_t gm = std::min(group, nb), grows = gm * n;
   Carver scratch(grows * (8 * n + std::max(E, H) + 3 * H + 2 * E) + 6 * n, opt);
   Tensor sc_buf = scratch({grows * n}), sh_buf = scratch({grows * n}), ga_buf = scratch({grows * n});
@@ -514,7 +525,7 @@ std::vector<Tensor> backward_impl(const Tensor& go, const Tensor& w, const Tenso
   Tensor A_buf = scratch({grows, n}), dA_buf = scratch({grows, n}), mid_buf = scratch({grows * std::max(E, H)});
   Tensor dv_buf = scratch({grows, H}), dq_buf = scratch({grows, H}), dk_buf = scratch({grows, H});
   Tensor dx_buf[2] = {scratch({grows, E}), scratch({grows, E})};
-  for (int64_t c0 = 0; c0 < nb; c0 += group) {
+  for (int64_t c0 = gb * group; c0 < std::min(nb, ge * group); c0 += group) {
     const int64_t m = std::min(group, nb - c0), rows = m * n;
     Tensor dx = go.narrow(0, c0, m);
     T *sc = sc_buf.data_ptr<T>(), *sh = sh_buf.data_ptr<T>(), *ga = ga_buf.data_ptr<T>();
@@ -575,6 +586,7 @@ std::vector<Tensor> backward_impl(const Tensor& go, const Tensor& w, const Tenso
     table_grads<T>(wp, uc, dsc, dsh, dga, m, n, smooth, do_mask, smooth ? ptr<T>(dw, c0) : nullptr,
                    up ? ptr<T>(du, c0) : nullptr, uxyz);
   }
+  });
   return {dg, dw, du};
 }
 
@@ -592,7 +604,9 @@ void check_inputs(const Tensor& g, const Tensor& w, const Tensor& u, const Tenso
   TORCH_CHECK(group > 0, "dpa1::attention_stack: group must be positive");
 }
 
-std::vector<Tensor> stack_forward(const Tensor& g, const Tensor& w, const Tensor& u, const Tensor& lw,
+}  // namespace
+
+std::vector<Tensor> dpa1::attention_stack(const Tensor& g, const Tensor& w, const Tensor& u, const Tensor& lw,
                                   at::TensorList params, double scaling, bool normalize, bool smooth, bool do_mask,
                                   double ln_eps, int64_t group) {
   check_inputs(g, w, u, lw, group);
@@ -605,7 +619,7 @@ std::vector<Tensor> stack_forward(const Tensor& g, const Tensor& w, const Tensor
   return result;
 }
 
-std::vector<Tensor> stack_backward(const Tensor& grad, const Tensor& w, const Tensor& u, const Tensor& lw,
+std::vector<Tensor> dpa1::attention_stack_backward(const Tensor& grad, const Tensor& w, const Tensor& u, const Tensor& lw,
                                    at::TensorList params, at::TensorList saved_list, double scaling,
                                    bool normalize, bool smooth, bool do_mask, int64_t group) {
   const auto layers = unpack(params);
@@ -622,8 +636,6 @@ std::vector<Tensor> stack_backward(const Tensor& grad, const Tensor& w, const Te
   return result;
 }
 
-}  // namespace
-
 TORCH_LIBRARY(dpa1, m) {
   m.def(
       "attention_stack(Tensor g, Tensor w, Tensor u, Tensor lw, Tensor[] params, float scaling, "
@@ -634,6 +646,6 @@ TORCH_LIBRARY(dpa1, m) {
 }
 
 TORCH_LIBRARY_IMPL(dpa1, CPU, m) {
-  m.impl("attention_stack", &stack_forward);
-  m.impl("attention_stack_backward", &stack_backward);
+  m.impl("attention_stack", &dpa1::attention_stack);
+  m.impl("attention_stack_backward", &dpa1::attention_stack_backward);
 }

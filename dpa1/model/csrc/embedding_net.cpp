@@ -17,8 +17,11 @@
 
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
 
 #include <torch/library.h>
+
+#include "ops.h"
 
 #include <algorithm>
 #include <vector>
@@ -67,13 +70,17 @@ std::vector<Tensor> forward_impl(const Tensor& x, at::TensorList weights, at::Te
   Tensor y = at::empty({rows, out}, opt);
   Tensor dy = at::empty({rows, out}, opt);
   tile = std::max<int64_t>(1, std::min(tile, rows));
+  const int64_t ntiles = (rows + tile - 1) / tile;
+  // Tiles are independent: side by side on the intra-op threads (inline on one thread).
+  at::parallel_for(0, ntiles, 1, [&](int64_t tb, int64_t te) {
+  at::NoGradGuard no_grad;  // a worker thread's own grad mode: the parameters may require grad
   // Ping-pong buffers for the values and tangents between layers, and the products.
   Tensor buf = at::empty({6, tile, widest}, opt);
   Tensor e0 = at::zeros({tile, in0}, opt);  // the tangent of the input: the first column
   e0.select(1, 0).fill_(1);
   T* bp = buf.data_ptr<T>();
   const int64_t slab = tile * widest;
-  for (int64_t r0 = 0; r0 < rows; r0 += tile) {
+  for (int64_t r0 = tb * tile; r0 < std::min(rows, te * tile); r0 += tile) {
     const int64_t tr = std::min(tile, rows - r0);
     Tensor h = x.narrow(0, r0, tr);
     const T* hp = h.data_ptr<T>();
@@ -112,10 +119,13 @@ std::vector<Tensor> forward_impl(const Tensor& x, at::TensorList weights, at::Te
       h = at::from_blob(const_cast<T*>(hp), {tr, in}, opt);
     }
   }
+  });
   return {y, dy};
 }
 
-std::vector<Tensor> embedding_tangent(const Tensor& x, at::TensorList weights, at::TensorList biases,
+}  // namespace
+
+std::vector<Tensor> dpa1::embedding_tangent(const Tensor& x, at::TensorList weights, at::TensorList biases,
                                       at::TensorList idts, at::IntArrayRef skips, int64_t tile) {
   TORCH_CHECK(x.dim() == 2 && x.is_contiguous(), "dpa1::embedding_tangent: x must be a contiguous (rows, in) tensor");
   const size_t nl = weights.size();
@@ -145,11 +155,9 @@ std::vector<Tensor> embedding_tangent(const Tensor& x, at::TensorList weights, a
   return result;
 }
 
-}  // namespace
-
 TORCH_LIBRARY_FRAGMENT(dpa1, m) {
   m.def("embedding_tangent(Tensor x, Tensor[] weights, Tensor[] biases, Tensor[] idts, int[] skips, int tile) "
         "-> Tensor[]");
 }
 
-TORCH_LIBRARY_IMPL(dpa1, CPU, m) { m.impl("embedding_tangent", &embedding_tangent); }
+TORCH_LIBRARY_IMPL(dpa1, CPU, m) { m.impl("embedding_tangent", &dpa1::embedding_tangent); }

@@ -1,0 +1,358 @@
+// The evaluation path of one block of centres (native_block.py): the descriptor with a concat
+// type embedding, the fitting net and their backward to the pair vectors, in two ops, forward and
+// backward, instead of ~200 PyTorch ops and their autograd nodes.
+//
+// Why: with the attention and embedding nets in C++ (attention_stack.cpp, embedding_net.cpp),
+// the rest of a block (environment matrix, directions, contraction, fitting net, casts) was still
+// ~45 small ops forward and ~80 autograd nodes backward, ~25 % of a float32 evaluation on one
+// thread. Each holds the GIL for its Python glue, and two threads evaluating blocks side by
+// side (block_pool.py) waited for each other there: a block took 10-30 % longer beside another
+// than alone, where two processes side by side lose nothing (benchmarks/RESULTS.md, stop 18).
+//
+// The math is that of env_mat.py, descriptor.py (§3-§7) and fitting.py (§8.1), for one block of
+// nb centres and n slots, already trimmed:
+//   forward:  R̃ = s(r)·(1/(r+p), r⃗/(r+p)²), R = κ·(R̃ − davg)/dstd, ŝ = s·mask, u = R[1:4]/|R[1:4]|,
+//             G = N_g([R₀, type rows]), G ← attention(G), T1ᵀ = (R·w_slot)ᵀ G / sel,
+//             D = T1ᵀᵀ T1ᵀ[:, :na], e = FN([D, extra]);
+//   backward: from ∂E/∂e (one number per centre) to g = ∂E/∂r⃗ (nb, n, 3).
+// The type rows and `extra` (output type embedding, fparam, aparam) do not depend on r⃗ and
+// come in ready; biases and masks on e are applied by the caller.
+
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <cmath>
+#include <vector>
+
+#include "ops.h"
+
+namespace {
+
+using at::Tensor;
+
+constexpr double kNormEps = 1e-12;  // F.normalize's floor on the norm
+
+// A net's layers as the ops take them: [w, b, idt] per layer, b/idt empty where absent.
+struct NetLayer {
+  Tensor w, b, idt;
+  int64_t skip;
+};
+
+std::vector<NetLayer> unpack_net(at::TensorList params, at::IntArrayRef skips, const char* what) {
+  TORCH_CHECK(params.size() == 3 * skips.size() && !skips.empty(), "dpa1::energy_block: ", what,
+              " needs [w, b, idt] per layer and one skip per layer");
+  std::vector<NetLayer> layers;
+  for (size_t l = 0; l < skips.size(); ++l) {
+    layers.push_back({params[3 * l], params[3 * l + 1], params[3 * l + 2], skips[l]});
+  }
+  return layers;
+}
+
+bool present(const Tensor& t) { return t.defined() && t.numel() > 0; }
+
+struct Config {
+  double rcut, rcut_smth, protection;
+  int64_t sel, axis_neuron, tile, group;
+  double scaling, ln_eps;
+  bool normalize, smooth, do_mask, dotr;
+};
+
+Config make_config(at::ArrayRef<double> geometry, at::IntArrayRef sizes, double scaling, bool normalize, bool smooth,
+                   bool do_mask, bool dotr, double ln_eps) {
+  TORCH_CHECK(geometry.size() == 3, "dpa1::energy_block: geometry is [rcut, rcut_smth, protection]");
+  TORCH_CHECK(sizes.size() == 4, "dpa1::energy_block: sizes is [sel, axis_neuron, tile, group]");
+  return {geometry[0], geometry[1], geometry[2], sizes[0], sizes[1], sizes[2], sizes[3],
+          scaling,     ln_eps,      normalize,   smooth,   do_mask,  dotr};
+}
+
+// --- the environment matrix and the directions, per slot -------------------------------------
+
+// R (4), ŝ, the attention's slot weight w (ŝ or the mask) and u (3) of every slot.
+template <typename T>
+void front_forward(const Tensor& rij, const Tensor& nei, const Tensor& keep, const Tensor& davg, const Tensor& dstd,
+                   const Tensor& atype, const Config& c, Tensor& rr, Tensor& w, Tensor& u) {
+  const int64_t nb = rij.size(0), n = rij.size(1);
+  const T* x = rij.data_ptr<T>();
+  const bool* m = nei.data_ptr<bool>();
+  const bool* kp = keep.data_ptr<bool>();
+  const T* da = davg.data_ptr<T>();
+  const T* ds = dstd.data_ptr<T>();
+  const int64_t* at = atype.data_ptr<int64_t>();
+  T* R = rr.data_ptr<T>();
+  T* W = w.data_ptr<T>();
+  T* U = u.data_ptr<T>();
+  const T rcut = T(c.rcut), span = T(c.rcut - c.rcut_smth), prot = T(c.protection);
+  at::parallel_for(0, nb, 8, [&](int64_t b0, int64_t b1) {
+    for (int64_t b = b0; b < b1; ++b) {
+      const T* dab = da + at[b] * n * 4;
+      const T* dsb = ds + at[b] * n * 4;
+      for (int64_t j = 0; j < n; ++j) {
+        const int64_t s = b * n + j;
+        const bool real = m[s];
+        // padding slots: a harmless vector beyond rcut (env_mat.py), switch 0
+        const T px = real ? x[3 * s] : rcut + T(1), py = real ? x[3 * s + 1] : T(0), pz = real ? x[3 * s + 2] : T(0);
+        const T r = std::sqrt(px * px + py * py + pz * pz);
+        const T rp = r + prot;
+        const T wv = std::min(std::max((rcut - r) / span, T(0)), T(1));
+        const T uu = T(1) - wv;
+        const T sw = real ? wv * wv * wv * (T(6) * uu * uu + T(3) * uu + T(1)) : T(0);
+        const T raw[4] = {T(1) / rp, px / (rp * rp), py / (rp * rp), pz / (rp * rp)};
+        const T kappa = kp[s] ? T(1) : T(0);
+        T* Rs = R + 4 * s;
+        for (int k = 0; k < 4; ++k) Rs[k] = (raw[k] * sw - dab[4 * j + k]) / dsb[4 * j + k] * kappa;
+        const bool kept = real && kp[s];
+        W[s] = c.smooth ? (kept ? sw : T(0)) : (kept ? T(1) : T(0));
+        const T nrm = std::max(std::sqrt(Rs[1] * Rs[1] + Rs[2] * Rs[2] + Rs[3] * Rs[3]), T(kNormEps));
+        for (int k = 0; k < 3; ++k) U[3 * s + k] = Rs[k + 1] / nrm;
+      }
+    }
+  });
+}
+
+// g = ∂E/∂r⃗ from ∂E/∂R (dR, 4 per slot), ∂E/∂u (du, 3, dotr) and ∂E/∂w (dw, smooth).
+template <typename T>
+void front_backward(const Tensor& rij, const Tensor& nei, const Tensor& keep, const Tensor& dstd, const Tensor& atype,
+                    const Tensor& rr, const Tensor& u, const Tensor& dR, const Tensor& du, const Tensor& dw,
+                    const Config& c, Tensor& g) {
+  const int64_t nb = rij.size(0), n = rij.size(1);
+  const T* x = rij.data_ptr<T>();
+  const bool* m = nei.data_ptr<bool>();
+  const bool* kp = keep.data_ptr<bool>();
+  const T* ds = dstd.data_ptr<T>();
+  const int64_t* at = atype.data_ptr<int64_t>();
+  const T* R = rr.data_ptr<T>();
+  const T* U = u.data_ptr<T>();
+  const T* dRp = dR.data_ptr<T>();
+  const T* dUp = present(du) ? du.data_ptr<T>() : nullptr;
+  const T* dWp = present(dw) ? dw.data_ptr<T>() : nullptr;
+  T* G = g.data_ptr<T>();
+  const T rcut = T(c.rcut), span = T(c.rcut - c.rcut_smth), prot = T(c.protection);
+  at::parallel_for(0, nb, 8, [&](int64_t b0, int64_t b1) {
+    for (int64_t b = b0; b < b1; ++b) {
+      const T* dsb = ds + at[b] * n * 4;
+      for (int64_t j = 0; j < n; ++j) {
+        const int64_t s = b * n + j;
+        T* gs = G + 3 * s;
+        if (!m[s]) {  // padding: R does not depend on r⃗
+          gs[0] = gs[1] = gs[2] = T(0);
+          continue;
+        }
+        T d[4] = {dRp[4 * s], dRp[4 * s + 1], dRp[4 * s + 2], dRp[4 * s + 3]};
+        if (dUp) {  // u = R[1:4] / max(|R[1:4]|, ε)
+          const T* Rs = R + 4 * s;
+          const T* us = U + 3 * s;
+          const T* dus = dUp + 3 * s;
+          const T nrm = std::sqrt(Rs[1] * Rs[1] + Rs[2] * Rs[2] + Rs[3] * Rs[3]);
+          if (nrm >= T(kNormEps)) {
+            const T dot = us[0] * dus[0] + us[1] * dus[1] + us[2] * dus[2];
+            for (int k = 0; k < 3; ++k) d[k + 1] += (dus[k] - us[k] * dot) / nrm;
+          } else {
+            for (int k = 0; k < 3; ++k) d[k + 1] += dus[k] / T(kNormEps);
+          }
+        }
+        const T kappa = kp[s] ? T(1) : T(0);
+        const T px = x[3 * s], py = x[3 * s + 1], pz = x[3 * s + 2];
+        const T r = std::sqrt(px * px + py * py + pz * pz);
+        const T rp = r + prot;
+        const T wv = std::min(std::max((rcut - r) / span, T(0)), T(1));
+        const T uu = T(1) - wv;
+        const T sw = wv * wv * wv * (T(6) * uu * uu + T(3) * uu + T(1));
+        const T raw[4] = {T(1) / rp, px / (rp * rp), py / (rp * rp), pz / (rp * rp)};
+        T dsw = dWp ? dWp[s] * kappa : T(0);  // ŝ = s·mask·κ (smooth attention weights)
+        T draw[4];
+        for (int k = 0; k < 4; ++k) {
+          const T de = d[k] * kappa / dsb[4 * j + k];  // through R = κ (R̃ − davg) / dstd
+          dsw += de * raw[k];
+          draw[k] = de * sw;
+        }
+        // s(u) = 1 − 10u³ + 15u⁴ − 6u⁵, u = (r − r_s)/(r_c − r_s): ds/dr = −30 u² (1 − u)² / (r_c − r_s)
+        const T dsdr = (wv > T(0) && wv < T(1)) ? -T(30) * uu * uu * wv * wv / span : T(0);
+        const T rp2 = rp * rp;
+        T dr = dsw * dsdr - draw[0] / rp2 - T(2) * (draw[1] * px + draw[2] * py + draw[3] * pz) / (rp2 * rp);
+        const T f = dr / r;
+        gs[0] = draw[1] / rp2 + f * px;
+        gs[1] = draw[2] / rp2 + f * py;
+        gs[2] = draw[3] / rp2 + f * pz;
+      }
+    }
+  });
+}
+
+// --- the fitting net ------------------------------------------------------------------------------
+
+// Hidden layers tanh (with their skips and idt), the last one linear. Returns e (nb, 1); the
+// layers' inputs and tanh outputs go to `hs` and `ts` for the backward.
+Tensor fitting_forward(const Tensor& x, const std::vector<NetLayer>& layers, std::vector<Tensor>& hs,
+                       std::vector<Tensor>& ts) {
+  Tensor h = x;
+  for (size_t l = 0; l < layers.size(); ++l) {
+    const NetLayer& p = layers[l];
+    hs.push_back(h);
+    Tensor a = present(p.b) ? at::addmm(p.b, h, p.w) : at::mm(h, p.w);
+    if (l + 1 == layers.size()) return a;
+    at::tanh_(a);
+    ts.push_back(a);
+    Tensor y = present(p.idt) ? a * p.idt : a.clone();
+    if (p.skip == 1) y.add_(h);
+    if (p.skip == 2) y.add_(at::cat({h, h}, 1));
+    h = y;
+  }
+  return h;
+}
+
+Tensor fitting_backward(const Tensor& de, const std::vector<NetLayer>& layers, const std::vector<Tensor>& ts) {
+  Tensor dy = de.view({-1, 1});
+  for (size_t l = layers.size(); l-- > 0;) {
+    const NetLayer& p = layers[l];
+    if (l + 1 == layers.size()) {
+      dy = at::mm(dy, p.w.t());
+      continue;
+    }
+    const Tensor& t = ts[l];
+    Tensor da = present(p.idt) ? dy * p.idt : dy.clone();
+    da.mul_(1 - t * t);
+    Tensor dh = at::mm(da, p.w.t());
+    const int64_t in = p.w.size(0);
+    if (p.skip == 1) dh.add_(dy);
+    if (p.skip == 2) dh.add_(dy.narrow(1, 0, in)).add_(dy.narrow(1, in, in));
+    dy = dh;
+  }
+  return dy;
+}
+
+// --- the ops ---------------------------------------------------------------------------------
+
+// saved = [rr, w, u, dy, gp, t1t, rrw, attention's saved..., fitting's hs..., ts...]
+constexpr size_t kFrontSaved = 7;
+
+std::vector<Tensor> block_forward(const Tensor& rij, const Tensor& nei_mask, const Tensor& keep, const Tensor& davg,
+                                  const Tensor& dstd, const Tensor& atype, const Tensor& type_rows,
+                                  const Tensor& slot_weight, const Tensor& extra, at::TensorList emb,
+                                  at::IntArrayRef emb_skips, at::TensorList attn, at::TensorList fit,
+                                  at::IntArrayRef fit_skips, at::ArrayRef<double> geometry, at::IntArrayRef sizes,
+                                  double scaling, bool normalize, bool smooth, bool do_mask, bool dotr,
+                                  double ln_eps) {
+  at::NoGradGuard no_grad;  // the parameters may require grad; nothing here is differentiated again
+  const Config c = make_config(geometry, sizes, scaling, normalize, smooth, do_mask, dotr, ln_eps);
+  TORCH_CHECK(rij.dim() == 3 && rij.size(2) == 3 && rij.is_contiguous(), "dpa1::energy_block: rij must be a contiguous (nb, n, 3) tensor");
+  const int64_t nb = rij.size(0), n = rij.size(1);
+  TORCH_CHECK(nei_mask.sizes() == at::IntArrayRef({nb, n}) && keep.sizes() == at::IntArrayRef({nb, n}) &&
+                  nei_mask.scalar_type() == at::kBool && keep.scalar_type() == at::kBool && nei_mask.is_contiguous() &&
+                  keep.is_contiguous(),
+              "dpa1::energy_block: nei_mask and keep must be contiguous (nb, n) bool tensors");
+  TORCH_CHECK(davg.dim() == 3 && davg.size(1) == n && davg.size(2) == 4 && davg.is_contiguous() &&
+                  dstd.sizes() == davg.sizes() && dstd.is_contiguous(),
+              "dpa1::energy_block: davg/dstd must be contiguous (ntypes, n, 4)");
+  TORCH_CHECK(atype.numel() == nb && atype.scalar_type() == at::kLong && atype.is_contiguous(),
+              "dpa1::energy_block: atype must be (nb,) int64");
+  TORCH_CHECK(type_rows.dim() == 3 && type_rows.size(0) == nb && type_rows.size(1) == n,
+              "dpa1::energy_block: type_rows must be (nb, n, width)");
+  const auto opt = rij.options();
+  Tensor rr = at::empty({nb, n, 4}, opt), w = at::empty({nb, n}, opt), u = at::empty({nb, n, 3}, opt);
+  AT_DISPATCH_FLOATING_TYPES(rij.scalar_type(), "energy_block", [&] {
+    front_forward<scalar_t>(rij, nei_mask, keep, davg, dstd, atype, c, rr, w, u);
+  });
+  // the embedding net on [R₀, type rows], with ∂G/∂R₀
+  Tensor x = at::cat({rr.narrow(2, 0, 1), type_rows.to(rij.scalar_type())}, 2).view({nb * n, -1});
+  std::vector<Tensor> ew, eb, ei;
+  for (size_t l = 0; l < emb_skips.size(); ++l) {
+    ew.push_back(emb[3 * l]);
+    eb.push_back(emb[3 * l + 1]);
+    ei.push_back(emb[3 * l + 2]);
+  }
+  TORCH_CHECK(emb.size() == 3 * emb_skips.size() && !emb_skips.empty(), "dpa1::energy_block: embedding needs [w, b, idt] per layer");
+  auto e_out = dpa1::embedding_tangent(x, ew, eb, ei, emb_skips, c.tile);
+  const int64_t ng = e_out[0].size(1);
+  Tensor gmat = e_out[0].view({nb, n, ng});
+  Tensor dy = e_out[1];
+  const Tensor empty = at::empty({0}, opt);
+  const Tensor lw = present(slot_weight) && smooth ? at::log(slot_weight) : empty;
+  std::vector<Tensor> attn_saved;
+  Tensor gp = gmat;
+  if (!attn.empty()) {
+    auto a_out = dpa1::attention_stack(gmat, w, dotr ? u : empty, lw, attn, scaling, normalize, smooth, do_mask, ln_eps,
+                                       c.group);
+    gp = a_out[0];
+    attn_saved.assign(a_out.begin() + 1, a_out.end());
+  }
+  // T1ᵀ = Rᵀ G / sel (4, ng) and D = T1ᵀᵀ T1ᵀ[:, :na] (ng, na), flattened row-major
+  Tensor rrw = present(slot_weight) ? rr * slot_weight.view({1, n, 1}) : rr;
+  Tensor t1t = at::bmm(rrw.transpose(1, 2), gp).div_(double(c.sel));
+  Tensor d = at::bmm(t1t.transpose(1, 2), t1t.narrow(2, 0, c.axis_neuron)).view({nb, -1});
+  Tensor fx = present(extra) ? at::cat({d, extra.to(d.scalar_type()).view({nb, -1})}, 1) : d;
+  const auto fl = unpack_net(fit, fit_skips, "the fitting net");
+  std::vector<Tensor> hs, ts;
+  Tensor e = fitting_forward(fx, fl, hs, ts);
+  std::vector<Tensor> out{e.view({nb}), rr, w, u, dy, gp, t1t, rrw};
+  out.insert(out.end(), attn_saved.begin(), attn_saved.end());
+  out.insert(out.end(), ts.begin(), ts.end());
+  return out;
+}
+
+Tensor block_backward(const Tensor& de, const Tensor& rij, const Tensor& nei_mask, const Tensor& keep,
+                      const Tensor& dstd, const Tensor& atype, const Tensor& slot_weight, at::TensorList saved,
+                      at::TensorList emb, at::IntArrayRef emb_skips, at::TensorList attn, at::TensorList fit,
+                      at::IntArrayRef fit_skips, at::ArrayRef<double> geometry, at::IntArrayRef sizes, double scaling,
+                      bool normalize, bool smooth, bool do_mask, bool dotr, double ln_eps) {
+  at::NoGradGuard no_grad;
+  const Config c = make_config(geometry, sizes, scaling, normalize, smooth, do_mask, dotr, ln_eps);
+  const auto fl = unpack_net(fit, fit_skips, "the fitting net");
+  const size_t n_attn = attn.empty() ? 0 : (attn.size() / 6) * 9;
+  TORCH_CHECK(saved.size() == kFrontSaved + n_attn + (fl.size() - 1),
+              "dpa1::energy_block_backward: saved tensors do not match the nets");
+  const Tensor &rr = saved[0], &w = saved[1], &u = saved[2], &dy = saved[3], &gp = saved[4], &t1t = saved[5],
+               &rrw = saved[6];
+  const std::vector<Tensor> attn_saved(saved.begin() + kFrontSaved, saved.begin() + kFrontSaved + n_attn);
+  const std::vector<Tensor> ts(saved.begin() + kFrontSaved + n_attn, saved.end());
+  const int64_t nb = rij.size(0), n = rij.size(1), ng = gp.size(2), na = c.axis_neuron;
+  const auto opt = rij.options();
+  const Tensor empty = at::empty({0}, opt);
+  Tensor dx = fitting_backward(de.to(rij.scalar_type()).contiguous(), fl, ts);
+  Tensor dd = dx.narrow(1, 0, ng * na).view({nb, ng, na});
+  // D = T1ᵀᵀ·T1ᵀ[:, :na]: both factors' gradients
+  Tensor dt1t = at::bmm(t1t.narrow(2, 0, na), dd.transpose(1, 2));
+  dt1t.narrow(2, 0, na).add_(at::bmm(t1t, dd));
+  dt1t.div_(double(c.sel));
+  Tensor dgp = at::bmm(rrw, dt1t);                  // (nb, n, ng)
+  Tensor dR = at::bmm(gp, dt1t.transpose(1, 2));    // (nb, n, 4)
+  if (present(slot_weight)) dR.mul_(slot_weight.view({1, n, 1}));
+  Tensor dg = dgp, dw = empty, du = empty;
+  if (!attn.empty()) {
+    const Tensor lw = present(slot_weight) && smooth ? at::log(slot_weight) : empty;
+    auto grads = dpa1::attention_stack_backward(dgp, w, dotr ? u : empty, lw, attn, attn_saved, scaling, normalize,
+                                                smooth, do_mask, c.group);
+    dg = grads[0];
+    dw = smooth ? grads[1] : empty;
+    du = dotr ? grads[2] : empty;
+  }
+  // the embedding net: ∂E/∂R₀ = ⟨∂E/∂G, ∂G/∂R₀⟩ per slot
+  dR.select(2, 0).add_(at::sum(dg.reshape({nb * n, ng}) * dy, 1).view({nb, n}));
+  Tensor g = at::empty({nb, n, 3}, opt);
+  AT_DISPATCH_FLOATING_TYPES(rij.scalar_type(), "energy_block_backward", [&] {
+    front_backward<scalar_t>(rij, nei_mask, keep, dstd, atype, rr, u, dR, du, dw, c, g);
+  });
+  return g;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_FRAGMENT(dpa1, m) {
+  m.def(
+      "energy_block(Tensor rij, Tensor nei_mask, Tensor keep, Tensor davg, Tensor dstd, Tensor atype, "
+      "Tensor type_rows, Tensor slot_weight, Tensor extra, Tensor[] emb, int[] emb_skips, Tensor[] attn, "
+      "Tensor[] fit, int[] fit_skips, float[] geometry, int[] sizes, float scaling, bool normalize, bool smooth, "
+      "bool do_mask, bool dotr, float ln_eps) -> Tensor[]");
+  m.def(
+      "energy_block_backward(Tensor de, Tensor rij, Tensor nei_mask, Tensor keep, Tensor dstd, Tensor atype, "
+      "Tensor slot_weight, Tensor[] saved, Tensor[] emb, int[] emb_skips, Tensor[] attn, Tensor[] fit, "
+      "int[] fit_skips, float[] geometry, int[] sizes, float scaling, bool normalize, bool smooth, bool do_mask, "
+      "bool dotr, float ln_eps) -> Tensor");
+}
+
+TORCH_LIBRARY_IMPL(dpa1, CPU, m) {
+  m.impl("energy_block", &block_forward);
+  m.impl("energy_block_backward", &block_backward);
+}
