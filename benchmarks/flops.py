@@ -175,13 +175,14 @@ def main() -> None:
                        rows))
     dp = DeepPot(model, device="cpu")
     # The count sees PyTorch ops of the calling thread only: one block after another, and the
-    # attention and embedding net as PyTorch layers (the C++ ops perform the same products,
-    # the embedding's as a forward tangent instead of a backward pass).
+    # modules as PyTorch layers (the C++ ops perform the same products, the embedding's as a
+    # forward tangent instead of a backward pass).
     desc = model.descriptor
-    model.thread_blocks, desc.attention.native, desc.embedding.native = False, False, False
+    switches = (model.thread_blocks, model.native, desc.attention.native, desc.embedding.native)
+    model.thread_blocks = model.native = desc.attention.native = desc.embedding.native = False
     with MatmulFlops() as fc:
         dp.eval(w["coord"], w["box"], w["atype"])
-    model.thread_blocks, desc.attention.native, desc.embedding.native = True, True, True
+    model.thread_blocks, model.native, desc.attention.native, desc.embedding.native = switches
     print(f"\nmatmul FLOPs counted on our 192-atom evaluation (torch.utils.flop_counter formulas): "
           f"{fc.total / 1e9:.2f} GFLOP (analytic effective: {totals['effective'] / 1e9:.2f} GFLOP)")
 

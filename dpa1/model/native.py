@@ -1,10 +1,12 @@
 """dpa1's C++ ops (``dpa1/model/csrc``), built on first use with PyTorch's extension builder.
 
-Three sources, one library (``torch.ops.dpa1``):
+Four sources, one library (``torch.ops.dpa1``):
 
 - ``attention_stack.cpp``: the evaluation path of the attention layers (:mod:`dpa1.model.attention`);
 - ``embedding_net.cpp``: the evaluation path of the embedding net along s(r)
   (``EmbeddingNet.along_first`` in :mod:`dpa1.model.network`);
+- ``energy_block.cpp``: the evaluation path of a whole block of centres, descriptor and fitting
+  net, calling the two above (:mod:`dpa1.model.native_block`);
 - ``neighbor_list.cpp``: the sorting and truncation after vesin's pair search
   (:func:`dpa1.model.neighbor.frame_neighbors`, training and evaluation).
 
@@ -83,14 +85,10 @@ def _load() -> bool:
         _ninja_on_path()
         isa, flags = _vector_flags()
         _log.info("dpa1: loading the C++ ops (the first time on a machine, they are built: ~30 s)")
-        cpp_extension.load(
-            name=f"dpa1_native_{isa}",  # one build per instruction set, for caches shared across machines
-            sources=[str(p) for p in _SOURCES],
-            extra_cflags=["-O3", "-fopenmp", *flags],
-            extra_ldflags=["-fopenmp"],
-            is_python_module=False,
-            verbose=False,
-        )
+        try:
+            _build(cpp_extension, isa, flags, openmp=True)
+        except Exception:  # noqa: BLE001 (a compiler without OpenMP, e.g. Apple clang: one thread per op)
+            _build(cpp_extension, isa, flags, openmp=False)
         for op in ("attention_stack", "embedding_tangent", "energy_block", "sorted_nlist"):
             getattr(torch.ops.dpa1, op)  # raises if the library did not register it
         return True
@@ -102,6 +100,21 @@ def _load() -> bool:
             stacklevel=3,
         )
         return False
+
+
+def _build(cpp_extension, isa: str, flags: list[str], openmp: bool) -> None:
+    """Build (or load from the cache) the library. With OpenMP, an op called on several intra-op
+    threads splits its centre groups (or row tiles) between them: what one evaluation block on
+    all threads uses (small systems, ``thread_blocks = False``); without, only the vector loops."""
+    omp = ["-fopenmp"] if openmp else ["-fopenmp-simd"]
+    cpp_extension.load(
+        name=f"dpa1_native_{isa}" + ("" if openmp else "_noomp"),  # one build per instruction set
+        sources=[str(p) for p in _SOURCES],
+        extra_cflags=["-O3", *omp, *flags],
+        extra_ldflags=omp if openmp else [],
+        is_python_module=False,
+        verbose=False,
+    )
 
 
 def _first_error(exc: Exception) -> str:

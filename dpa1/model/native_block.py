@@ -34,9 +34,10 @@ def _net_params(net: EmbeddingNet) -> tuple[list[Tensor], list[int]]:
 
 
 def applies(model, rij: Tensor) -> bool:
-    """Whether :func:`fitted_energy` can evaluate ``model``'s block: evaluation on a CPU with the
-    C++ ops, a concat type embedding, tanh nets, one precision for descriptor and fitting.
-    Any other model keeps the PyTorch modules (which call the attention and embedding ops)."""
+    """Whether :func:`fitted_energy` evaluates ``model``'s blocks: in evaluation on a CPU with the
+    C++ ops (``model.native`` and the attention's and embedding's switches on), for a concat type
+    embedding, tanh nets and one precision in descriptor and fitting. Other models keep the
+    modules, whose attention and embedding still run their own C++ ops."""
     d, f = model.descriptor, model.fitting
     return (
         evaluates_natively(model, rij)
@@ -45,9 +46,7 @@ def applies(model, rij: Tensor) -> bool:
         and d.embedding_strip is None
         and d.activation_function == "tanh"
         and f.activation_function == "tanh"
-        and len(d.embedding.layers) > 0
         and d.dtype == f.dtype
-        and all(layer.activation_function == "tanh" for layer in f.net.layers[:-1])
     )
 
 

@@ -1,17 +1,15 @@
 // The evaluation path of one block of centres (native_block.py): the descriptor with a concat
 // type embedding, the fitting net and their backward to the pair vectors, in two ops, forward and
-// backward, instead of ~200 PyTorch ops and their autograd nodes.
+// backward, instead of ~45 PyTorch ops and ~80 autograd nodes around the attention and embedding
+// ops (whose C++ functions this calls directly, ops.h).
 //
-// Why: with the attention and embedding nets in C++ (attention_stack.cpp, embedding_net.cpp),
-// the rest of a block (environment matrix, directions, contraction, fitting net, casts) was still
-// ~45 small ops forward and ~80 autograd nodes backward, ~25 % of a float32 evaluation on one
-// thread. Each holds the GIL for its Python glue, and two threads evaluating blocks side by
-// side (block_pool.py) waited for each other there: a block took 10-30 % longer beside another
-// than alone, where two processes side by side lose nothing (benchmarks/RESULTS.md, stop 18).
+// Why: those small ops were ~20 % of a float32 evaluation on one thread, and each one's Python
+// glue holds the GIL, which the threads evaluating blocks side by side (block_pool.py) then wait
+// for. Measured (benchmarks/RESULTS.md, stop 18): 5-10 % off a 192-atom evaluation on two threads.
 //
 // The math is that of env_mat.py, descriptor.py (§3-§7) and fitting.py (§8.1), for one block of
 // nb centres and n slots, already trimmed:
-//   forward:  R̃ = s(r)·(1/(r+p), r⃗/(r+p)²), R = κ·(R̃ − davg)/dstd, ŝ = s·mask, u = R[1:4]/|R[1:4]|,
+//   forward:  R̃ = s(r)·(1/(r+p), r⃗/(r+p)²), R = κ·(R̃ − davg)/dstd, ŝ = s·mask·κ, u = R[1:4]/|R[1:4]|,
 //             G = N_g([R₀, type rows]), G ← attention(G), T1ᵀ = (R·w_slot)ᵀ G / sel,
 //             D = T1ᵀᵀ T1ᵀ[:, :na], e = FN([D, extra]);
 //   backward: from ∂E/∂e (one number per centre) to g = ∂E/∂r⃗ (nb, n, 3).
@@ -184,13 +182,11 @@ void front_backward(const Tensor& rij, const Tensor& nei, const Tensor& keep, co
 // --- the fitting net ------------------------------------------------------------------------------
 
 // Hidden layers tanh (with their skips and idt), the last one linear. Returns e (nb, 1); the
-// layers' inputs and tanh outputs go to `hs` and `ts` for the backward.
-Tensor fitting_forward(const Tensor& x, const std::vector<NetLayer>& layers, std::vector<Tensor>& hs,
-                       std::vector<Tensor>& ts) {
+// hidden layers' tanh outputs go to `ts` for the backward.
+Tensor fitting_forward(const Tensor& x, const std::vector<NetLayer>& layers, std::vector<Tensor>& ts) {
   Tensor h = x;
   for (size_t l = 0; l < layers.size(); ++l) {
     const NetLayer& p = layers[l];
-    hs.push_back(h);
     Tensor a = present(p.b) ? at::addmm(p.b, h, p.w) : at::mm(h, p.w);
     if (l + 1 == layers.size()) return a;
     at::tanh_(a);
@@ -225,7 +221,7 @@ Tensor fitting_backward(const Tensor& de, const std::vector<NetLayer>& layers, c
 
 // --- the ops ---------------------------------------------------------------------------------
 
-// saved = [rr, w, u, dy, gp, t1t, rrw, attention's saved..., fitting's hs..., ts...]
+// saved = [rr, w, u, dy, gp, t1t, rrw, the attention's saved..., the fitting's tanh outputs...]
 constexpr size_t kFrontSaved = 7;
 
 std::vector<Tensor> block_forward(const Tensor& rij, const Tensor& nei_mask, const Tensor& keep, const Tensor& davg,
@@ -258,12 +254,11 @@ std::vector<Tensor> block_forward(const Tensor& rij, const Tensor& nei_mask, con
   // the embedding net on [R₀, type rows], with ∂G/∂R₀
   Tensor x = at::cat({rr.narrow(2, 0, 1), type_rows.to(rij.scalar_type())}, 2).view({nb * n, -1});
   std::vector<Tensor> ew, eb, ei;
-  for (size_t l = 0; l < emb_skips.size(); ++l) {
-    ew.push_back(emb[3 * l]);
-    eb.push_back(emb[3 * l + 1]);
-    ei.push_back(emb[3 * l + 2]);
+  for (const NetLayer& p : unpack_net(emb, emb_skips, "the embedding net")) {
+    ew.push_back(p.w);
+    eb.push_back(p.b);
+    ei.push_back(p.idt);
   }
-  TORCH_CHECK(emb.size() == 3 * emb_skips.size() && !emb_skips.empty(), "dpa1::energy_block: embedding needs [w, b, idt] per layer");
   auto e_out = dpa1::embedding_tangent(x, ew, eb, ei, emb_skips, c.tile);
   const int64_t ng = e_out[0].size(1);
   Tensor gmat = e_out[0].view({nb, n, ng});
@@ -284,8 +279,8 @@ std::vector<Tensor> block_forward(const Tensor& rij, const Tensor& nei_mask, con
   Tensor d = at::bmm(t1t.transpose(1, 2), t1t.narrow(2, 0, c.axis_neuron)).view({nb, -1});
   Tensor fx = present(extra) ? at::cat({d, extra.to(d.scalar_type()).view({nb, -1})}, 1) : d;
   const auto fl = unpack_net(fit, fit_skips, "the fitting net");
-  std::vector<Tensor> hs, ts;
-  Tensor e = fitting_forward(fx, fl, hs, ts);
+  std::vector<Tensor> ts;
+  Tensor e = fitting_forward(fx, fl, ts);
   std::vector<Tensor> out{e.view({nb}), rr, w, u, dy, gp, t1t, rrw};
   out.insert(out.end(), attn_saved.begin(), attn_saved.end());
   out.insert(out.end(), ts.begin(), ts.end());
