@@ -191,8 +191,11 @@ def main() -> None:
         rows.append([variant, "DeePMD reference (issue)", common.REFERENCE["train_step_s"][variant], None, None,
                      common.ratio(common.REFERENCE["train_step_s"][variant], ours), ""])
         got = common.ratio(dp, ours)
-        trows.append([f"{variant} step speed-up vs DeePMD ({src})", f"≥ {common.TARGETS['train']}×",
-                      f"{got:.2f}×", "yes" if got >= common.TARGETS["train"] else "NO"])
+        if variant == "attn0":  # not the example model, which the issue's target is about
+            trows.append([f"{variant} step speed-up vs DeePMD ({src})", "–", f"{got:.2f}×", "reported"])
+        else:
+            trows.append([f"{variant} step speed-up vs DeePMD ({src})", f"≥ {common.TARGETS['train']}×",
+                          f"{got:.2f}×", "yes" if got >= common.TARGETS["train"] else "NO"])
         for other in ("plain", "deepmd"):
             if other in r["losses"]:
                 lo, ld = np.array(r["losses"]["ours"]), np.array(r["losses"][other])

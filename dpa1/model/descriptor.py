@@ -195,8 +195,9 @@ class DescrptDPA1(nn.Module):
     def trim(
         self, rij: Tensor, nei_mask: Tensor, nei_type: Tensor
     ) -> Tuple[Tensor, Tensor, Tensor, Optional[Tensor], Optional[Tensor]]:
-        """Exact padding trimming: ``(rij, nei_mask, nei_type)`` cut to the slots in use, and the
-        slots' weights and their logs (None when nothing is cut).
+        """Exact padding trimming: ``(rij, nei_mask, nei_type)`` cut to the slots in use plus one
+        padding slot standing for the rest, and the slots' weights and their logs (None when
+        nothing is cut).
 
         Slots beyond the last neighbour of every atom are identical padding rows: one
         representative slot, weighted by their number, reproduces them exactly (its moment

@@ -80,7 +80,9 @@ class EnergyFitting(nn.Module):
         """
         nf, nloc, _ = descriptor.shape
         extra = self.extra_inputs(nf, nloc, fparam, aparam)
-        x = torch.cat([descriptor.to(self.dtype)] + extra, dim=-1) if len(extra) > 0 else descriptor.to(self.dtype)
+        x = descriptor.to(self.dtype)
+        if len(extra) > 0:
+            x = torch.cat([x] + extra, dim=-1)
         return self.finish(self.net(x).squeeze(-1), extra, atype)
 
     def extra_inputs(self, nf: int, nloc: int, fparam: Optional[Tensor], aparam: Optional[Tensor]) -> List[Tensor]:
