@@ -38,8 +38,8 @@ namespace {
 
 using at::Tensor;
 
-constexpr size_t kParamsPerLayer = 6;
-constexpr size_t kSavedPerLayer = 9;
+constexpr size_t kParamsPerLayer = dpa1::kAttentionParamsPerLayer;
+constexpr size_t kSavedPerLayer = dpa1::kAttentionSavedPerLayer;  // the members of Saved
 constexpr double kNormEps = 1e-12;  // F.normalize's floor on the norm
 
 struct Layer {

@@ -68,7 +68,8 @@ Config make_config(at::ArrayRef<double> geometry, at::IntArrayRef sizes, double 
 
 // --- the environment matrix and the directions, per slot -------------------------------------
 
-// R (4), ŝ, the attention's slot weight w (ŝ or the mask) and u (3) of every slot.
+// Of every slot: R (4), the attention's slot weight w (smooth: ŝ = s·mask·κ, else mask·κ) and the
+// direction u (3).
 template <typename T>
 void front_forward(const Tensor& rij, const Tensor& nei, const Tensor& keep, const Tensor& davg, const Tensor& dstd,
                    const Tensor& atype, const Config& c, Tensor& rr, Tensor& w, Tensor& u) {
@@ -244,6 +245,8 @@ std::vector<Tensor> block_forward(const Tensor& rij, const Tensor& nei_mask, con
               "dpa1::energy_block: davg/dstd must be contiguous (ntypes, n, 4)");
   TORCH_CHECK(atype.numel() == nb && atype.scalar_type() == at::kLong && atype.is_contiguous(),
               "dpa1::energy_block: atype must be (nb,) int64");
+  TORCH_CHECK(nb == 0 || (atype.min().item<int64_t>() >= 0 && atype.max().item<int64_t>() < davg.size(0)),
+              "dpa1::energy_block: atype out of range of davg's ", davg.size(0), " types");
   TORCH_CHECK(type_rows.dim() == 3 && type_rows.size(0) == nb && type_rows.size(1) == n,
               "dpa1::energy_block: type_rows must be (nb, n, width)");
   const auto opt = rij.options();
@@ -287,6 +290,7 @@ std::vector<Tensor> block_forward(const Tensor& rij, const Tensor& nei_mask, con
   return out;
 }
 
+// The forward's arguments after its tensors come again (the embedding net's are not used here).
 Tensor block_backward(const Tensor& de, const Tensor& rij, const Tensor& nei_mask, const Tensor& keep,
                       const Tensor& dstd, const Tensor& atype, const Tensor& slot_weight, at::TensorList saved,
                       at::TensorList emb, at::IntArrayRef emb_skips, at::TensorList attn, at::TensorList fit,
@@ -295,7 +299,7 @@ Tensor block_backward(const Tensor& de, const Tensor& rij, const Tensor& nei_mas
   at::NoGradGuard no_grad;
   const Config c = make_config(geometry, sizes, scaling, normalize, smooth, do_mask, dotr, ln_eps);
   const auto fl = unpack_net(fit, fit_skips, "the fitting net");
-  const size_t n_attn = attn.empty() ? 0 : (attn.size() / 6) * 9;
+  const size_t n_attn = attn.size() / dpa1::kAttentionParamsPerLayer * dpa1::kAttentionSavedPerLayer;
   TORCH_CHECK(saved.size() == kFrontSaved + n_attn + (fl.size() - 1),
               "dpa1::energy_block_backward: saved tensors do not match the nets");
   const Tensor &rr = saved[0], &w = saved[1], &u = saved[2], &dy = saved[3], &gp = saved[4], &t1t = saved[5],

@@ -8,7 +8,10 @@
 
 namespace dpa1 {
 
-// attention_stack.cpp: [out, saved...] and [dg, dw, du]
+// attention_stack.cpp: [out, saved...] and [dg, dw, du]; per layer, params are
+// [w_in, b_in, w_out, b_out, ln_w, ln_b] and the forward saves 9 tensors for the backward
+constexpr size_t kAttentionParamsPerLayer = 6;
+constexpr size_t kAttentionSavedPerLayer = 9;
 std::vector<at::Tensor> attention_stack(const at::Tensor& g, const at::Tensor& w, const at::Tensor& u,
                                         const at::Tensor& lw, at::TensorList params, double scaling,
                                         bool normalize, bool smooth, bool do_mask, double ln_eps, int64_t group);
