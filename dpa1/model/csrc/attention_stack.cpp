@@ -434,61 +434,62 @@ std::vector<Tensor> forward_impl(const Tensor& g, const Tensor& w, const Tensor&
   const int64_t ngroups = (nb + group - 1) / group;
   // Groups are independent: side by side on the intra-op threads (inline on one thread).
   at::parallel_for(0, ngroups, 1, [&](int64_t gb, int64_t ge) {
-  at::NoGradGuard no_grad;  // a worker thread's own grad mode: the parameters may require grad
-  // one group's temporaries, reused by every group of this thread
-  const int64_t gm = std::min(group, nb), grows = gm * n;
-  Carver scratch(grows * (E + (out_first ? 0 : H) + 2 * E + 5 * n) + 6 * n, opt);
-  Tensor o_buf = scratch({grows, E});
-  Tensor sc_buf = scratch({grows, n}), sh_buf = scratch({grows, n}), ga_buf = scratch({grows, n});
-  T* uxyz = scratch({6 * n}).data_ptr<T>();
-  Tensor L_buf = scratch({grows, n}), A_buf = scratch({grows, n});
-  Tensor av_buf = out_first ? none : scratch({grows, H});
-  Tensor x_buf[2] = {scratch({grows, E}), scratch({grows, E})};
-  for (int64_t c0 = gb * group; c0 < std::min(nb, ge * group); c0 += group) {
-    const int64_t m = std::min(group, nb - c0), rows = m * n;
-    Tensor x = g.narrow(0, c0, m);
-    T *sc = sc_buf.data_ptr<T>(), *sh = sh_buf.data_ptr<T>(), *ga = ga_buf.data_ptr<T>();
-    build_tables<T>(ptr<T>(w, c0), up ? up + c0 * n * 3 : nullptr, lwp, m, n, smooth, do_mask, sc, sh, ga, uxyz);
-    for (int64_t l = 0; l < nl; ++l) {
-      const Layer& p = layers[l];
-      const Saved& s = saved[l];
-      Tensor q = s.q.narrow(0, c0, m), k = s.k.narrow(0, c0, m), v = s.v.narrow(0, c0, m);
-      // Q, K, V straight into the saved tensors, then normalised in place: no (rows, 3H) buffer
-      // (a group's working set must fit the L2 cache). The biases are added by the row kernel
-      // (addmm would first copy them into the output).
-      const Tensor x2 = x.view({rows, E});
-      const T* b_in = p.b_in.data_ptr<T>();
-      T* nrm = normalize ? ptr<T>(s.norms, c0) : nullptr;
-      Tensor qkv[3] = {q, k, v};
-      for (int64_t part = 0; part < 3; ++part) {
-        Tensor y2 = qkv[part].view({rows, H});
-        at::mm_out(y2, x2, p.w_in.narrow(1, part * H, H));
-        T* y = y2.data_ptr<T>();
-        unit_rows<T>(y, H, b_in + part * H, y, nrm ? nrm + part : nullptr, 3, rows, H,
-                     T(part == 0 ? scaling : 1.0), normalize);
+    at::NoGradGuard no_grad;  // a worker thread's own grad mode: the parameters may require grad
+    // one group's temporaries, reused by every group of this thread
+    const int64_t gm = std::min(group, nb), grows = gm * n;
+    Carver scratch(grows * (E + (out_first ? 0 : H) + 2 * E + 5 * n) + 6 * n, opt);
+    Tensor o_buf = scratch({grows, E});
+    Tensor sc_buf = scratch({grows, n}), sh_buf = scratch({grows, n}), ga_buf = scratch({grows, n});
+    T* uxyz = scratch({6 * n}).data_ptr<T>();
+    Tensor L_buf = scratch({grows, n}), A_buf = scratch({grows, n});
+    Tensor av_buf = out_first ? none : scratch({grows, H});
+    Tensor x_buf[2] = {scratch({grows, E}), scratch({grows, E})};
+    for (int64_t c0 = gb * group; c0 < std::min(nb, ge * group); c0 += group) {
+      const int64_t m = std::min(group, nb - c0), rows = m * n;
+      Tensor x = g.narrow(0, c0, m);
+      T *sc = sc_buf.data_ptr<T>(), *sh = sh_buf.data_ptr<T>(), *ga = ga_buf.data_ptr<T>();
+      build_tables<T>(ptr<T>(w, c0), up ? up + c0 * n * 3 : nullptr, lwp, m, n, smooth, do_mask, sc, sh, ga, uxyz);
+      for (int64_t l = 0; l < nl; ++l) {
+        const Layer& p = layers[l];
+        const Saved& s = saved[l];
+        Tensor q = s.q.narrow(0, c0, m), k = s.k.narrow(0, c0, m), v = s.v.narrow(0, c0, m);
+        // Q, K, V straight into the saved tensors, then normalised in place: no (rows, 3H) buffer
+        // (a group's working set must fit the L2 cache). The biases are added by the row kernel
+        // (addmm would first copy them into the output).
+        const Tensor x2 = x.view({rows, E});
+        const T* b_in = p.b_in.data_ptr<T>();
+        T* nrm = normalize ? ptr<T>(s.norms, c0) : nullptr;
+        Tensor qkv[3] = {q, k, v};
+        for (int64_t part = 0; part < 3; ++part) {
+          Tensor y2 = qkv[part].view({rows, H});
+          at::mm_out(y2, x2, p.w_in.narrow(1, part * H, H));
+          T* y = y2.data_ptr<T>();
+          unit_rows<T>(y, H, b_in + part * H, y, nrm ? nrm + part : nullptr, 3, rows, H,
+                       T(part == 0 ? scaling : 1.0), normalize);
+        }
+        Tensor L = smooth ? s.logits.narrow(0, c0, m) : L_buf.narrow(0, 0, rows).view({m, n, n});
+        at::bmm_out(L, q, k.transpose(1, 2));
+        Tensor A = A_buf.narrow(0, 0, rows).view({m, n, n});
+        softmax_rows<T>(L.data_ptr<T>(), sc, sh, ga, ptr<T>(s.prob, c0), A.data_ptr<T>(), rows, n, smooth);
+        Tensor o = o_buf.narrow(0, 0, rows);
+        if (out_first) {
+          Tensor vw = s.vw.narrow(0, c0, m);
+          Tensor vw2 = vw.view({rows, E});
+          at::mm_out(vw2, v.view({rows, H}), p.w_out);
+          Tensor o3 = o.view({m, n, E});
+          at::bmm_out(o3, A, vw);
+        } else {
+          Tensor av = av_buf.narrow(0, 0, rows).view({m, n, H});
+          at::bmm_out(av, A, v);
+          at::mm_out(o, av.view({rows, H}), p.w_out);
+        }
+        Tensor xo = (l + 1 == nl) ? out.narrow(0, c0, m) : x_buf[l % 2].narrow(0, 0, rows).view({m, n, E});
+        add_layer_norm_rows<T>(o.data_ptr<T>(), p.b_out.data_ptr<T>(), x.data_ptr<T>(), p.ln_w.data_ptr<T>(),
+                               p.ln_b.data_ptr<T>(), T(ln_eps), ptr<T>(s.yhat, c0), ptr<T>(s.rstd, c0),
+                               xo.data_ptr<T>(), rows, E);
+        x = xo;
       }
-      Tensor L = smooth ? s.logits.narrow(0, c0, m) : L_buf.narrow(0, 0, rows).view({m, n, n});
-      at::bmm_out(L, q, k.transpose(1, 2));
-      Tensor A = A_buf.narrow(0, 0, rows).view({m, n, n});
-      softmax_rows<T>(L.data_ptr<T>(), sc, sh, ga, ptr<T>(s.prob, c0), A.data_ptr<T>(), rows, n, smooth);
-      Tensor o = o_buf.narrow(0, 0, rows);
-      if (out_first) {
-        Tensor vw = s.vw.narrow(0, c0, m);
-        Tensor vw2 = vw.view({rows, E});
-        at::mm_out(vw2, v.view({rows, H}), p.w_out);
-        Tensor o3 = o.view({m, n, E});
-        at::bmm_out(o3, A, vw);
-      } else {
-        Tensor av = av_buf.narrow(0, 0, rows).view({m, n, H});
-        at::bmm_out(av, A, v);
-        at::mm_out(o, av.view({rows, H}), p.w_out);
-      }
-      Tensor xo = (l + 1 == nl) ? out.narrow(0, c0, m) : x_buf[l % 2].narrow(0, 0, rows).view({m, n, E});
-      add_layer_norm_rows<T>(o.data_ptr<T>(), p.b_out.data_ptr<T>(), x.data_ptr<T>(), p.ln_w.data_ptr<T>(), p.ln_b.data_ptr<T>(),
-                             T(ln_eps), ptr<T>(s.yhat, c0), ptr<T>(s.rstd, c0), xo.data_ptr<T>(), rows, E);
-      x = xo;
     }
-  }
   });
   std::vector<Tensor> result{out};
   for (const auto& s : saved) {
@@ -516,76 +517,76 @@ std::vector<Tensor> backward_impl(const Tensor& go, const Tensor& w, const Tenso
   if (up) du.zero_();
   const int64_t ngroups = (nb + group - 1) / group;
   at::parallel_for(0, ngroups, 1, [&](int64_t gb, int64_t ge) {
-  at::NoGradGuard no_grad;  // a worker thread's own grad mode: the parameters may require grad
-  const int64_t gm = std::min(group, nb), grows = gm * n;
-  Carver scratch(grows * (8 * n + std::max(E, H) + 3 * H + 2 * E) + 6 * n, opt);
-  Tensor sc_buf = scratch({grows * n}), sh_buf = scratch({grows * n}), ga_buf = scratch({grows * n});
-  Tensor dsc_buf = scratch({grows * n}), dsh_buf = scratch({grows * n}), dga_buf = scratch({grows * n});
-  T* uxyz = scratch({6 * n}).data_ptr<T>();
-  Tensor A_buf = scratch({grows, n}), dA_buf = scratch({grows, n}), mid_buf = scratch({grows * std::max(E, H)});
-  Tensor dv_buf = scratch({grows, H}), dq_buf = scratch({grows, H}), dk_buf = scratch({grows, H});
-  Tensor dx_buf[2] = {scratch({grows, E}), scratch({grows, E})};
-  for (int64_t c0 = gb * group; c0 < std::min(nb, ge * group); c0 += group) {
-    const int64_t m = std::min(group, nb - c0), rows = m * n;
-    Tensor dx = go.narrow(0, c0, m);
-    T *sc = sc_buf.data_ptr<T>(), *sh = sh_buf.data_ptr<T>(), *ga = ga_buf.data_ptr<T>();
-    const T* wp = ptr<T>(w, c0);
-    const T* uc = up ? up + c0 * n * 3 : nullptr;
-    build_tables<T>(wp, uc, lwp, m, n, smooth, do_mask, sc, sh, ga, uxyz);
-    T *dsc = dsc_buf.data_ptr<T>(), *dsh = dsh_buf.data_ptr<T>(), *dga = dga_buf.data_ptr<T>();
-    std::fill(dga, dga + rows * n, T(0));
-    if (smooth) {
-      std::fill(dsc, dsc + rows * n, T(0));
-      std::fill(dsh, dsh + rows * n, T(0));
-    }
-    for (size_t li = layers.size(); li-- > 0;) {
-      const Layer& p = layers[li];
-      const Saved& s = saved[li];
-      const Tensor q = s.q.narrow(0, c0, m), k = s.k.narrow(0, c0, m), v = s.v.narrow(0, c0, m);
-      Tensor A = A_buf.narrow(0, 0, rows).view({m, n, n});
-      gated_weights<T>(ptr<T>(s.prob, c0), ga, A.data_ptr<T>(), rows * n);
-      // dy is the residual's gradient: it goes straight into this layer's input gradient, to
-      // which the input projection's is then added in place
-      Tensor dxi = li == 0 ? dg.narrow(0, c0, m) : dx_buf[li % 2].narrow(0, 0, rows).view({m, n, E});
-      Tensor dy = dxi;
-      layer_norm_backward_rows<T>(dx.data_ptr<T>(), p.ln_w.data_ptr<T>(), ptr<T>(s.yhat, c0), ptr<T>(s.rstd, c0),
-                                  dy.data_ptr<T>(), rows, E);
-      Tensor dA = dA_buf.narrow(0, 0, rows).view({m, n, n});
-      Tensor dv = dv_buf.narrow(0, 0, rows);
-      if (out_first) {
-        at::bmm_out(dA, dy, s.vw.narrow(0, c0, m).transpose(1, 2));
-        Tensor dvw = mid_buf.narrow(0, 0, rows * E).view({m, n, E});
-        at::bmm_out(dvw, A.transpose(1, 2), dy);
-        at::mm_out(dv, dvw.view({rows, E}), p.w_out.t());
-      } else {
-        Tensor dav = mid_buf.narrow(0, 0, rows * H).view({rows, H});
-        at::mm_out(dav, dy.view({rows, E}), p.w_out.t());
-        at::bmm_out(dA, dav.view({m, n, H}), v.transpose(1, 2));
-        Tensor dv3 = dv.view({m, n, H});
-        at::bmm_out(dv3, A.transpose(1, 2), dav.view({m, n, H}));
+    at::NoGradGuard no_grad;  // a worker thread's own grad mode: the parameters may require grad
+    const int64_t gm = std::min(group, nb), grows = gm * n;
+    Carver scratch(grows * (8 * n + std::max(E, H) + 3 * H + 2 * E) + 6 * n, opt);
+    Tensor sc_buf = scratch({grows * n}), sh_buf = scratch({grows * n}), ga_buf = scratch({grows * n});
+    Tensor dsc_buf = scratch({grows * n}), dsh_buf = scratch({grows * n}), dga_buf = scratch({grows * n});
+    T* uxyz = scratch({6 * n}).data_ptr<T>();
+    Tensor A_buf = scratch({grows, n}), dA_buf = scratch({grows, n}), mid_buf = scratch({grows * std::max(E, H)});
+    Tensor dv_buf = scratch({grows, H}), dq_buf = scratch({grows, H}), dk_buf = scratch({grows, H});
+    Tensor dx_buf[2] = {scratch({grows, E}), scratch({grows, E})};
+    for (int64_t c0 = gb * group; c0 < std::min(nb, ge * group); c0 += group) {
+      const int64_t m = std::min(group, nb - c0), rows = m * n;
+      Tensor dx = go.narrow(0, c0, m);
+      T *sc = sc_buf.data_ptr<T>(), *sh = sh_buf.data_ptr<T>(), *ga = ga_buf.data_ptr<T>();
+      const T* wp = ptr<T>(w, c0);
+      const T* uc = up ? up + c0 * n * 3 : nullptr;
+      build_tables<T>(wp, uc, lwp, m, n, smooth, do_mask, sc, sh, ga, uxyz);
+      T *dsc = dsc_buf.data_ptr<T>(), *dsh = dsh_buf.data_ptr<T>(), *dga = dga_buf.data_ptr<T>();
+      std::fill(dga, dga + rows * n, T(0));
+      if (smooth) {
+        std::fill(dsc, dsc + rows * n, T(0));
+        std::fill(dsh, dsh + rows * n, T(0));
       }
-      softmax_backward_rows<T>(dA.data_ptr<T>(), ptr<T>(s.prob, c0), ga, smooth ? ptr<T>(s.logits, c0) : nullptr,
-                               sc, dga, dsc, dsh, rows, n, smooth);
-      Tensor dq = dq_buf.narrow(0, 0, rows).view({m, n, H}), dk = dk_buf.narrow(0, 0, rows).view({m, n, H});
-      at::bmm_out(dq, dA, k);
-      at::bmm_out(dk, dA.transpose(1, 2), q);
-      // through the normalisations (in place), then the input projection added to the residual's
-      // gradient (in place)
-      const T* nrm = normalize ? ptr<T>(s.norms, c0) : nullptr;
-      Tensor dxi2 = dxi.view({rows, E});
-      const Tensor qkv[3] = {q, k, v};
-      Tensor dqkv[3] = {dq.view({rows, H}), dk.view({rows, H}), dv};
-      for (int64_t part = 0; part < 3; ++part) {
-        T* d = dqkv[part].data_ptr<T>();
-        unit_rows_backward<T>(d, qkv[part].data_ptr<T>(), nrm ? nrm + part : nullptr, 3, rows, H,
-                              T(part == 0 ? scaling : 1.0), normalize, d, H);
-        at::addmm_out(dxi2, dxi2, dqkv[part], p.w_in.narrow(1, part * H, H).t());
+      for (size_t li = layers.size(); li-- > 0;) {
+        const Layer& p = layers[li];
+        const Saved& s = saved[li];
+        const Tensor q = s.q.narrow(0, c0, m), k = s.k.narrow(0, c0, m), v = s.v.narrow(0, c0, m);
+        Tensor A = A_buf.narrow(0, 0, rows).view({m, n, n});
+        gated_weights<T>(ptr<T>(s.prob, c0), ga, A.data_ptr<T>(), rows * n);
+        // dy is the residual's gradient: it goes straight into this layer's input gradient, to
+        // which the input projection's is then added in place
+        Tensor dxi = li == 0 ? dg.narrow(0, c0, m) : dx_buf[li % 2].narrow(0, 0, rows).view({m, n, E});
+        Tensor dy = dxi;
+        layer_norm_backward_rows<T>(dx.data_ptr<T>(), p.ln_w.data_ptr<T>(), ptr<T>(s.yhat, c0), ptr<T>(s.rstd, c0),
+                                    dy.data_ptr<T>(), rows, E);
+        Tensor dA = dA_buf.narrow(0, 0, rows).view({m, n, n});
+        Tensor dv = dv_buf.narrow(0, 0, rows);
+        if (out_first) {
+          at::bmm_out(dA, dy, s.vw.narrow(0, c0, m).transpose(1, 2));
+          Tensor dvw = mid_buf.narrow(0, 0, rows * E).view({m, n, E});
+          at::bmm_out(dvw, A.transpose(1, 2), dy);
+          at::mm_out(dv, dvw.view({rows, E}), p.w_out.t());
+        } else {
+          Tensor dav = mid_buf.narrow(0, 0, rows * H).view({rows, H});
+          at::mm_out(dav, dy.view({rows, E}), p.w_out.t());
+          at::bmm_out(dA, dav.view({m, n, H}), v.transpose(1, 2));
+          Tensor dv3 = dv.view({m, n, H});
+          at::bmm_out(dv3, A.transpose(1, 2), dav.view({m, n, H}));
+        }
+        softmax_backward_rows<T>(dA.data_ptr<T>(), ptr<T>(s.prob, c0), ga, smooth ? ptr<T>(s.logits, c0) : nullptr,
+                                 sc, dga, dsc, dsh, rows, n, smooth);
+        Tensor dq = dq_buf.narrow(0, 0, rows).view({m, n, H}), dk = dk_buf.narrow(0, 0, rows).view({m, n, H});
+        at::bmm_out(dq, dA, k);
+        at::bmm_out(dk, dA.transpose(1, 2), q);
+        // through the normalisations (in place), then the input projection added to the residual's
+        // gradient (in place)
+        const T* nrm = normalize ? ptr<T>(s.norms, c0) : nullptr;
+        Tensor dxi2 = dxi.view({rows, E});
+        const Tensor qkv[3] = {q, k, v};
+        Tensor dqkv[3] = {dq.view({rows, H}), dk.view({rows, H}), dv};
+        for (int64_t part = 0; part < 3; ++part) {
+          T* d = dqkv[part].data_ptr<T>();
+          unit_rows_backward<T>(d, qkv[part].data_ptr<T>(), nrm ? nrm + part : nullptr, 3, rows, H,
+                                T(part == 0 ? scaling : 1.0), normalize, d, H);
+          at::addmm_out(dxi2, dxi2, dqkv[part], p.w_in.narrow(1, part * H, H).t());
+        }
+        dx = dxi;
       }
-      dx = dxi;
+      table_grads<T>(wp, uc, dsc, dsh, dga, m, n, smooth, do_mask, smooth ? ptr<T>(dw, c0) : nullptr,
+                     up ? ptr<T>(du, c0) : nullptr, uxyz);
     }
-    table_grads<T>(wp, uc, dsc, dsh, dga, m, n, smooth, do_mask, smooth ? ptr<T>(dw, c0) : nullptr,
-                   up ? ptr<T>(du, c0) : nullptr, uxyz);
-  }
   });
   return {dg, dw, du};
 }
@@ -607,8 +608,8 @@ void check_inputs(const Tensor& g, const Tensor& w, const Tensor& u, const Tenso
 }  // namespace
 
 std::vector<Tensor> dpa1::attention_stack(const Tensor& g, const Tensor& w, const Tensor& u, const Tensor& lw,
-                                  at::TensorList params, double scaling, bool normalize, bool smooth, bool do_mask,
-                                  double ln_eps, int64_t group) {
+                                          at::TensorList params, double scaling, bool normalize, bool smooth,
+                                          bool do_mask, double ln_eps, int64_t group) {
   check_inputs(g, w, u, lw, group);
   const auto layers = unpack(params);
   TORCH_CHECK(!layers.empty(), "dpa1::attention_stack: no layers");
@@ -619,9 +620,10 @@ std::vector<Tensor> dpa1::attention_stack(const Tensor& g, const Tensor& w, cons
   return result;
 }
 
-std::vector<Tensor> dpa1::attention_stack_backward(const Tensor& grad, const Tensor& w, const Tensor& u, const Tensor& lw,
-                                   at::TensorList params, at::TensorList saved_list, double scaling,
-                                   bool normalize, bool smooth, bool do_mask, int64_t group) {
+std::vector<Tensor> dpa1::attention_stack_backward(const Tensor& grad, const Tensor& w, const Tensor& u,
+                                                   const Tensor& lw, at::TensorList params,
+                                                   at::TensorList saved_list, double scaling, bool normalize,
+                                                   bool smooth, bool do_mask, int64_t group) {
   const auto layers = unpack(params);
   TORCH_CHECK(!layers.empty() && saved_list.size() == layers.size() * kSavedPerLayer,
               "dpa1::attention_stack_backward: saved tensors do not match the layers");

@@ -73,52 +73,52 @@ std::vector<Tensor> forward_impl(const Tensor& x, at::TensorList weights, at::Te
   const int64_t ntiles = (rows + tile - 1) / tile;
   // Tiles are independent: side by side on the intra-op threads (inline on one thread).
   at::parallel_for(0, ntiles, 1, [&](int64_t tb, int64_t te) {
-  at::NoGradGuard no_grad;  // a worker thread's own grad mode: the parameters may require grad
-  // Ping-pong buffers for the values and tangents between layers, and the products.
-  Tensor buf = at::empty({6, tile, widest}, opt);
-  Tensor e0 = at::zeros({tile, in0}, opt);  // the tangent of the input: the first column
-  e0.select(1, 0).fill_(1);
-  T* bp = buf.data_ptr<T>();
-  const int64_t slab = tile * widest;
-  for (int64_t r0 = tb * tile; r0 < std::min(rows, te * tile); r0 += tile) {
-    const int64_t tr = std::min(tile, rows - r0);
-    Tensor h = x.narrow(0, r0, tr);
-    const T* hp = h.data_ptr<T>();
-    const T* thp = e0.data_ptr<T>();
-    int64_t in = in0;
-    for (int64_t l = 0; l < nl; ++l) {
-      const Tensor& w = weights[l];
-      const int64_t wo = w.size(1);
-      const bool last = l == nl - 1;
-      T* a = bp + 4 * slab;
-      T* ta = bp + 5 * slab;
-      Tensor a_t = at::from_blob(a, {tr, wo}, opt);
-      // ATen's tanh (MKL's vector math where it has it) is ~5x faster than at::vec's
-      if (biases[l].defined() && biases[l].numel()) {
-        at::addmm_out(a_t, biases[l], h, w);
-      } else {
-        at::mm_out(a_t, h, w);
+    at::NoGradGuard no_grad;  // a worker thread's own grad mode: the parameters may require grad
+    // Ping-pong buffers for the values and tangents between layers, and the products.
+    Tensor buf = at::empty({6, tile, widest}, opt);
+    Tensor e0 = at::zeros({tile, in0}, opt);  // the tangent of the input: the first column
+    e0.select(1, 0).fill_(1);
+    T* bp = buf.data_ptr<T>();
+    const int64_t slab = tile * widest;
+    for (int64_t r0 = tb * tile; r0 < std::min(rows, te * tile); r0 += tile) {
+      const int64_t tr = std::min(tile, rows - r0);
+      Tensor h = x.narrow(0, r0, tr);
+      const T* hp = h.data_ptr<T>();
+      const T* thp = e0.data_ptr<T>();
+      int64_t in = in0;
+      for (int64_t l = 0; l < nl; ++l) {
+        const Tensor& w = weights[l];
+        const int64_t wo = w.size(1);
+        const bool last = l == nl - 1;
+        T* a = bp + 4 * slab;
+        T* ta = bp + 5 * slab;
+        Tensor a_t = at::from_blob(a, {tr, wo}, opt);
+        // ATen's tanh (MKL's vector math where it has it) is ~5x faster than at::vec's
+        if (biases[l].defined() && biases[l].numel()) {
+          at::addmm_out(a_t, biases[l], h, w);
+        } else {
+          at::mm_out(a_t, h, w);
+        }
+        at::tanh_(a_t);
+        const bool first = l == 0;
+        if (!first) {
+          Tensor ta_t = at::from_blob(ta, {tr, wo}, opt);
+          at::mm_out(ta_t, at::from_blob(const_cast<T*>(thp), {tr, in}, opt), w);
+        }
+        T* yo = last ? y.data_ptr<T>() + r0 * out : bp + (l % 2) * 2 * slab;
+        T* dyo = last ? dy.data_ptr<T>() + r0 * out : bp + (l % 2) * 2 * slab + slab;
+        const T* s = idts[l].defined() && idts[l].numel() ? idts[l].data_ptr<T>() : nullptr;
+        const T* w0 = w.data_ptr<T>();  // dh₀ = e₀: the first layer's tangent product is W's first row
+        for (int64_t r = 0; r < tr; ++r) {
+          tanh_layer_row<T>(a + r * wo, first ? w0 : ta + r * wo, s, hp + r * in, thp + r * in, in, wo,
+                            static_cast<int>(skips[l]), yo + r * wo, dyo + r * wo);
+        }
+        hp = yo;
+        thp = dyo;
+        in = wo;
+        h = at::from_blob(const_cast<T*>(hp), {tr, in}, opt);
       }
-      at::tanh_(a_t);
-      const bool first = l == 0;
-      if (!first) {
-        Tensor ta_t = at::from_blob(ta, {tr, wo}, opt);
-        at::mm_out(ta_t, at::from_blob(const_cast<T*>(thp), {tr, in}, opt), w);
-      }
-      T* yo = last ? y.data_ptr<T>() + r0 * out : bp + (l % 2) * 2 * slab;
-      T* dyo = last ? dy.data_ptr<T>() + r0 * out : bp + (l % 2) * 2 * slab + slab;
-      const T* s = idts[l].defined() && idts[l].numel() ? idts[l].data_ptr<T>() : nullptr;
-      const T* w0 = w.data_ptr<T>();  // dh₀ = e₀: the first layer's tangent product is W's first row
-      for (int64_t r = 0; r < tr; ++r) {
-        tanh_layer_row<T>(a + r * wo, first ? w0 : ta + r * wo, s, hp + r * in, thp + r * in, in, wo,
-                          static_cast<int>(skips[l]), yo + r * wo, dyo + r * wo);
-      }
-      hp = yo;
-      thp = dyo;
-      in = wo;
-      h = at::from_blob(const_cast<T*>(hp), {tr, in}, opt);
     }
-  }
   });
   return {y, dy};
 }
@@ -126,7 +126,7 @@ std::vector<Tensor> forward_impl(const Tensor& x, at::TensorList weights, at::Te
 }  // namespace
 
 std::vector<Tensor> dpa1::embedding_tangent(const Tensor& x, at::TensorList weights, at::TensorList biases,
-                                      at::TensorList idts, at::IntArrayRef skips, int64_t tile) {
+                                            at::TensorList idts, at::IntArrayRef skips, int64_t tile) {
   TORCH_CHECK(x.dim() == 2 && x.is_contiguous(), "dpa1::embedding_tangent: x must be a contiguous (rows, in) tensor");
   const size_t nl = weights.size();
   TORCH_CHECK(nl > 0 && biases.size() == nl && idts.size() == nl && skips.size() == nl,

@@ -167,7 +167,8 @@ void front_backward(const Tensor& rij, const Tensor& nei, const Tensor& keep, co
           dsw += de * raw[k];
           draw[k] = de * sw;
         }
-        // s(u) = 1 − 10u³ + 15u⁴ − 6u⁵, u = (r − r_s)/(r_c − r_s): ds/dr = −30 u² (1 − u)² / (r_c − r_s)
+        // s(u) = 1 − 10u³ + 15u⁴ − 6u⁵, u = (r − r_s)/(r_c − r_s):
+        // ds/dr = −30 u² (1 − u)² / (r_c − r_s)
         const T dsdr = (wv > T(0) && wv < T(1)) ? -T(30) * uu * uu * wv * wv / span : T(0);
         const T rp2 = rp * rp;
         T dr = dsw * dsdr - draw[0] / rp2 - T(2) * (draw[1] * px + draw[2] * py + draw[3] * pz) / (rp2 * rp);
@@ -234,7 +235,8 @@ std::vector<Tensor> block_forward(const Tensor& rij, const Tensor& nei_mask, con
                                   double ln_eps) {
   at::NoGradGuard no_grad;  // the parameters may require grad; nothing here is differentiated again
   const Config c = make_config(geometry, sizes, scaling, normalize, smooth, do_mask, dotr, ln_eps);
-  TORCH_CHECK(rij.dim() == 3 && rij.size(2) == 3 && rij.is_contiguous(), "dpa1::energy_block: rij must be a contiguous (nb, n, 3) tensor");
+  TORCH_CHECK(rij.dim() == 3 && rij.size(2) == 3 && rij.is_contiguous(),
+              "dpa1::energy_block: rij must be a contiguous (nb, n, 3) tensor");
   const int64_t nb = rij.size(0), n = rij.size(1);
   TORCH_CHECK(nei_mask.sizes() == at::IntArrayRef({nb, n}) && keep.sizes() == at::IntArrayRef({nb, n}) &&
                   nei_mask.scalar_type() == at::kBool && keep.scalar_type() == at::kBool && nei_mask.is_contiguous() &&
