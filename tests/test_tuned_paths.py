@@ -441,7 +441,8 @@ def test_native_block_equals_modules(name: str, monkeypatch: pytest.MonkeyPatch)
         boxes.append(b)
     fp, ap = params_for(model, 2, atype.shape[0])
     got = evaluate(model, np.stack(coords), atype, np.stack(boxes), fp, ap)
-    covered = model.descriptor.tebd_input_mode == "concat" and model.descriptor.activation_function == "tanh"
+    d, f = model.descriptor, model.fitting
+    covered = d.tebd_input_mode == "concat" and d.activation_function == f.activation_function == "tanh"
     assert bool(used) == covered, (name, len(used))
     model.native = False
     want = evaluate(model, np.stack(coords), atype, np.stack(boxes), fp, ap)
