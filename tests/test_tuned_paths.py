@@ -48,21 +48,27 @@ def plain_twin(model):
     return plain
 
 
+def pbc_frames(model, seeds: tuple[int, int]):
+    """Two periodic 14-atom frames (same types, 2 virtual atoms, different geometry and cell) and
+    fparam/aparam for ``model``: ``coords (2, 14, 3), atype, boxes (2, 3, 3), fp, ap``."""
+    coords, boxes = [], []
+    for seed in seeds:
+        c, atype, b = make_system("pbc", seed, n_virtual=2, natoms=14)
+        coords.append(c)
+        boxes.append(b)
+    fp, ap = params_for(model, 2, atype.shape[0])
+    return np.stack(coords), atype, np.stack(boxes), fp, ap
+
+
 @pytest.mark.parametrize("name", NAMES)
 def test_blocked_trimmed_evaluation_equals_plain(name: str) -> None:
     model = copy.deepcopy(model_for(name))
     assert model.descriptor.trim_padding
     model.block_atoms = 6  # several blocks of 3 centres per frame
     plain = plain_twin(model)
-    coords, boxes = [], []
-    for seed in (3, 4):
-        c, a, b = make_system("pbc", seed, n_virtual=2, natoms=14)
-        coords.append(c)
-        boxes.append(b)
-    atype = a  # same types, different geometry and cell
-    fp, ap = params_for(model, 2, atype.shape[0])
-    got = evaluate(model, np.stack(coords), atype, np.stack(boxes), fp, ap)
-    want = evaluate(plain, np.stack(coords), atype, np.stack(boxes), fp, ap)
+    coords, atype, boxes, fp, ap = pbc_frames(model, (3, 4))
+    got = evaluate(model, coords, atype, boxes, fp, ap)
+    want = evaluate(plain, coords, atype, boxes, fp, ap)
     _compare(got, want, tol(name, 1e-12, 1e-5), "blocked vs plain")
 
 
@@ -196,12 +202,7 @@ def test_threaded_blocks_equal_sequential(name: str, monkeypatch: pytest.MonkeyP
 
     model = copy.deepcopy(model_for(name)).eval()
     model.block_atoms = 12  # 2 frames: 6 centres per frame and block, 3 when threaded
-    coords, boxes = [], []
-    for seed in (5, 6):
-        c, a, b = make_system("pbc", seed, n_virtual=2, natoms=14)
-        coords.append(c)
-        boxes.append(b)
-    fp, ap = params_for(model, 2, a.shape[0])
+    coords, a, boxes, fp, ap = pbc_frames(model, (5, 6))
     calls = []
     real_map = model_module.map_blocks
     monkeypatch.setattr(model_module, "map_blocks",
@@ -209,7 +210,7 @@ def test_threaded_blocks_equal_sequential(name: str, monkeypatch: pytest.MonkeyP
     before = torch.get_num_threads()
     torch.set_num_threads(2)
     try:
-        got = evaluate(model, np.stack(coords), a, np.stack(boxes), fp, ap)
+        got = evaluate(model, coords, a, boxes, fp, ap)
         assert torch.get_num_threads() == 2  # the workers' one-thread setting is their own
         seen: list = []  # ... and threads started later default to the caller's count
         later = threading.Thread(target=lambda: seen.append(torch.get_num_threads()))
@@ -217,10 +218,10 @@ def test_threaded_blocks_equal_sequential(name: str, monkeypatch: pytest.MonkeyP
         later.join()
         assert seen == [2]
         model.thread_blocks = False
-        want = evaluate(model, np.stack(coords), a, np.stack(boxes), fp, ap)
+        want = evaluate(model, coords, a, boxes, fp, ap)
         model.thread_blocks = True
         with torch.no_grad(), pytest.raises(RuntimeError, match="torch.no_grad"):
-            evaluate(model, np.stack(coords), a, np.stack(boxes), fp, ap)
+            evaluate(model, coords, a, boxes, fp, ap)
     finally:
         torch.set_num_threads(before)
     assert calls[0] == (6, 2)  # 16 centres (2 of them virtual): 6 blocks on 2 threads
@@ -434,18 +435,13 @@ def test_native_block_equals_modules(name: str, monkeypatch: pytest.MonkeyPatch)
     used = []
     real = native_block._EnergyBlock.apply
     monkeypatch.setattr(native_block._EnergyBlock, "apply", lambda *a: used.append(1) or real(*a))
-    coords, boxes = [], []
-    for seed in (3, 4):
-        c, atype, b = make_system("pbc", seed, n_virtual=2, natoms=14)
-        coords.append(c)
-        boxes.append(b)
-    fp, ap = params_for(model, 2, atype.shape[0])
-    got = evaluate(model, np.stack(coords), atype, np.stack(boxes), fp, ap)
+    coords, atype, boxes, fp, ap = pbc_frames(model, (3, 4))
+    got = evaluate(model, coords, atype, boxes, fp, ap)
     d, f = model.descriptor, model.fitting
     covered = d.tebd_input_mode == "concat" and d.activation_function == f.activation_function == "tanh"
     assert bool(used) == covered, (name, len(used))
     model.native = False
-    want = evaluate(model, np.stack(coords), atype, np.stack(boxes), fp, ap)
+    want = evaluate(model, coords, atype, boxes, fp, ap)
     _compare(got, want, tol(name, 1e-12, 1e-5), "C++ block vs modules")
     if covered:
         model.native = True

@@ -68,6 +68,25 @@ Config make_config(at::ArrayRef<double> geometry, at::IntArrayRef sizes, double 
 
 // --- the environment matrix and the directions, per slot -------------------------------------
 
+// One pair vector's distance, switch and raw environment-matrix row (env_mat.py), as the forward
+// and the backward both need them: s = (1−u)³(1 + 3u + 6u²), wv = 1 − u clipped to [0, 1].
+template <typename T>
+struct SlotGeometry {
+  T r, rp, wv, uu, sw, raw[4];
+  SlotGeometry(T px, T py, T pz, T rcut, T span, T prot) {
+    r = std::sqrt(px * px + py * py + pz * pz);
+    rp = r + prot;
+    wv = std::min(std::max((rcut - r) / span, T(0)), T(1));
+    uu = T(1) - wv;
+    sw = wv * wv * wv * (T(6) * uu * uu + T(3) * uu + T(1));
+    const T rp2 = rp * rp;
+    raw[0] = T(1) / rp;
+    raw[1] = px / rp2;
+    raw[2] = py / rp2;
+    raw[3] = pz / rp2;
+  }
+};
+
 // Of every slot: R (4), the attention's slot weight w (smooth: ŝ = s·mask·κ, else mask·κ) and the
 // direction u (3).
 template <typename T>
@@ -93,15 +112,11 @@ void front_forward(const Tensor& rij, const Tensor& nei, const Tensor& keep, con
         const bool real = m[s];
         // padding slots: a harmless vector beyond rcut (env_mat.py), switch 0
         const T px = real ? x[3 * s] : rcut + T(1), py = real ? x[3 * s + 1] : T(0), pz = real ? x[3 * s + 2] : T(0);
-        const T r = std::sqrt(px * px + py * py + pz * pz);
-        const T rp = r + prot;
-        const T wv = std::min(std::max((rcut - r) / span, T(0)), T(1));
-        const T uu = T(1) - wv;
-        const T sw = real ? wv * wv * wv * (T(6) * uu * uu + T(3) * uu + T(1)) : T(0);
-        const T raw[4] = {T(1) / rp, px / (rp * rp), py / (rp * rp), pz / (rp * rp)};
+        const SlotGeometry<T> geo(px, py, pz, rcut, span, prot);
+        const T sw = real ? geo.sw : T(0);
         const T kappa = kp[s] ? T(1) : T(0);
         T* Rs = R + 4 * s;
-        for (int k = 0; k < 4; ++k) Rs[k] = (raw[k] * sw - dab[4 * j + k]) / dsb[4 * j + k] * kappa;
+        for (int k = 0; k < 4; ++k) Rs[k] = (geo.raw[k] * sw - dab[4 * j + k]) / dsb[4 * j + k] * kappa;
         const bool kept = real && kp[s];
         W[s] = c.smooth ? (kept ? sw : T(0)) : (kept ? T(1) : T(0));
         const T nrm = std::max(std::sqrt(Rs[1] * Rs[1] + Rs[2] * Rs[2] + Rs[3] * Rs[3]), T(kNormEps));
@@ -154,25 +169,21 @@ void front_backward(const Tensor& rij, const Tensor& nei, const Tensor& keep, co
         }
         const T kappa = kp[s] ? T(1) : T(0);
         const T px = x[3 * s], py = x[3 * s + 1], pz = x[3 * s + 2];
-        const T r = std::sqrt(px * px + py * py + pz * pz);
-        const T rp = r + prot;
-        const T wv = std::min(std::max((rcut - r) / span, T(0)), T(1));
-        const T uu = T(1) - wv;
-        const T sw = wv * wv * wv * (T(6) * uu * uu + T(3) * uu + T(1));
-        const T raw[4] = {T(1) / rp, px / (rp * rp), py / (rp * rp), pz / (rp * rp)};
+        const SlotGeometry<T> geo(px, py, pz, rcut, span, prot);
         T dsw = dWp ? dWp[s] * kappa : T(0);  // ŝ = s·mask·κ (smooth attention weights)
         T draw[4];
         for (int k = 0; k < 4; ++k) {
           const T de = d[k] * kappa / dsb[4 * j + k];  // through R = κ (R̃ − davg) / dstd
-          dsw += de * raw[k];
-          draw[k] = de * sw;
+          dsw += de * geo.raw[k];
+          draw[k] = de * geo.sw;
         }
         // s(u) = 1 − 10u³ + 15u⁴ − 6u⁵, u = (r − r_s)/(r_c − r_s):
         // ds/dr = −30 u² (1 − u)² / (r_c − r_s)
+        const T wv = geo.wv, uu = geo.uu;
         const T dsdr = (wv > T(0) && wv < T(1)) ? -T(30) * uu * uu * wv * wv / span : T(0);
-        const T rp2 = rp * rp;
-        T dr = dsw * dsdr - draw[0] / rp2 - T(2) * (draw[1] * px + draw[2] * py + draw[3] * pz) / (rp2 * rp);
-        const T f = dr / r;
+        const T rp2 = geo.rp * geo.rp;
+        T dr = dsw * dsdr - draw[0] / rp2 - T(2) * (draw[1] * px + draw[2] * py + draw[3] * pz) / (rp2 * geo.rp);
+        const T f = dr / geo.r;
         gs[0] = draw[1] / rp2 + f * px;
         gs[1] = draw[2] / rp2 + f * py;
         gs[2] = draw[3] / rp2 + f * pz;
