@@ -66,7 +66,10 @@ def neighbor_stat(
     for sys_ in opened:
         for frame, coord, atype, box in _iter_geometry(sys_, chunk):
             real = atype >= 0
-            i, _, _, d = _frame_pairs(coord[real], box, rcut)
+            try:
+                i, _, _, d = _frame_pairs(coord[real], box, rcut)
+            except ValueError as err:  # a cell the neighbour search cannot take
+                raise DataError(f"{sys_.path}: frame {frame}: {err}") from None
             if d.size == 0:
                 continue
             if d.min() <= 1e-6 * max(1.0, rcut):

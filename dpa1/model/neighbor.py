@@ -11,6 +11,8 @@ supply its own list instead (:func:`format_nlist`).
 
 from __future__ import annotations
 
+import math
+from collections.abc import Sequence
 from typing import Optional
 
 import numpy as np
@@ -21,18 +23,90 @@ from torch import Tensor
 from dpa1.model.native import native_ops
 
 
+# vesin bins atoms into a grid of cells about one cutoff wide, of at most 1e5 cells: a larger grid
+# is shrunk keeping its proportions, and a very flat or elongated one (two molecules 1e6 Å apart,
+# a 1,300 Å flake at rcut 4) then gets an axis of zero cells and the process dies of an integer
+# division by zero (vesin 0.6). _vesin_grid_degenerate predicts that from the box alone.
+_VESIN_MAX_CELLS = 1e5
+
+
+def _vesin_grid_degenerate(faces: Sequence[float], cutoff: float) -> bool:
+    """Whether vesin's cell grid for a box with these face distances loses an axis."""
+    n = [max(math.trunc(float(f) / cutoff), 1) for f in faces]  # 3 numbers: no NumPy overhead
+    if n[0] * n[1] * n[2] <= _VESIN_MAX_CELLS:
+        return False
+    rxy, ryz = n[0] / n[1], n[1] / n[2]
+    n2 = math.trunc(math.cbrt(_VESIN_MAX_CELLS / (rxy * ryz * ryz)))
+    n1 = math.trunc(ryz * n2)
+    return min(n2, n1, math.trunc(rxy * n1)) < 1
+
+
+def _cell_degenerate(box: np.ndarray, cutoff: float) -> bool:
+    """:func:`_vesin_grid_degenerate` of a periodic cell; the face distances are computed only
+    when the lattice vectors' lengths (their upper bounds) could make a grid that large."""
+    bound = 1.0
+    for row in box.tolist():
+        bound *= max(math.hypot(*row) / cutoff, 1.0)
+    if bound <= _VESIN_MAX_CELLS:
+        return False
+    areas = np.linalg.norm(np.cross(box[[1, 2, 0]], box[[2, 0, 1]]), axis=1)
+    faces = abs(np.linalg.det(box)) / areas
+    return _vesin_grid_degenerate(faces, cutoff)
+
+
+def _vesin_safe_cluster(coord: np.ndarray, cutoff: float) -> np.ndarray:
+    """Non-periodic coordinates with the same pairs within ``cutoff`` (rows added at the end
+    have none) whose bounding box vesin can bin.
+
+    Gaps wider than ``2·cutoff`` between groups of atoms along an axis are closed to
+    ``2·cutoff`` (each group moves rigidly, so pairs and their distances are kept); a system
+    still too flat or thin for the grid gets two atoms at far corners, ``2·cutoff`` outside
+    every atom along every axis, that widen its thin axes.
+    """
+    lo = coord.min(axis=0)
+    if not _vesin_grid_degenerate(coord.max(axis=0) - lo, cutoff):
+        return coord
+    x = coord - lo
+    for ax in range(3):
+        order = np.argsort(x[:, ax], kind="stable")
+        excess = np.maximum(np.diff(x[order, ax]) - 2.0 * cutoff, 0.0)
+        if excess.any():
+            x[order[1:], ax] -= np.cumsum(excess)
+    extent = x.max(axis=0)
+    if not _vesin_grid_degenerate(extent, cutoff):
+        return x
+    for ratio in (100.0, 1.0):  # thin axes to 1/100 of the widest, else a cube
+        far = np.maximum(extent, extent.max() / ratio) + 2.0 * cutoff
+        if not _vesin_grid_degenerate(far + 2.0 * cutoff, cutoff):
+            break
+    return np.concatenate([x, np.full((1, 3), -2.0 * cutoff), far[None]])
+
+
 def _frame_pairs(
     coord: np.ndarray, box: Optional[np.ndarray], rcut: float
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """All pairs ``i → j`` within ``rcut`` (inclusive) of one frame: ``i, j, S (npair, 3), d``.
 
     ``r_ij = x_j − x_i + S·H`` with the rows of ``H`` the lattice vectors.
+
+    Raises:
+        ValueError: a periodic cell too flat or elongated for vesin's cell grid.
     """
     # vesin's cutoff is exclusive; DeePMD's is inclusive (§2.4): widen, then filter.
-    nl = vesin.NeighborList(cutoff=rcut * (1.0 + 1e-12) + 1e-12, full_list=True)
+    cutoff = rcut * (1.0 + 1e-12) + 1e-12
+    nl = vesin.NeighborList(cutoff=cutoff, full_list=True)
     if box is None:
-        i, j, s, d = nl.compute(coord, np.zeros((3, 3)), False, "ijSd")
+        if coord.shape[0] < 2:
+            return (np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros((0, 3), np.int64),
+                    np.zeros(0))
+        i, j, s, d = nl.compute(_vesin_safe_cluster(coord, cutoff), np.zeros((3, 3)), False, "ijSd")
     else:
+        if _cell_degenerate(box, cutoff):
+            lengths = np.array2string(np.linalg.norm(box, axis=1), precision=4)
+            raise ValueError(
+                f"periodic cell with lattice vectors {lengths} Å long is too flat or elongated "
+                f"for the neighbour search at rcut {rcut:g} Å; use a cell of less extreme "
+                "proportions (e.g. less vacuum) or no periodicity")
         i, j, s, d = nl.compute(coord, box, True, "ijSd")
     keep = d <= rcut
     if not keep.all():
