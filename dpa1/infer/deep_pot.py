@@ -37,7 +37,8 @@ class DeepPot:
             self.module = model.to(self.device).eval()
             self.meta = {"type_map": list(model.type_map), "rcut": model.rcut, "sel": model.nnei,
                          "dim_fparam": model.fitting.numb_fparam,
-                         "dim_aparam": model.fitting.numb_aparam}
+                         "dim_aparam": model.fitting.numb_aparam,
+                         "min_nbor_dist": getattr(model, "min_nbor_dist", None)}
         else:
             self.module, self.meta = load_model(model, self.device)
         self.batch_frames = max(1, int(batch_frames))
@@ -61,6 +62,11 @@ class DeepPot:
 
     def get_dim_aparam(self) -> int:
         return int(self.meta.get("dim_aparam", 0))
+
+    def get_min_nbor_dist(self) -> Optional[float]:
+        """The smallest pair distance of the training data (Å), None when unknown."""
+        value = self.meta.get("min_nbor_dist")
+        return None if value is None else float(value)
 
     # --- evaluation ------------------------------------------------------------------------
     def types_from(self, atom_types: Union[Sequence[int], Sequence[str], np.ndarray]) -> np.ndarray:
