@@ -8,8 +8,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
+from ase import Atoms
 
+from dpa1.calculator import DP
 from dpa1.cli.main import main
 from dpa1.data.stats import neighbor_stat
 from dpa1.infer.deep_pot import DeepPot
@@ -27,6 +30,16 @@ pytestmark = [
     pytest.mark.skipif(not TINY_DP.exists(), reason="shared/reference/tiny.dp not available"),
     pytest.mark.filterwarnings("ignore:The given NumPy array is not writable"),
 ]
+
+
+@pytest.fixture(scope="module")
+def dp() -> DeepPot:
+    return DeepPot(TINY_DP, device="cpu")
+
+
+def fresh(dp: DeepPot) -> DeepPot:
+    """A DeepPot on the same module: its own once-per-model warnings."""
+    return DeepPot(dp.module, device="cpu")
 
 
 def test_min_nbor_dist_survives_every_model_file(tmp_path: Path) -> None:
@@ -55,6 +68,23 @@ def test_min_nbor_dist_survives_every_model_file(tmp_path: Path) -> None:
 
     save_dp(tmp_path / "in_model.dp", data)
     assert load_dp_model(tmp_path / "in_model.dp")[0].min_nbor_dist == 0.5
+
+
+# === 4. no atoms ============================================================================
+def test_no_atoms(dp: DeepPot) -> None:
+    e, f, v, ae, av = dp.eval(np.zeros((2, 0)), None, [], atomic=True)
+    assert e.shape == (2, 1) and f.shape == (2, 0, 3) and v.shape == (2, 9)
+    assert ae.shape == (2, 0, 1) and av.shape == (2, 0, 9)
+    assert not e.any() and not v.any()
+    for atoms in (Atoms(), Atoms(cell=np.eye(3) * 5.0, pbc=True)):
+        for calc in (DP(dp), DP([dp, fresh(dp)])):
+            atoms.calc = calc
+            assert atoms.get_potential_energy() == 0.0
+            assert atoms.get_forces().shape == (0, 3)
+            assert not calc.results["virial"].any()
+            if atoms.pbc.all():
+                assert not atoms.get_stress().any()
+        assert calc.results["max_devi_f"] == 0.0 and calc.results["devi_f"].shape == (0,)
 
 
 @pytest.mark.skipif(not WATER.exists(), reason="shared water data not available")

@@ -111,6 +111,10 @@ class DeepPot:
         atype = self.types_from(atom_types)
         coords = np.asarray(coords, dtype=np.float64)
         natoms = atype.shape[-1]
+        if natoms == 0:  # every sum over atoms is empty
+            nf = coords.shape[0] if coords.ndim > 1 else 1
+            zeros = (np.zeros((nf, 1)), np.zeros((nf, 0, 3)), np.zeros((nf, 9)))
+            return zeros + ((np.zeros((nf, 0, 1)), np.zeros((nf, 0, 9))) if atomic else ())
         coords = coords.reshape(-1, natoms, 3)
         nf = coords.shape[0]
         atype = np.broadcast_to(atype.reshape(-1, natoms), (nf, natoms))
