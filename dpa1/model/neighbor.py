@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Optional
+from typing import NamedTuple, Optional
 
 import numpy as np
 import torch
@@ -152,13 +152,37 @@ def _distinct_images(j: np.ndarray, s: np.ndarray) -> tuple[np.ndarray, np.ndarr
     return uniq, uniq_s + lo, inverse.reshape(-1)
 
 
+class PairSummary(NamedTuple):
+    """What the pair search of one frame found before truncation to ``nnei``, for the checks
+    of inference front-ends: the closest pair ``i ≤ j`` (local indices; ``image``: one is a
+    periodic image of the other's cell) at distance ``d`` (inf without pairs), and an atom
+    ``busiest`` with the most neighbours, ``count``."""
+
+    i: int
+    j: int
+    d: float
+    image: bool
+    busiest: int
+    count: int
+
+
+NO_PAIRS = PairSummary(-1, -1, float("inf"), False, -1, 0)
+
+
+def overlap_distance(rcut: float) -> float:
+    """Pairs at most this far apart are taken for one atom listed twice."""
+    return 1e-6 * max(1.0, rcut)
+
+
 def frame_neighbors(
-    coord: np.ndarray, atype: np.ndarray, box: Optional[np.ndarray], rcut: float, nnei: int
+    coord: np.ndarray, atype: np.ndarray, box: Optional[np.ndarray], rcut: float, nnei: int,
+    summary: Optional[list[PairSummary]] = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Extended system of one frame.
 
     Args:
         coord: ``(nloc, 3)``; atype: ``(nloc,)`` (−1 = virtual); box: ``(3, 3)`` or None.
+        summary: if given, the frame's :class:`PairSummary` is appended to it.
 
     Returns:
         ``mapping (nall,)``, integer ``shift (nall, 3)`` (image = ``x[mapping] + shift·H``)
@@ -170,9 +194,13 @@ def frame_neighbors(
     mapping = np.arange(nloc, dtype=np.int64)
     shift = np.zeros((nloc, 3), dtype=np.int64)
     if real.size == 0:
+        if summary is not None:
+            summary.append(NO_PAIRS)
         return mapping, shift, nlist
     i, j, s, d = _frame_pairs(coord[real], box, rcut)
     i, j = real[i], real[j]  # virtual atoms were never offered: nobody's neighbour
+    if summary is not None:
+        summary.append(_summarize(i, j, s, d, nloc))
     # The same steps in C++ (csrc/neighbor_list.cpp), when its int64 image keys cannot overflow
     span = s.max(axis=0, initial=0) - s.min(axis=0, initial=0) + 1
     if native_ops() and nloc * float(np.prod(span)) < 2**61:
@@ -199,13 +227,28 @@ def frame_neighbors(
     return mapping, shift, nlist
 
 
+def _summarize(
+    i: np.ndarray, j: np.ndarray, s: np.ndarray, d: np.ndarray, nloc: int
+) -> PairSummary:
+    """:class:`PairSummary` of a frame's pairs (all of them, before truncation)."""
+    if d.size == 0:
+        return NO_PAIRS
+    k = int(np.argmin(d))
+    count = np.bincount(i, minlength=nloc)
+    busiest = int(np.argmax(count))
+    a, b = sorted((int(i[k]), int(j[k])))  # the full list has both directions: name one
+    return PairSummary(a, b, float(d[k]), bool(s[k].any()), busiest, int(count[busiest]))
+
+
 def build_extended_system(
-    coord: Tensor, atype: Tensor, box: Optional[Tensor], rcut: float, nnei: int
+    coord: Tensor, atype: Tensor, box: Optional[Tensor], rcut: float, nnei: int,
+    summary: Optional[list[PairSummary]] = None,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Extended coordinates, types, mapping and neighbour list of a batch.
 
     Args:
         coord: ``(nf, nloc, 3)``; atype: ``(nf, nloc)``; box: ``(nf, 3, 3)`` / ``(nf, 9)`` or None.
+        summary: if given, each frame's :class:`PairSummary` is appended to it.
 
     Returns:
         ``ext_coord (nf, nall, 3)`` (differentiable in ``coord`` and ``box``),
@@ -218,7 +261,7 @@ def build_extended_system(
     t_np = atype.detach().cpu().numpy()
     b_np = None if box is None else box.detach().cpu().to(torch.float64).numpy().reshape(nf, 3, 3)
     frames = [
-        frame_neighbors(c_np[f], t_np[f], None if b_np is None else b_np[f], rcut, nnei)
+        frame_neighbors(c_np[f], t_np[f], None if b_np is None else b_np[f], rcut, nnei, summary)
         for f in range(nf)
     ]
     nall = max(m.shape[0] for m, _, _ in frames)
