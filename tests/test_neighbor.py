@@ -3,6 +3,11 @@
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 from typing import Optional
 
 import numpy as np
@@ -309,3 +314,72 @@ def test_native_bookkeeping_equals_numpy(kind: str, monkeypatch: pytest.MonkeyPa
                 want = neighbor.frame_neighbors(coord, atype, box, RCUT, nnei)
             for name, a, b in zip(("mapping", "shift", "nlist"), got, want):
                 assert a.dtype == b.dtype and np.array_equal(a, b), f"{kind}, nnei {nnei}: {name}"
+
+
+# === geometries the pair search's cell grid cannot take as they are ========================
+# vesin dies of SIGFPE on them (tests/test_edges_infer.py has the model-level checks), so they
+# run in a child process: a regression fails this test instead of killing pytest.
+_GRID_SCRIPT = r"""
+import json
+import numpy as np
+from dpa1.model.neighbor import _frame_pairs, _vesin_grid_degenerate
+
+def pairs(coord, box, rcut):
+    i, j, _, d = _frame_pairs(coord, box, rcut)
+    return sorted(zip(i.tolist(), j.tolist())), d.tolist()
+
+rng = np.random.default_rng(3)
+out = {}
+# two clusters 1e6 and 1e9 Å apart, and a 380 Å flat sheet / 1.1e5 Å chain of atoms 1.9 Å
+# apart (no gap to close at rcut 1) with partners 0.6 Å above every 7th atom
+a = rng.uniform(0.0, 3.0, size=(12, 3))
+g = np.stack(np.meshgrid(np.arange(200.0), np.arange(200.0), indexing="ij"), -1).reshape(-1, 2)
+sheet = np.c_[g * 1.9, np.zeros(len(g))]
+chain = np.c_[np.arange(60000.0) * 1.9, np.zeros((60000, 2))]
+for name, coord, rcut in (
+    ("far_1e6", np.r_[a, a + [1e6, 0.0, 0.0]], 2.0),
+    ("far_1e9", np.r_[a, a + [3.0, 1e9, -2.0]], 2.0),
+    ("sheet", sheet, 1.0),
+    ("chain", chain, 1.0),
+):
+    if name in ("sheet", "chain"):
+        top = coord[::7] + [0.0, 0.0, 0.6]
+        coord = np.r_[coord, top]
+    got, dist = pairs(coord, None, rcut)
+    out[name] = {"degenerate": bool(_vesin_grid_degenerate(np.ptp(coord, axis=0), rcut)),
+                 "n": len(coord), "pairs": got, "d": dist}
+    if name.startswith("far"):
+        alone = pairs(a, None, rcut)[0]
+        out[name]["alone"] = alone + [(i + 12, j + 12) for i, j in alone]
+try:
+    _frame_pairs(np.zeros((2, 3)) + [0.0, 0.0, 1.0], np.diag([1e4, 1e4, 20.0]), 4.0)
+    out["slab"] = "no error"
+except ValueError as err:
+    out["slab"] = str(err)
+print(json.dumps(out))
+"""
+
+
+def test_pair_search_survives_grids_vesin_cannot_bin() -> None:
+    """Clusters 1e6 and 1e9 Å apart, a wide flat sheet and a long chain (non-periodic): the
+    same pairs as each part alone / as built, never a dead process; a periodic slab too
+    elongated for the grid is a one-line error."""
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(root)}
+    run = subprocess.run([sys.executable, "-c", _GRID_SCRIPT], cwd=root, env=env,
+                         capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-2000:]
+    out = json.loads(run.stdout)
+    for name in ("far_1e6", "far_1e9", "sheet", "chain"):
+        res = out[name]
+        assert res["degenerate"], f"{name}: not a case vesin's grid fails on"
+        got = [tuple(p) for p in res["pairs"]]
+        if name.startswith("far"):
+            assert got == sorted(map(tuple, res["alone"])) and len(got) > 12, name
+            continue
+        base = {"sheet": 200 * 200, "chain": 60000}[name]  # atoms before the partners
+        tops = range(res["n"] - base)
+        want = sorted([(7 * k, base + k) for k in tops] + [(base + k, 7 * k) for k in tops])
+        assert got == want, name
+        np.testing.assert_allclose(res["d"], 0.6, atol=1e-9)
+    assert "too flat or elongated" in out["slab"] and "rcut 4" in out["slab"]

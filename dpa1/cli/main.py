@@ -3,7 +3,7 @@
 Each verb module exposes ``add_parser(subparsers)`` (registering its options and
 ``func``) so this file stays a thin dispatcher. User errors (bad input files, configs,
 data) are printed as one line without a traceback and exit with status 2; set
-``DPA1_DEBUG=1`` to see the traceback.
+``DPA1_DEBUG=1`` to see the traceback. Warnings are printed as one line too.
 """
 
 from __future__ import annotations
@@ -12,7 +12,8 @@ import argparse
 import importlib
 import os
 import sys
-from typing import Optional
+import warnings
+from typing import Callable, Optional, TextIO
 
 # verb modules, in the order shown by --help
 VERBS = (
@@ -39,6 +40,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _one_line_warning(command: str) -> Callable[..., None]:
+    """Warnings as ``dpa1 VERB: warning: ...`` lines, like the errors (no source line)."""
+
+    def show(message: Warning | str, category: type[Warning], filename: str, lineno: int,
+             file: Optional[TextIO] = None, line: Optional[str] = None) -> None:
+        print(f"dpa1 {command}: warning: {message}", file=sys.stderr if file is None else file)
+
+    return show
+
+
 def main(argv: Optional[list[str]] = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -46,7 +57,9 @@ def main(argv: Optional[list[str]] = None) -> int:
         parser.print_help()
         return 1
     try:
-        return int(args.func(args) or 0)
+        with warnings.catch_warnings():  # restores the default display afterwards
+            warnings.showwarning = _one_line_warning(args.command)
+            return int(args.func(args) or 0)
     except KeyboardInterrupt:
         print("dpa1: interrupted", file=sys.stderr)
         return 130

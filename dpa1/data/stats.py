@@ -21,7 +21,7 @@ import torch
 from dpa1.data.errors import DataError
 from dpa1.data.system import DeepmdSystem
 from dpa1.model.env_mat import env_matrix
-from dpa1.model.neighbor import _frame_pairs, build_extended_system
+from dpa1.model.neighbor import _frame_pairs, build_extended_system, overlap_distance
 
 __all__ = [
     "apply_statistics",
@@ -66,10 +66,13 @@ def neighbor_stat(
     for sys_ in opened:
         for frame, coord, atype, box in _iter_geometry(sys_, chunk):
             real = atype >= 0
-            i, _, _, d = _frame_pairs(coord[real], box, rcut)
+            try:
+                i, _, _, d = _frame_pairs(coord[real], box, rcut)
+            except ValueError as err:  # a cell the neighbour search cannot take
+                raise DataError(f"{sys_.path}: frame {frame}: {err}") from None
             if d.size == 0:
                 continue
-            if d.min() <= 1e-6 * max(1.0, rcut):
+            if d.min() <= overlap_distance(rcut):
                 raise DataError(f"{sys_.path}: atoms overlap in frame {frame} (distance "
                                 f"{d.min():.3g} Å); remove duplicated atoms")
             min_dist = min(min_dist, float(d.min()))

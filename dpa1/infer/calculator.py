@@ -157,6 +157,9 @@ class DP(Calculator):
     def _ensemble(self, coord, cell, atype, fparam, aparam, e, f, v) -> None:
         preds = [(e, f, v)] + [dp.eval(coord, cell, atype, fparam=fparam, aparam=aparam)[:3]
                                for dp in self.dps[1:]]
+        if len(atype) == 0:  # nothing to deviate
+            self.results.update(dict.fromkeys(DEVI_KEYS, 0.0), devi_f=np.zeros(0))
+            return
         es, fs, vs = (np.stack([p[k] for p in preds]) for k in range(3))
         row = devi_from_predictions(es, fs, vs, len(atype), atomic=True)[0]
         for k, key in enumerate(DEVI_KEYS):

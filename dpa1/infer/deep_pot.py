@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
-from typing import Optional, Sequence, Union
+import warnings
+from typing import Iterator, Optional, Sequence, Union
 
 import numpy as np
 import torch
 
 from dpa1.io.model_file import load_model
-from dpa1.model.neighbor import build_extended_system
+from dpa1.model.neighbor import PairSummary, build_extended_system, overlap_distance
 
 
 def default_device() -> torch.device:
@@ -37,11 +39,15 @@ class DeepPot:
             self.module = model.to(self.device).eval()
             self.meta = {"type_map": list(model.type_map), "rcut": model.rcut, "sel": model.nnei,
                          "dim_fparam": model.fitting.numb_fparam,
-                         "dim_aparam": model.fitting.numb_aparam}
+                         "dim_aparam": model.fitting.numb_aparam,
+                         "min_nbor_dist": getattr(model, "min_nbor_dist", None)}
         else:
             self.module, self.meta = load_model(model, self.device)
         self.batch_frames = max(1, int(batch_frames))
         self._dtype = torch.float64
+        # geometry warnings already given (each once per model, not at every MD step)
+        self._warned: set[str] = set()
+        self._naming: Optional[tuple[str, int, Optional[np.ndarray]]] = None
 
     # --- metadata (DeePMD names) ---------------------------------------------------------
     def get_type_map(self) -> list[str]:
@@ -61,6 +67,11 @@ class DeepPot:
 
     def get_dim_aparam(self) -> int:
         return int(self.meta.get("dim_aparam", 0))
+
+    def get_min_nbor_dist(self) -> Optional[float]:
+        """The smallest pair distance of the training data (Å), None when unknown."""
+        value = self.meta.get("min_nbor_dist")
+        return None if value is None else float(value)
 
     # --- evaluation ------------------------------------------------------------------------
     def types_from(self, atom_types: Union[Sequence[int], Sequence[str], np.ndarray]) -> np.ndarray:
@@ -101,10 +112,20 @@ class DeepPot:
         Returns:
             ``e (nf, 1)``, ``f (nf, natoms, 3)``, ``v (nf, 9)`` and with ``atomic``
             ``ae (nf, natoms, 1)``, ``av (nf, natoms, 9)``, in the caller's atom order.
+
+        Raises:
+            OverlapError: (a ``ValueError``) two atoms on one position.
+
+        Warns (once per model and kind): a pair closer than any in the training data
+        (``min_nbor_dist``), an atom with more neighbours than ``sel``.
         """
         atype = self.types_from(atom_types)
         coords = np.asarray(coords, dtype=np.float64)
         natoms = atype.shape[-1]
+        if natoms == 0:  # every sum over atoms is empty
+            nf = coords.shape[0] if coords.ndim > 1 else 1
+            zeros = (np.zeros((nf, 1)), np.zeros((nf, 0, 3)), np.zeros((nf, 9)))
+            return zeros + ((np.zeros((nf, 0, 1)), np.zeros((nf, 0, 9))) if atomic else ())
         coords = coords.reshape(-1, natoms, 3)
         nf = coords.shape[0]
         atype = np.broadcast_to(atype.reshape(-1, natoms), (nf, natoms))
@@ -115,7 +136,8 @@ class DeepPot:
         for start in range(0, nf, self.batch_frames):
             sl = slice(start, start + self.batch_frames)
             res = self._eval_batch(coords[sl], atype[sl], None if box is None else box[sl],
-                                   None if fp is None else fp[sl], None if ap is None else ap[sl], atomic)
+                                   None if fp is None else fp[sl],
+                                   None if ap is None else ap[sl], atomic, start, nf)
             for k, v in res.items():
                 outs.setdefault(k, []).append(v)
         out = {k: np.concatenate(v) for k, v in outs.items()}
@@ -124,15 +146,68 @@ class DeepPot:
             result += (out["atom_energy"], out["atom_virial"])
         return result
 
-    def _eval_batch(self, coord, atype, box, fparam, aparam, atomic) -> dict[str, np.ndarray]:
+    def _eval_batch(self, coord, atype, box, fparam, aparam, atomic, first: int, nf: int
+                    ) -> dict[str, np.ndarray]:
         dev, dt = self.device, self._dtype
         coord_t = torch.as_tensor(coord, dtype=dt, device=dev)
         atype_t = torch.as_tensor(np.array(atype, dtype=np.int64), device=dev)
         box_t = None if box is None else torch.as_tensor(box, dtype=dt, device=dev)
+        summary: list[PairSummary] = []
         ext_coord, ext_atype, mapping, nlist = build_extended_system(
-            coord_t, atype_t, box_t, self.get_rcut(), int(self.meta["sel"]))
+            coord_t, atype_t, box_t, self.get_rcut(), int(self.meta["sel"]), summary)
+        self._check_pairs(summary, first, nf)
         fp_t = None if fparam is None else torch.as_tensor(fparam, dtype=dt, device=dev)
         ap_t = None if aparam is None else torch.as_tensor(aparam, dtype=dt, device=dev)
         out = self.module.forward_lower(ext_coord, ext_atype, nlist, mapping, fp_t, ap_t, atomic)
         keys = ["energy", "force", "virial"] + (["atom_energy", "atom_virial"] if atomic else [])
         return {k: out[k].detach().cpu().numpy() for k in keys}
+
+    @contextlib.contextmanager
+    def naming(self, where: str, first_frame: int = 0,
+               atom_index: Optional[np.ndarray] = None) -> Iterator[None]:
+        """Within the block, overlap errors and geometry warnings name the source ``where``,
+        count frames from ``first_frame`` and number atoms by ``atom_index`` (evaluated atom
+        ``k`` is the caller's ``atom_index[k]``): for callers that evaluate a system in
+        pieces or in another atom order."""
+        saved = self._naming
+        self._naming = (where, first_frame, atom_index)
+        try:
+            yield
+        finally:
+            self._naming = saved
+
+    def _check_pairs(self, summary: list[PairSummary], first: int, nf: int) -> None:
+        """Refuse overlapping atoms; warn (once per model) about a pair closer than the
+        training data's closest and about neighbours beyond ``sel``."""
+        rcut, sel, mnd = self.get_rcut(), int(self.meta["sel"]), self.get_min_nbor_dist()
+        where, first_frame, index = self._naming or ("", 0, None)
+        for f, s in enumerate(summary, start=first):
+            overlap = s.d <= overlap_distance(rcut)
+            close = mnd is not None and s.d < mnd and "close" not in self._warned
+            crowded = s.count > sel and "sel" not in self._warned
+            if not (overlap or close or crowded):
+                continue
+            frame = f"frame {first_frame + f}" if nf > 1 or where else ""
+            place = ", ".join(x for x in (where, frame) if x)
+            place = f"{place}: " if place else ""
+            i, j, busiest = (s.i, s.j, s.busiest) if index is None else (
+                int(index[s.i]), int(index[s.j]), int(index[s.busiest]))
+            pair = f"atoms {min(i, j)} and {max(i, j)}" + (" (a periodic image)" if s.image else "")
+            if overlap:
+                raise OverlapError(f"{place}{pair} are {s.d:.3g} Å apart, on one position: "
+                                   "energy and forces are undefined; remove the duplicated atom")
+            if close:
+                self._warned.add("close")
+                warnings.warn(f"{place}{pair} are {s.d:.4g} Å apart, closer than any pair in "
+                              f"the model's training data (min_nbor_dist {mnd:.4g} Å): the "
+                              "prediction is an extrapolation", stacklevel=4)
+            if crowded:
+                self._warned.add("sel")
+                warnings.warn(f"{place}atom {busiest} has {s.count} neighbours within "
+                              f"rcut {rcut:g} Å, more than the model's sel {sel}: the farthest "
+                              f"{s.count - sel} are ignored, so energy and forces are approximate",
+                              stacklevel=4)
+
+
+class OverlapError(ValueError):
+    """Two atoms on one position: energy and forces are undefined there."""

@@ -51,8 +51,9 @@ def evaluate_system(dp: DeepPot, system, nframes: Optional[int] = None, batch: i
         idx = np.arange(start, min(n, start + batch))
         fr = system.get_frames(idx)
         atype = fr["atype"]
-        e, f, v = dp.eval(fr["coord"], fr.get("box"), atype, fparam=fr.get("fparam"),
-                          aparam=fr.get("aparam"))
+        with dp.naming(str(system.path), start, system.idx_map):  # atoms as in the files
+            e, f, v = dp.eval(fr["coord"], fr.get("box"), atype, fparam=fr.get("fparam"),
+                              aparam=fr.get("aparam"))
         real = atype >= 0
         nreal = real.sum(axis=1).astype(np.float64)
         if fr.get("find_energy", 0.0):

@@ -15,6 +15,7 @@ Standard deviations are population ones (``ddof=0``), like ``numpy.std``.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 from typing import Iterator, NamedTuple, Optional, Sequence, Union
@@ -303,10 +304,15 @@ def make_model_devi(
     tables, text = [], []
     for name, frames in sources:
         blocks = []
+        done = 0
         for fr in frames:
             natoms = fr.atype.shape[-1]
-            preds = [dp.eval(fr.coord, fr.box, fr.atype, fparam=fr.fparam, aparam=fr.aparam)
-                     for dp in dps]
+            with contextlib.ExitStack() as stack:
+                for dp in dps:
+                    stack.enter_context(dp.naming(name, done))
+                preds = [dp.eval(fr.coord, fr.box, fr.atype, fparam=fr.fparam, aparam=fr.aparam)
+                         for dp in dps]
+            done += fr.coord.shape[0]
             es, fs, vs = (np.stack([p[k] for p in preds]) for k in range(3))
             blocks.append(devi_from_predictions(es, fs, vs, natoms, relative=relative,
                                                 relative_v=relative_v, atomic=atomic))

@@ -2,11 +2,12 @@
 
 - ``*.pt`` — a training checkpoint: ``{"format": "dpa1-checkpoint", "version": 1,
   "model": <DeePMD-style model dict with tensors>, "config": <normalised input>,
-  "step": int, "optimizer": state_dict | None, ...}``. The model is stored in the same
-  dictionary layout as ``.dp`` files (§13), so the two formats cannot drift apart;
-  tensors instead of numpy arrays let it load with ``torch.load(weights_only=True)``.
+  "step": int, "optimizer": state_dict | None, "min_nbor_dist": float (when known), ...}``.
+  The model is stored in the same dictionary layout as ``.dp`` files (§13), so the two
+  formats cannot drift apart; tensors instead of numpy arrays let it load with
+  ``torch.load(weights_only=True)``.
 - ``*.pth`` — a frozen model: TorchScript (``forward_lower`` + metadata methods) with
-  ``dpa1.json`` (type_map, rcut, sel, the model config) in its extra files.
+  ``dpa1.json`` (type_map, rcut, sel, min_nbor_dist, the model config) in its extra files.
 - ``*.dp`` / ``*.yaml`` — DeePMD-kit's serialized format.
 """
 
@@ -50,11 +51,15 @@ def save_checkpoint(
     step: int = 0, optimizer_state: Optional[dict] = None, extra: Optional[dict] = None,
 ) -> None:
     """Write a checkpoint atomically (temp file + rename): a crash never leaves a torn file."""
+    model = _unwrap(model)
     payload = {
         "format": CKPT_FORMAT, "version": CKPT_VERSION,
-        "model": _to_tensors(model_to_dict(_unwrap(model))), "config": config, "step": int(step),
-        "optimizer": optimizer_state, **(extra or {}),
+        "model": _to_tensors(model_to_dict(model)), "config": config, "step": int(step),
+        "optimizer": optimizer_state,
     }
+    if model.min_nbor_dist is not None:
+        payload["min_nbor_dist"] = float(model.min_nbor_dist)
+    payload.update(extra or {})
     with atomic_path(path) as tmp:
         torch.save(payload, tmp)
 
@@ -72,7 +77,10 @@ def load_checkpoint(path: Union[str, os.PathLike]) -> tuple[EnergyModel, dict]:
         raise ValueError(f"{path}: not a dpa1 checkpoint (no format tag {CKPT_FORMAT!r})")
     if payload.get("version", 0) > CKPT_VERSION:
         raise ValueError(f"{path}: checkpoint version {payload['version']} is newer than this dpa1")
-    return model_from_dict(_to_numpy(payload["model"])), payload
+    model = model_from_dict(_to_numpy(payload["model"]))
+    if payload.get("min_nbor_dist") is not None:
+        model.min_nbor_dist = float(payload["min_nbor_dist"])
+    return model, payload
 
 
 def _unwrap(model: torch.nn.Module) -> EnergyModel:
@@ -91,7 +99,7 @@ def freeze(model: EnergyModel, path: Union[str, os.PathLike], config: Optional[d
     meta = {
         "type_map": model.type_map, "rcut": model.rcut, "sel": model.nnei,
         "dim_fparam": model.fitting.numb_fparam, "dim_aparam": model.fitting.numb_aparam,
-        "model": config,
+        "min_nbor_dist": model.min_nbor_dist, "model": config,
     }
     with atomic_path(path) as tmp:
         torch.jit.save(scripted, str(tmp), _extra_files={FROZEN_META: json.dumps(meta)})
@@ -131,7 +139,8 @@ def load_model(path: Union[str, os.PathLike], device: Union[str, torch.device] =
         kind = "checkpoint"
     model = model.to(device).eval()
     meta = {"type_map": model.type_map, "rcut": model.rcut, "sel": model.nnei, "kind": kind,
-            "dim_fparam": model.fitting.numb_fparam, "dim_aparam": model.fitting.numb_aparam}
+            "dim_fparam": model.fitting.numb_fparam, "dim_aparam": model.fitting.numb_aparam,
+            "min_nbor_dist": model.min_nbor_dist}
     return model, meta
 
 

@@ -312,18 +312,38 @@ def load_dp_model(path: str | os.PathLike) -> tuple[EnergyModel, dict]:
     if "model" not in data:
         raise ValueError(f"{path}: no 'model' entry; is this a DeePMD-kit serialized model?")
     try:
-        return model_from_dict(data["model"]), data
+        model = model_from_dict(data["model"])
+        model.min_nbor_dist = min_nbor_dist_of(data)
     except KeyError as err:
         raise ValueError(f"{path}: missing key {err} in the serialized model") from None
     except ValueError as err:  # e.g. an array of the wrong shape: say which file
         raise ValueError(f"{path}: {err}") from None
+    return model, data
+
+
+def min_nbor_dist_of(data: dict) -> Optional[float]:
+    """A ``.dp`` file's ``min_nbor_dist``: in the top-level ``@variables`` (DeePMD-kit's
+    writers), else a key of the model section; None when absent."""
+    value = (data.get("@variables") or {}).get("min_nbor_dist")
+    if value is None:
+        value = data["model"].get("min_nbor_dist")
+    if value is None:
+        return None
+    try:
+        value = float(np.asarray(value).reshape(()))
+    except (TypeError, ValueError):
+        raise ValueError(f"min_nbor_dist: expected one number, found {value!r}") from None
+    return value
 
 
 def save_dp_model(
     path: str | os.PathLike, model: EnergyModel, model_def_script: Optional[dict] = None,
     min_nbor_dist: Optional[float] = None,
 ) -> None:
-    """Write ``model`` as a DeePMD-kit ``.dp`` (or ``.yaml``) file."""
+    """Write ``model`` as a DeePMD-kit ``.dp`` (or ``.yaml``) file; ``min_nbor_dist``
+    defaults to the model's."""
+    if min_nbor_dist is None:
+        min_nbor_dist = model.min_nbor_dist
     data = {
         "software": "deepmd-kit", "version": f"3.2.0 (written by dpa1 {dpa1.__version__})",
         "time": datetime.datetime.now(datetime.timezone.utc).isoformat(),

@@ -47,6 +47,12 @@ def _put_centres(x: Tensor, order: Tensor) -> Tensor:
 class EnergyModel(nn.Module):
     """Energy model: ``E_i = fitting(descriptor)_i + out_bias[t_i]``, masked (§8.3)."""
 
+    # The smallest pair distance in the training data (neighbour statistics, §1.6), kept as
+    # DeePMD-kit keeps it; None when unknown. Inference warns about closer pairs. Not part of
+    # the TorchScript model: frozen files carry it in their metadata.
+    min_nbor_dist: Optional[float]
+    __jit_ignored_attributes__ = ["min_nbor_dist"]
+
     def __init__(
         self,
         descriptor: DescrptDPA1,
@@ -95,6 +101,7 @@ class EnergyModel(nn.Module):
         self.native = True
         # Model inputs are cast to the global precision (§2.1).
         self.global_dtype = torch.float64
+        self.min_nbor_dist = None
 
     # === the upper interface: coordinates in, everything out ===============================
     @torch.jit.unused

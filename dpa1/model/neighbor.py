@@ -11,7 +11,9 @@ supply its own list instead (:func:`format_nlist`).
 
 from __future__ import annotations
 
-from typing import Optional
+import math
+from collections.abc import Sequence
+from typing import NamedTuple, Optional
 
 import numpy as np
 import torch
@@ -21,18 +23,90 @@ from torch import Tensor
 from dpa1.model.native import native_ops
 
 
+# vesin bins atoms into a grid of cells about one cutoff wide, of at most 1e5 cells: a larger grid
+# is shrunk keeping its proportions, and a very flat or elongated one (two molecules 1e6 Å apart,
+# a 1,300 Å flake at rcut 4) then gets an axis of zero cells and the process dies of an integer
+# division by zero (vesin 0.6). _vesin_grid_degenerate predicts that from the box alone.
+_VESIN_MAX_CELLS = 1e5
+
+
+def _vesin_grid_degenerate(faces: Sequence[float], cutoff: float) -> bool:
+    """Whether vesin's cell grid for a box with these face distances loses an axis."""
+    n = [max(math.trunc(float(f) / cutoff), 1) for f in faces]  # 3 numbers: no NumPy overhead
+    if n[0] * n[1] * n[2] <= _VESIN_MAX_CELLS:
+        return False
+    rxy, ryz = n[0] / n[1], n[1] / n[2]
+    n2 = math.trunc(math.cbrt(_VESIN_MAX_CELLS / (rxy * ryz * ryz)))
+    n1 = math.trunc(ryz * n2)
+    return min(n2, n1, math.trunc(rxy * n1)) < 1
+
+
+def _cell_degenerate(box: np.ndarray, cutoff: float) -> bool:
+    """:func:`_vesin_grid_degenerate` of a periodic cell; the face distances are computed only
+    when the lattice vectors' lengths (their upper bounds) could make a grid that large."""
+    bound = 1.0
+    for row in box.tolist():
+        bound *= max(math.hypot(*row) / cutoff, 1.0)
+    if bound <= _VESIN_MAX_CELLS:
+        return False
+    areas = np.linalg.norm(np.cross(box[[1, 2, 0]], box[[2, 0, 1]]), axis=1)
+    faces = abs(np.linalg.det(box)) / areas
+    return _vesin_grid_degenerate(faces, cutoff)
+
+
+def _vesin_safe_cluster(coord: np.ndarray, cutoff: float) -> np.ndarray:
+    """Non-periodic coordinates with the same pairs within ``cutoff`` (rows added at the end
+    have none) whose bounding box vesin can bin.
+
+    Gaps wider than ``2·cutoff`` between groups of atoms along an axis are closed to
+    ``2·cutoff`` (each group moves rigidly, so pairs and their distances are kept); a system
+    still too flat or thin for the grid gets two atoms at far corners, ``2·cutoff`` outside
+    every atom along every axis, that widen its thin axes.
+    """
+    lo = coord.min(axis=0)
+    if not _vesin_grid_degenerate(coord.max(axis=0) - lo, cutoff):
+        return coord
+    x = coord - lo
+    for ax in range(3):
+        order = np.argsort(x[:, ax], kind="stable")
+        excess = np.maximum(np.diff(x[order, ax]) - 2.0 * cutoff, 0.0)
+        if excess.any():
+            x[order[1:], ax] -= np.cumsum(excess)
+    extent = x.max(axis=0)
+    if not _vesin_grid_degenerate(extent, cutoff):
+        return x
+    for ratio in (100.0, 1.0):  # thin axes to 1/100 of the widest, else a cube
+        far = np.maximum(extent, extent.max() / ratio) + 2.0 * cutoff
+        if not _vesin_grid_degenerate(far + 2.0 * cutoff, cutoff):
+            break
+    return np.concatenate([x, np.full((1, 3), -2.0 * cutoff), far[None]])
+
+
 def _frame_pairs(
     coord: np.ndarray, box: Optional[np.ndarray], rcut: float
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """All pairs ``i → j`` within ``rcut`` (inclusive) of one frame: ``i, j, S (npair, 3), d``.
 
     ``r_ij = x_j − x_i + S·H`` with the rows of ``H`` the lattice vectors.
+
+    Raises:
+        ValueError: a periodic cell too flat or elongated for vesin's cell grid.
     """
     # vesin's cutoff is exclusive; DeePMD's is inclusive (§2.4): widen, then filter.
-    nl = vesin.NeighborList(cutoff=rcut * (1.0 + 1e-12) + 1e-12, full_list=True)
+    cutoff = rcut * (1.0 + 1e-12) + 1e-12
+    nl = vesin.NeighborList(cutoff=cutoff, full_list=True)
     if box is None:
-        i, j, s, d = nl.compute(coord, np.zeros((3, 3)), False, "ijSd")
+        if coord.shape[0] < 2:
+            return (np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros((0, 3), np.int64),
+                    np.zeros(0))
+        i, j, s, d = nl.compute(_vesin_safe_cluster(coord, cutoff), np.zeros((3, 3)), False, "ijSd")
     else:
+        if _cell_degenerate(box, cutoff):
+            lengths = np.array2string(np.linalg.norm(box, axis=1), precision=4)
+            raise ValueError(
+                f"periodic cell with lattice vectors {lengths} Å long is too flat or elongated "
+                f"for the neighbour search at rcut {rcut:g} Å; use a cell of less extreme "
+                "proportions (e.g. less vacuum) or no periodicity")
         i, j, s, d = nl.compute(coord, box, True, "ijSd")
     keep = d <= rcut
     if not keep.all():
@@ -78,13 +152,37 @@ def _distinct_images(j: np.ndarray, s: np.ndarray) -> tuple[np.ndarray, np.ndarr
     return uniq, uniq_s + lo, inverse.reshape(-1)
 
 
+class PairSummary(NamedTuple):
+    """What the pair search of one frame found before truncation to ``nnei``, for the checks
+    of inference front-ends: the closest pair ``i ≤ j`` (local indices; ``image``: one is a
+    periodic image of the other's cell) at distance ``d`` (inf without pairs), and an atom
+    ``busiest`` with the most neighbours, ``count``."""
+
+    i: int
+    j: int
+    d: float
+    image: bool
+    busiest: int
+    count: int
+
+
+NO_PAIRS = PairSummary(-1, -1, float("inf"), False, -1, 0)
+
+
+def overlap_distance(rcut: float) -> float:
+    """Pairs at most this far apart are taken for one atom listed twice."""
+    return 1e-6 * max(1.0, rcut)
+
+
 def frame_neighbors(
-    coord: np.ndarray, atype: np.ndarray, box: Optional[np.ndarray], rcut: float, nnei: int
+    coord: np.ndarray, atype: np.ndarray, box: Optional[np.ndarray], rcut: float, nnei: int,
+    summary: Optional[list[PairSummary]] = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Extended system of one frame.
 
     Args:
         coord: ``(nloc, 3)``; atype: ``(nloc,)`` (−1 = virtual); box: ``(3, 3)`` or None.
+        summary: if given, the frame's :class:`PairSummary` is appended to it.
 
     Returns:
         ``mapping (nall,)``, integer ``shift (nall, 3)`` (image = ``x[mapping] + shift·H``)
@@ -96,9 +194,13 @@ def frame_neighbors(
     mapping = np.arange(nloc, dtype=np.int64)
     shift = np.zeros((nloc, 3), dtype=np.int64)
     if real.size == 0:
+        if summary is not None:
+            summary.append(NO_PAIRS)
         return mapping, shift, nlist
     i, j, s, d = _frame_pairs(coord[real], box, rcut)
     i, j = real[i], real[j]  # virtual atoms were never offered: nobody's neighbour
+    if summary is not None:
+        summary.append(_summarize(i, j, s, d, nloc))
     # The same steps in C++ (csrc/neighbor_list.cpp), when its int64 image keys cannot overflow
     span = s.max(axis=0, initial=0) - s.min(axis=0, initial=0) + 1
     if native_ops() and nloc * float(np.prod(span)) < 2**61:
@@ -125,13 +227,28 @@ def frame_neighbors(
     return mapping, shift, nlist
 
 
+def _summarize(
+    i: np.ndarray, j: np.ndarray, s: np.ndarray, d: np.ndarray, nloc: int
+) -> PairSummary:
+    """:class:`PairSummary` of a frame's pairs (all of them, before truncation)."""
+    if d.size == 0:
+        return NO_PAIRS
+    k = int(np.argmin(d))
+    count = np.bincount(i, minlength=nloc)
+    busiest = int(np.argmax(count))
+    a, b = sorted((int(i[k]), int(j[k])))  # the full list has both directions: name one
+    return PairSummary(a, b, float(d[k]), bool(s[k].any()), busiest, int(count[busiest]))
+
+
 def build_extended_system(
-    coord: Tensor, atype: Tensor, box: Optional[Tensor], rcut: float, nnei: int
+    coord: Tensor, atype: Tensor, box: Optional[Tensor], rcut: float, nnei: int,
+    summary: Optional[list[PairSummary]] = None,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Extended coordinates, types, mapping and neighbour list of a batch.
 
     Args:
         coord: ``(nf, nloc, 3)``; atype: ``(nf, nloc)``; box: ``(nf, 3, 3)`` / ``(nf, 9)`` or None.
+        summary: if given, each frame's :class:`PairSummary` is appended to it.
 
     Returns:
         ``ext_coord (nf, nall, 3)`` (differentiable in ``coord`` and ``box``),
@@ -144,7 +261,7 @@ def build_extended_system(
     t_np = atype.detach().cpu().numpy()
     b_np = None if box is None else box.detach().cpu().to(torch.float64).numpy().reshape(nf, 3, 3)
     frames = [
-        frame_neighbors(c_np[f], t_np[f], None if b_np is None else b_np[f], rcut, nnei)
+        frame_neighbors(c_np[f], t_np[f], None if b_np is None else b_np[f], rcut, nnei, summary)
         for f in range(nf)
     ]
     nall = max(m.shape[0] for m, _, _ in frames)

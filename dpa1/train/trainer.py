@@ -182,15 +182,25 @@ class Trainer:
     def _fresh_model(self, skip_neighbor_stat: bool) -> EnergyModel:
         mcfg = self.config["model"]
         sel = mcfg["descriptor"]["sel"]
-        if isinstance(sel, str):
-            if skip_neighbor_stat:
-                raise ValueError("model.descriptor.sel is 'auto': the neighbour statistics cannot be skipped")
-            max_nnei, min_dist = dstats.neighbor_stat(self.train_systems, mcfg["descriptor"]["rcut"])
-            sel = dstats.resolve_sel(sel, max_nnei)
+        rcut = mcfg["descriptor"]["rcut"]
+        min_dist = None
+        if isinstance(sel, str) and skip_neighbor_stat:
+            raise ValueError("model.descriptor.sel is 'auto': the neighbour statistics cannot "
+                             "be skipped")
+        if not skip_neighbor_stat:  # as dp train: sel = "auto" and min_nbor_dist need them
+            max_nnei, min_dist = dstats.neighbor_stat(self.train_systems, rcut)
+            if isinstance(sel, str):
+                sel = dstats.resolve_sel(sel, max_nnei)
+            elif max_nnei > int(sel):
+                log.warning("sel %d is less than the largest neighbour count in the training data, "
+                            "%d within rcut %g Å: the farthest neighbours are ignored; run `dpa1 "
+                            "neighbor-stat -s SYSTEMS -r %g` to choose sel, or use sel 'auto'",
+                            int(sel), max_nnei, rcut, rcut)
             log.info("neighbour statistics: max %d neighbours, min distance %.4f Å -> sel %d",
-                     max_nnei, min_dist, sel)
+                     max_nnei, min_dist, int(sel))
         mcfg["descriptor"]["sel"] = int(sel)  # out.json and checkpoints record the value used
         model = build_model(mcfg, sel=sel)
+        model.min_nbor_dist = min_dist
         dstats.apply_statistics(model, self._stat_batches(),
                                 protect=float(mcfg.get("data_stat_protect", 1e-2)))
         return model
