@@ -107,8 +107,6 @@ class DescrptDPA1(nn.Module):
         self.exclude_types = [list(p) for p in exclude_types]
         self.trainable = trainable
         self.dtype = dtype
-        # floor of the directions' norms (see directions)
-        self.direction_eps = float(torch.finfo(dtype).tiny)
         self.strip = tebd_input_mode == "strip"
 
         self.type_embedding = TypeEmbedding(
@@ -178,7 +176,7 @@ class DescrptDPA1(nn.Module):
 
         nb = nf * nloc
         g = g.reshape(nb, nnei, -1)
-        direction = self.directions(rr, mask).reshape(nb, nnei, 3)
+        direction = F.normalize(rr[..., 1:4], dim=-1).reshape(nb, nnei, 3)
         g = self.attention(g, mask.reshape(nb, nnei), sw.reshape(nb, nnei), direction, key_log_weight)
 
         rr = rr.reshape(nb, nnei, 4)
@@ -193,21 +191,6 @@ class DescrptDPA1(nn.Module):
         if self.concat_output_tebd:
             d = torch.cat([d, t_center], dim=-1)
         return d.to(torch.float64)
-
-    def directions(self, rr: Tensor, mask: Tensor) -> Tensor:
-        """Unit directions ``u = R[1:4]/|R[1:4]|`` of the kept neighbours for the dotr gate, 0 elsewhere.
-
-        ``rr``: ``(..., nnei, 4)`` normalised environment rows; ``mask``: ``(..., nnei)``.
-        The norm is floored at the smallest normal number instead of F.normalize's 1e-12:
-        ``|R[1:4]|`` carries the switch, which falls below 1e-12 within ~1e-4 Å of rcut, and
-        there a 1e-12 floor turns the unit vector into a steep ramp from 0 to 1 whose force
-        spikes derail training (docs/design.md, "Directions near rcut"). Slots that are not
-        kept get a unit stand-in before the division, so no gradient divides by the floor.
-        """
-        keep = mask.unsqueeze(-1)
-        ang = torch.where(keep, rr[..., 1:4], torch.ones_like(rr[..., 1:4]))
-        unit = F.normalize(ang, dim=-1, eps=self.direction_eps)
-        return torch.where(keep, unit, torch.zeros_like(unit))
 
     def trim(
         self, rij: Tensor, nei_mask: Tensor, nei_type: Tensor

@@ -23,7 +23,6 @@
 
 #include <algorithm>
 #include <cmath>
-#include <limits>
 #include <vector>
 
 #include "ops.h"
@@ -32,6 +31,7 @@ namespace {
 
 using at::Tensor;
 
+constexpr double kNormEps = 1e-12;  // F.normalize's floor on the norm
 
 // A net's layers as the ops take them: [w, b, idt] per layer, b/idt empty where absent.
 struct NetLayer {
@@ -119,10 +119,8 @@ void front_forward(const Tensor& rij, const Tensor& nei, const Tensor& keep, con
         for (int k = 0; k < 4; ++k) Rs[k] = (geo.raw[k] * sw - dab[4 * j + k]) / dsb[4 * j + k] * kappa;
         const bool kept = real && kp[s];
         W[s] = c.smooth ? (kept ? sw : T(0)) : (kept ? T(1) : T(0));
-        // u = R[1:4]/|R[1:4]| on kept slots, 0 elsewhere (DescrptDPA1.directions: no 1e-12 floor)
-        const T nrm = std::max(std::sqrt(Rs[1] * Rs[1] + Rs[2] * Rs[2] + Rs[3] * Rs[3]),
-                               std::numeric_limits<T>::min());
-        for (int k = 0; k < 3; ++k) U[3 * s + k] = kept ? Rs[k + 1] / nrm : T(0);
+        const T nrm = std::max(std::sqrt(Rs[1] * Rs[1] + Rs[2] * Rs[2] + Rs[3] * Rs[3]), T(kNormEps));
+        for (int k = 0; k < 3; ++k) U[3 * s + k] = Rs[k + 1] / nrm;
       }
     }
   });
@@ -157,14 +155,17 @@ void front_backward(const Tensor& rij, const Tensor& nei, const Tensor& keep, co
           continue;
         }
         T d[4] = {dRp[4 * s], dRp[4 * s + 1], dRp[4 * s + 2], dRp[4 * s + 3]};
-        if (dUp && kp[s]) {  // u = R[1:4] / |R[1:4]| (kept slots only; 0 elsewhere)
+        if (dUp) {  // u = R[1:4] / max(|R[1:4]|, ε)
           const T* Rs = R + 4 * s;
           const T* us = U + 3 * s;
           const T* dus = dUp + 3 * s;
-          const T nrm = std::max(std::sqrt(Rs[1] * Rs[1] + Rs[2] * Rs[2] + Rs[3] * Rs[3]),
-                                 std::numeric_limits<T>::min());
-          const T dot = us[0] * dus[0] + us[1] * dus[1] + us[2] * dus[2];
-          for (int k = 0; k < 3; ++k) d[k + 1] += (dus[k] - us[k] * dot) / nrm;
+          const T nrm = std::sqrt(Rs[1] * Rs[1] + Rs[2] * Rs[2] + Rs[3] * Rs[3]);
+          if (nrm >= T(kNormEps)) {
+            const T dot = us[0] * dus[0] + us[1] * dus[1] + us[2] * dus[2];
+            for (int k = 0; k < 3; ++k) d[k + 1] += (dus[k] - us[k] * dot) / nrm;
+          } else {
+            for (int k = 0; k < 3; ++k) d[k + 1] += dus[k] / T(kNormEps);
+          }
         }
         const T kappa = kp[s] ? T(1) : T(0);
         const T px = x[3 * s], py = x[3 * s + 1], pz = x[3 * s + 2];
