@@ -12,16 +12,21 @@ Four sources, one library (``torch.ops.dpa1``):
 
 It is built once per machine and torch version into PyTorch's extension cache
 (``$TORCH_EXTENSIONS_DIR``, default ``~/.cache/torch_extensions``; ~30 s with gcc) and loaded
-from there afterwards. Without a C++ compiler, or with ``DPA1_NATIVE=0``, the same math runs
-as PyTorch and NumPy code (slower, same numbers up to round-off; identical neighbour lists); a
-failed build is reported once as a warning.
+from there afterwards. The library's name carries a digest of the sources and the torch
+version, so two checkouts with different sources do not rebuild over each other. Without a C++
+compiler, or with ``DPA1_NATIVE=0``, the same math runs as PyTorch and NumPy code (slower, same
+numbers up to round-off; identical neighbour lists). A failed build is reported as a warning and
+recorded in the cache (``dpa1_build_failed_<name>.txt``): later processes warn without trying
+again until that file is deleted or the sources, torch or the compiler change.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import shutil
+import subprocess
 import threading
 import warnings
 from pathlib import Path
@@ -84,17 +89,27 @@ def _load() -> bool:
 
         _ninja_on_path()
         isa, flags = _vector_flags()
-        _log.info("dpa1: loading the C++ ops (the first time on a machine, they are built: ~30 s)")
+        name = f"dpa1_native_{isa}_{_digest()}"
+        build_dir = _build_directory(cpp_extension, name)
+        failed = None if build_dir is None else build_dir.parent / f"dpa1_build_failed_{name}.txt"
+        if failed is not None and failed.is_file():
+            raise RuntimeError(f"{failed.read_text().strip()} (recorded in {failed}; delete it to try again)")
+        if build_dir is None or not (build_dir / f"{name}.so").is_file():
+            _log.warning("dpa1: building the C++ ops (once per machine and torch version, ~30-60 s)...")
         try:
-            _build(cpp_extension, isa, flags, openmp=True)
-        except Exception:  # noqa: BLE001 (a compiler without OpenMP, e.g. Apple clang: one thread per op)
-            _build(cpp_extension, isa, flags, openmp=False)
+            _build(cpp_extension, name, flags, openmp=True)
+        except Exception as exc:  # noqa: BLE001 (a compiler without OpenMP, e.g. Apple clang)
+            try:
+                _build(cpp_extension, name + "_noomp", flags, openmp=False)
+            except Exception:  # noqa: BLE001
+                _record_failure(failed, exc)
+                raise
         for op in ("attention_stack", "embedding_tangent", "energy_block", "sorted_nlist"):
             getattr(torch.ops.dpa1, op)  # raises if the library did not register it
         return True
     except Exception as exc:  # noqa: BLE001 (any build failure means: use the PyTorch ops)
         warnings.warn(
-            f"dpa1: the C++ ops could not be built ({_first_error(exc)}); using PyTorch ops "
+            f"dpa1: the C++ ops are not available ({_first_error(exc)}); using PyTorch ops "
             "(same numbers, slower on a CPU). Set DPA1_NATIVE=0 to skip the build.",
             RuntimeWarning,
             stacklevel=3,
@@ -102,13 +117,49 @@ def _load() -> bool:
         return False
 
 
-def _build(cpp_extension, isa: str, flags: list[str], openmp: bool) -> None:
+def _digest() -> str:
+    """Sources (headers included), torch version and compiler: what a build depends on."""
+    h = hashlib.sha1(torch.__version__.encode())
+    for path in sorted((Path(__file__).parent / "csrc").iterdir()):
+        if path.suffix in (".cpp", ".h"):
+            h.update(path.name.encode() + path.read_bytes())
+    h.update(_compiler_version().encode())
+    return h.hexdigest()[:10]
+
+
+def _compiler_version() -> str:
+    cxx = os.environ.get("CXX", "c++")
+    try:
+        out = subprocess.run([cxx, "--version"], capture_output=True, text=True, timeout=30)
+        return out.stdout.splitlines()[0] if out.stdout else ""
+    except (OSError, subprocess.SubprocessError):
+        return "no compiler"
+
+
+def _build_directory(cpp_extension, name: str) -> Path | None:
+    try:
+        return Path(cpp_extension._get_build_directory(name, False))
+    except Exception:  # noqa: BLE001 (a private helper of torch: without it, no failure record)
+        return None
+
+
+def _record_failure(path: Path | None, exc: Exception) -> None:
+    if path is None:
+        return
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(f"the last build failed: {_first_error(exc)}\n")
+    except OSError:
+        pass
+
+
+def _build(cpp_extension, name: str, flags: list[str], openmp: bool) -> None:
     """Build (or load from the cache) the library. With OpenMP, an op called on several intra-op
     threads splits its centre groups (or row tiles) between them: what one evaluation block on
     all threads uses (small systems, ``thread_blocks = False``); without, only the vector loops."""
     omp = ["-fopenmp"] if openmp else ["-fopenmp-simd"]
     cpp_extension.load(
-        name=f"dpa1_native_{isa}" + ("" if openmp else "_noomp"),  # one build per instruction set
+        name=name,
         sources=[str(p) for p in _SOURCES],
         extra_cflags=["-O3", *omp, *flags],
         extra_ldflags=omp if openmp else [],
