@@ -8,11 +8,11 @@
 - interleaved best-of-N timing, peak memory of child processes (``ru_maxrss``);
 - devices (``--device cpu|cuda``): synchronisation around timed calls, GPU peak memory,
   DeePMD-kit's own device choice (``deepmd.pt.utils.env.DEVICE``) checked against ours;
-- the machine description and the issue's reference numbers.
+- the machine description and DeePMD-kit's reference numbers measured on the 2-core machine.
 
 DeePMD-kit is measured side by side when ``import deepmd.pt`` works in the interpreter
 running the script (e.g. ``/tmp/dpvenv/bin/python benchmarks/inference.py``); otherwise
-the issue's numbers are printed, labelled "reference (issue)".
+DeePMD-kit's reference numbers measured on the 2-core machine are printed, labelled "reference".
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ import warnings
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-NUM_THREADS = int(os.environ.get("DPA1_BENCH_THREADS", "2"))  # 2: the issue's setting
+NUM_THREADS = int(os.environ.get("DPA1_BENCH_THREADS", "2"))  # 2: the reference machine's cores
 os.environ.setdefault("OMP_NUM_THREADS", str(NUM_THREADS))
 os.environ.setdefault("DP_INTRA_OP_PARALLELISM_THREADS", str(NUM_THREADS))
 os.environ.setdefault("DP_INTER_OP_PARALLELISM_THREADS", "1")
@@ -50,7 +50,7 @@ if not SHARED.exists():
 WATER = SHARED / "data" / "water" / "data_0"
 EXAMPLE_INPUT = ROOT / "examples" / "water" / "input.json"
 
-# The issue's reference numbers for DeePMD-kit 3.2.0 (PyTorch backend, 2 cores, batch 1).
+# DeePMD-kit 3.2.0's reference numbers measured on the 2-core machine (PyTorch backend, batch 1).
 REFERENCE = {
     "train_step_s": {"float64": 1.97, "float32": 1.05, "attn0": 0.165},
     "infer_192_s": {"float64": 0.57, "float32": 0.32},  # 0.55–0.59 s for float64

@@ -211,7 +211,7 @@ def main() -> None:
     if not common.have_deepmd():
         for prec in ("float64", "float32"):
             s = common.REFERENCE["infer_192_s"][prec]
-            rows.append([f"DeePMD {prec} reference (issue)", s, totals["nominal"] / s / 1e9,
+            rows.append([f"DeePMD {prec} reference", s, totals["nominal"] / s / 1e9,
                          totals["nominal"] / s / 1e9 / peak[prec], None, None])
     print("\n## Achieved, 192-atom energy + force + virial (neighbour list included)\n")
     print(common.table(["implementation", "best s", "GFLOP/s (nominal FLOPs)", "fraction of peak",

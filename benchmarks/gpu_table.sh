@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Issue #6's inference and training-step tables on a GPU, in one device command.
+# The inference and training-step tables on a GPU, in one device command.
 #
 # From the repository root on the GPU machine (gpu_carry/ filled here by
 # benchmarks/gpu_prep.sh and carried along; see benchmarks/README.md, "On a GPU"):
@@ -13,7 +13,7 @@
 #   3. tests/test_device.py: model, DeepPot, frozen model, statistics, training on the GPU
 #      against the CPU (test_device.txt);
 #   4. benchmarks/inference.py --device cuda: 192 / 1,536 / 12,288 / 98,304 atoms, float64,
-#      attn0 (the issue's scaling variant), float32; sizes that would not fit the budget are
+#      attn0 (the scaling variant), float32; sizes that would not fit the budget are
 #      skipped and named (inference.txt);
 #   5. benchmarks/train_step.py --device cuda (train_step.txt);
 #   6. with time left: larger EnergyModel.block_atoms at 12,288 / 98,304 atoms (blocks.txt).

@@ -248,7 +248,7 @@ def main() -> None:
         mem_txt = "peak GPU memory per implementation: " + ("no" if a.no_mem else "max_memory_allocated, one warm call")
     else:
         mem_txt = f"memory cap per child {cap:.1f} GB"
-    print(f"# DeePMD side by side: {'yes' if dp_ok else 'no (reference numbers from the issue)'}; "
+    print(f"# DeePMD side by side: {'yes' if dp_ok else 'no (DeePMD-kit reference numbers)'}; "
           f"repeat {repeat}, {mem_txt}" + (f"; total budget {a.total_budget:.0f} s" if a.total_budget else ""))
     t_start = time.perf_counter()
     budget = a.budget or (30.0 if a.quick else 120.0)
@@ -336,9 +336,9 @@ def main() -> None:
                              common.ratio(dp_best, ours_s) if impl == ours_key and dp_best else None])
             if ref is not None:
                 rp = common.REFERENCE["attn0_scaling"].get(n, (None, None))[1] if variant == "attn0" else None
-                rows.append([variant, n, "DeePMD reference (issue)", ref, None, None, 1e3 * ref / n, rp,
+                rows.append([variant, n, "DeePMD reference", ref, None, None, 1e3 * ref / n, rp,
                              None])
-                rows[-1 - len(impls)][-1] = f"{ref / ours_s:.2f} (vs issue)"
+                rows[-1 - len(impls)][-1] = f"{ref / ours_s:.2f} (vs reference)"
             summary[(variant, n)] = {"ours_s": ours_s, "dp_s": dp_best, "ref_s": ref,
                                      "ours_peak": mem.get("ours", {}).get("peak_gb"),
                                      "chunk_peak": mem.get("ours_chunked", {}).get("peak_gb"),
@@ -366,7 +366,7 @@ def main() -> None:
         if s:
             base = s["dp_s"] or s["ref_s"]
             got = common.ratio(base, s["ours_s"])
-            src = "measured" if s["dp_s"] else "issue"
+            src = "measured" if s["dp_s"] else "reference"
             trows.append([f"192-atom {variant} speed-up vs DeePMD ({src})", f"≥ {need}×", f"{got:.2f}×",
                           "yes" if got >= need else "NO"])
     for variant in ("attn0", "float64"):

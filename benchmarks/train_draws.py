@@ -10,10 +10,10 @@ DeePMD-kit with ``NUM_WORKERS=0``.
 This runs our :class:`~dpa1.train.trainer.Trainer` on train_water.py's input for each seed
 with the frames drawn from ``--workers K`` interleaved shuffles per system (system choices,
 statistics and initial weights are ours, unchanged) and prints the held-out errors;
-``--workers 1`` re-draws with our own structure from another seed (the control). On
-2026-12-01 both gave ~3.2e-3 eV/atom on seed 1, against 3.84e-3 from ``dpa1 train``'s own
+``--workers 1`` re-draws with our own structure from another seed (the control). Measured:
+both gave ~3.2e-3 eV/atom on seed 1, against 3.84e-3 from ``dpa1 train``'s own
 draws: a short run's energy error is set by a random energy offset that any re-draw changes,
-not by the structure (benchmarks/RESULTS.md).
+not by the structure (docs/benchmarks.md).
 
     python benchmarks/train_draws.py --workers 2 --seeds 1,2,3,4 [--steps 200]
 """

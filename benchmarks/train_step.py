@@ -149,7 +149,7 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--steps", type=int, default=None)
     ap.add_argument("--variants", default="float64,float32,attn0")
-    ap.add_argument("--no-deepmd", action="store_true", help="ours only (use the issue's numbers)")
+    ap.add_argument("--no-deepmd", action="store_true", help="ours only (use DeePMD-kit's reference numbers)")
     ap.add_argument("--no-plain", action="store_true", help="skip our untuned path")
     ap.add_argument("--heldout", type=int, default=0,
                     help="after the steps, RMSE of each trained model on this many data_2 frames")
@@ -166,7 +166,7 @@ def main() -> None:
     budget = a.budget or (40.0 if a.quick else 240.0)
     common.print_machine(dev)
     dp_ok = common.have_deepmd() and not a.no_deepmd
-    print(f"# DeePMD side by side: {'yes' if dp_ok else 'no (reference numbers from the issue)'}; "
+    print(f"# DeePMD side by side: {'yes' if dp_ok else 'no (DeePMD-kit reference numbers)'}; "
           f"{steps} steps per variant (first one is warm-up)")
     rows, lrows, trows, hrows = [], [], [], []
     t_start = time.perf_counter()
@@ -184,14 +184,14 @@ def main() -> None:
         if "deepmd" in t:
             dp, src = t["deepmd"]["best"], "measured"
         else:
-            dp, src = common.REFERENCE["train_step_s"][variant], "issue"
+            dp, src = common.REFERENCE["train_step_s"][variant], "reference"
         rows.append([variant, "ours", ours, t["ours"]["median"], t["ours"]["n"], common.ratio(dp, ours), ""])
         if "deepmd" in t:
             rows.append([variant, "DeePMD", dp, t["deepmd"]["median"], t["deepmd"]["n"], None, ""])
-        rows.append([variant, "DeePMD reference (issue)", common.REFERENCE["train_step_s"][variant], None, None,
+        rows.append([variant, "DeePMD reference", common.REFERENCE["train_step_s"][variant], None, None,
                      common.ratio(common.REFERENCE["train_step_s"][variant], ours), ""])
         got = common.ratio(dp, ours)
-        if variant == "attn0":  # not the example model, which the issue's target is about
+        if variant == "attn0":  # not the example model, which the speed target is about
             trows.append([f"{variant} step speed-up vs DeePMD ({src})", "–", f"{got:.2f}×", "reported"])
         else:
             trows.append([f"{variant} step speed-up vs DeePMD ({src})", f"≥ {common.TARGETS['train']}×",

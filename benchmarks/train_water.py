@@ -140,7 +140,7 @@ def compare(rows: list[dict]) -> None:
     """Mean ± standard error of each code's held-out RMSE over seeds, and the difference.
 
     One seed's 200-step energy RMSE is dominated by the run's random energy offset (set by
-    its draws, initial weights and statistics frames; benchmarks/RESULTS.md), and the two codes
+    its draws, initial weights and statistics frames; docs/benchmarks.md), and the two codes
     draw differently for the same seed: only the distributions over seeds compare (Welch's t
     for the difference of the means). ``std_energy_per_atom`` (the RMSE without the offset) is
     compared over the runs that recorded it.

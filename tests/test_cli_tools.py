@@ -82,7 +82,7 @@ def _random_water_model(tiny_model_config, seed: int = 3):
     return build_model(tiny_model_config(["O", "H"], rcut=3.0, sel=24))  # cheap on 192 atoms
 
 
-# === 1. issue acceptance: standard and mixed-type layouts give the same errors =========
+# === 1. acceptance: standard and mixed-type layouts give the same errors =========
 def _alloy_model_file(alloy, tiny_model_config, tmp: Path, set_davg_zero: bool) -> Path:
     model = build_model(tiny_model_config(alloy.type_map, set_davg_zero=set_davg_zero))
     rng = np.random.default_rng(0)

@@ -20,7 +20,7 @@ TINY = REFERENCE / "tiny.dp"
 needs_tiny = pytest.mark.skipif(not TINY.exists(), reason="../shared/reference/tiny.dp is absent")
 
 CONFIGS = {
-    # The case: se_atten_v2 with davg ≠ 0, random dstd, out_bias and bias_atom_e.
+    # The case that matters: se_atten_v2 with davg ≠ 0, random dstd, out_bias and bias_atom_e.
     "se_atten_v2": ({"type": "se_atten_v2", "resnet_dt": True, "neuron": [4, 8, 16]}, {}, {}),
     "dpa1_everything": (
         {"smooth_type_embedding": True, "type_one_side": True, "set_davg_zero": False,

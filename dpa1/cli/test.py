@@ -47,18 +47,31 @@ def _plot(path: str, results) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator, ScalarFormatter
 
     names = [n for n in ("energy_per_atom", "force", "virial_per_atom") if any(n in r.pairs for r in results)]
     if not names:
         raise ValueError("nothing to plot: the systems have no energy, force or virial labels")
     fig, axes = plt.subplots(1, len(names), figsize=(4.2 * len(names), 4), squeeze=False)
     for ax, name in zip(axes[0], names):
+        lo, hi = np.inf, -np.inf
         for r in results:
             if name in r.pairs:
                 lab, pred = r.pairs[name]
                 ax.plot(lab, pred, ".", ms=2, alpha=0.6, label=Path(r.path).name)
-        lo, hi = ax.get_xlim()
-        ax.plot([lo, hi], [lo, hi], "k-", lw=0.8)
+                both = np.concatenate([np.ravel(lab), np.ravel(pred)])
+                lo, hi = min(lo, both.min(initial=np.inf)), max(hi, both.max(initial=-np.inf))
+        if np.isfinite(lo) and np.isfinite(hi):
+            pad = 0.05 * (hi - lo) or 0.05 * max(abs(lo), 1.0)  # y = x over the whole data range
+            lo, hi = lo - pad, hi + pad
+            ax.plot([lo, hi], [lo, hi], "k-", lw=0.8)
+            ax.set_xlim(lo, hi)
+            ax.set_ylim(lo, hi)
+        for axis in (ax.xaxis, ax.yaxis):  # a few plain ticks: no offset or "1e-3" above the axis
+            axis.set_major_locator(MaxNLocator(5))
+            fmt = ScalarFormatter(useOffset=False)
+            fmt.set_scientific(False)
+            axis.set_major_formatter(fmt)
         ax.set_xlabel(f"label ({UNITS[name]})")
         ax.set_ylabel(f"prediction ({UNITS[name]})")
         ax.set_title(name.replace("_", " "))

@@ -5,7 +5,7 @@ On a CPU, one block per thread with one intra-op thread each beats one block at 
 all threads. A block's ops are small, and two threads splitting each of them gain only 1.5×
 over one thread, while two single-thread evaluations side by side run at full speed each
 (192-atom water, 2 cores: float32 13-14 % faster, same numbers up to the GEMMs' round-off;
-benchmarks/RESULTS.md, 2026-12-01 "after 20:00").
+see docs/benchmarks.md).
 
 PyTorch ops and the autograd engine release the GIL, so one block's Python glue overlaps
 the other's kernels. PyTorch's thread counts (OpenMP, MKL) are per thread: a worker's

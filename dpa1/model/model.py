@@ -91,7 +91,7 @@ class EnergyModel(nn.Module):
         # Centres evaluated together (see forward_lower): bounds inference memory for big
         # systems and lets each block trim its padding to its own width. 64 measured best on
         # 1,536-atom water (192 atoms: flat from 16 to 96) and saves ~8 % of a training step
-        # against one block (benchmarks/RESULTS.md, 2026-12-01).
+        # against one block (2-core CPU; docs/benchmarks.md).
         self.block_atoms = 64
         # Evaluation on a CPU runs blocks side by side, one per intra-op thread
         # (block_pool.py); False: one block after another, each on all threads.

@@ -5,7 +5,7 @@
 //
 // Why: those small ops were ~20 % of a float32 evaluation on one thread, and each one's Python
 // glue holds the GIL, which the threads evaluating blocks side by side (block_pool.py) then wait
-// for. Measured (benchmarks/RESULTS.md, stop 18): 5-10 % off a 192-atom evaluation on two threads.
+// for. Measured: 5-10 % off a 192-atom water evaluation on two threads (docs/benchmarks.md).
 //
 // The math is that of env_mat.py, descriptor.py (§3-§7) and fitting.py (§8.1), for one block of
 // nb centres and n slots, already trimmed:
