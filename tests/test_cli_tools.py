@@ -381,3 +381,38 @@ def test_output_under_a_regular_file_is_refused_first(tiny_models, tmp_path, cap
     assert afile.read_text() == "a regular file\n"
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
         ["afile", "water2", "water.extxyz", "lcurve.out", "input.json"])
+
+
+# === 8. files that are not what their names say ==========================================
+def test_text_files_with_model_and_array_names(tmp_path, capsys) -> None:
+    """A text file named like a checkpoint, a frozen model or a .npy array gets one line
+    saying what was expected (no torch/NumPy advice about unsafe loading)."""
+    text_pt, text_pth = tmp_path / "model.pt", tmp_path / "x.pth"
+    for path in (text_pt, text_pth):
+        path.write_text("not a model\n")
+    system = _small_water_system(tmp_path / "water2", nframes=2)
+    bad = _small_water_system(tmp_path / "bad", nframes=2)
+    coord = bad / "set.000" / "coord.npy"
+    coord.write_text("1 2 3\n")
+    inp = water_input(tmp_path, numb_steps=1, train=[str(system)], valid=[str(system)])
+    cases = {
+        "test -m model.pt": (["test", "-m", str(text_pt), "-s", str(system)],
+                             f"{text_pt}: not a dpa1 checkpoint (a text file)"),
+        "freeze -c model.pt": (["freeze", "-c", str(text_pt), "-o", str(tmp_path / "f.pth")],
+                               f"{text_pt}: not a dpa1 checkpoint (a text file)"),
+        "train --init-model x.pth": (
+            ["train", str(inp), "-o", str(tmp_path / "run"), "--init-model", str(text_pth)],
+            f"{text_pth}: not a model file (a text file); expected a dpa1 checkpoint (.pt) "
+            "or a DeePMD-kit model (.dp)"),
+        "test -m x.pth": (["test", "-m", str(text_pth), "-s", str(system)],
+                          f"{text_pth}: not a frozen dpa1 model (a text file)"),
+        "test with a text coord.npy": (["test", "-m", str(TINY_DP), "-s", str(bad)],
+                                       f"{coord}: not a NumPy array file"),
+    }
+    for name, (argv, words) in cases.items():
+        capsys.readouterr()
+        assert main(argv) == 2, name
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "Traceback" not in err, (name, err)
+        assert words in err, (name, err)
+        assert "unsafe" not in err.lower() and "weights_only" not in err, (name, err)
