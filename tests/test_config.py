@@ -17,10 +17,20 @@ TINY_INPUT = Path(__file__).resolve().parents[1].parent / "shared" / "reference"
 
 @pytest.fixture
 def tiny() -> dict[str, Any]:
-    """The DeePMD-kit input of the reference model (a fresh copy per test)."""
+    """The DeePMD-kit input of the reference model (a fresh copy per test), without its
+    ``stat_file`` (a statistics cache, which dpa1 refuses)."""
     if not TINY_INPUT.exists():
         pytest.skip(f"reference input not found: {TINY_INPUT}")
-    return json.loads(TINY_INPUT.read_text())
+    data = json.loads(TINY_INPUT.read_text())
+    del data["training"]["stat_file"]
+    return data
+
+
+@pytest.fixture
+def tiny_file(tmp_path: Path, tiny: dict[str, Any]) -> Path:
+    path = tmp_path / "tiny_input.json"
+    path.write_text(json.dumps(tiny))
+    return path
 
 
 def _error(data: dict[str, Any]) -> str:
@@ -36,8 +46,8 @@ def _edit(data: dict[str, Any], change: Callable[[dict[str, Any]], Any]) -> dict
 
 
 # === valid inputs ===
-def test_tiny_input_defaults(tiny: dict[str, Any]) -> None:
-    cfg = load_config(TINY_INPUT)
+def test_tiny_input_defaults(tiny_file: Path) -> None:
+    cfg = load_config(tiny_file)
     desc, fit = cfg["model"]["descriptor"], cfg["model"]["fitting_net"]
     assert desc["type"] == "dpa1" and desc["sel"] == 40 and desc["rcut"] == 4.0
     assert desc["tebd_input_mode"] == "concat"
@@ -228,10 +238,10 @@ def test_several_errors_one_per_line(tiny: dict[str, Any]) -> None:
         "loss.start_pref_f", "model.descriptor.neuron", "model.descriptor.rcut"]
 
 
-def test_load_config_formats(tmp_path: Path, tiny: dict[str, Any]) -> None:
+def test_load_config_formats(tmp_path: Path, tiny: dict[str, Any], tiny_file: Path) -> None:
     yaml = pytest.importorskip("yaml")
     (tmp_path / "in.yaml").write_text(yaml.safe_dump(tiny))
-    assert load_config(tmp_path / "in.yaml") == load_config(TINY_INPUT)
+    assert load_config(tmp_path / "in.yaml") == load_config(tiny_file)
     (tmp_path / "bad.json").write_text("{not json")
     with pytest.raises(ConfigError, match="cannot parse"):
         load_config(tmp_path / "bad.json")
@@ -245,3 +255,51 @@ def test_reference_doc_lists_every_key() -> None:
     committed = Path(__file__).resolve().parents[1] / "docs" / "input_reference.md"
     assert committed.read_text() == doc, "regenerate: python -m dpa1.io.config_doc > " \
                                          "docs/input_reference.md"
+
+
+def test_keys_of_unsupported_features_are_refused(tiny: dict[str, Any]) -> None:
+    """DeePMD keys of features dpa1 lacks: the DeePMD default passes, anything else is a
+    one-line error (never accepted and ignored)."""
+    cases = {
+        ("model", "descriptor", "lmax"): (1, 2),
+        ("training", "enable_ema"): (False, True),
+        ("training", "ema_decay"): (0.999, 0.99),
+        ("training", "ema_ckpt_keep"): (None, 3),
+        ("training", "stat_file"): (None, "./dpa1.hdf5"),
+        ("training", "stat_file_mode"): ("update", "read"),
+        ("training", "tensorboard"): (False, True),
+        ("training", "tensorboard_log_dir"): ("log", "tb"),
+        ("training", "tensorboard_freq"): (1, 10),
+        ("training", "profiling"): (False, True),
+        ("training", "enable_profiler"): (False, True),
+        ("training", "ckpt_keep_ratio"): (None, 0.5),
+        ("training", "training_data", "min_pair_dist"): (0.0, 0.5),
+        ("training", "validation_data", "min_pair_dist"): (0, 0.5),
+        ("learning_rate", "scale_by_worker"): ("linear", "sqrt"),
+        ("model", "fitting_net", "dim_case_embd"): (0, 2),
+        ("loss", "start_pref_gf"): (0.0, 1.0),
+        ("loss", "numb_generalized_coord"): (0, 3),
+        ("loss", "limit_pref_h"): (0.0, 1.0),
+    }
+    for (*section, key), (default, other) in cases.items():
+        def put(value: Any) -> dict[str, Any]:
+            data = copy.deepcopy(tiny)
+            target = data
+            for name in section:
+                target = target[name]
+            target[key] = value
+            return data
+
+        normalize_config(put(default))
+        lines = _error(put(other)).splitlines()
+        assert len(lines) == 1, lines
+        assert lines[0].startswith(f"{'.'.join(section)}.{key}: not supported by dpa1"), lines
+        assert "remove the key or set it to" in lines[0]
+    msg = _error(_edit(tiny, lambda d: d["model"]["fitting_net"].update(
+        trainable=[True, False, True, True])))
+    assert msg.startswith("model.fitting_net.trainable: per-layer flags are not supported")
+    assert normalize_config(_edit(tiny, lambda d: d["model"]["fitting_net"].update(
+        trainable=[False] * 4)))["model"]["fitting_net"]["trainable"] == [False] * 4
+    # the reference input (DeePMD-kit's se_atten example) names a statistics cache
+    with pytest.raises(ConfigError, match=r"^training\.stat_file: not supported by dpa1"):
+        load_config(TINY_INPUT)
