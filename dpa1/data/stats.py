@@ -193,11 +193,14 @@ def compute_energy_bias(
     per type, zero for ``model.atom_exclude_types``). Types given a value in
     ``preset_out_bias["energy"]`` are fixed to it and taken out of the fit.
 
+    ``rcond`` is the least-squares cut-off; None means the model's own (``fitting_net.rcond``,
+    itself None by default: NumPy's machine-precision cut-off).
+
     Returns:
         ``bias (ntypes,)`` and the population std of the residual (one value for all types).
     """
     counts, energy = _energy_rows(model, batches)
-    return _fit_bias(counts, energy, model.ntypes, preset_out_bias, rcond)
+    return _fit_bias(counts, energy, model.ntypes, preset_out_bias, _rcond(model, rcond))
 
 
 def change_energy_bias(
@@ -207,16 +210,22 @@ def change_energy_bias(
 ) -> tuple[np.ndarray, float]:
     """"change-by-statistic": fit the bias to ``E_label − E_model`` and *add* it to
     ``model.out_bias``; ``out_std`` becomes the residual std (as DeePMD-kit does,
-    including its handling of ``preset_out_bias``). Returns ``(delta, std)``."""
+    including its handling of ``preset_out_bias``). ``rcond`` as in
+    :func:`compute_energy_bias`. Returns ``(delta, std)``."""
     batches = list(batches)
     counts, energy = _energy_rows(model, batches)
     predicted = np.concatenate([_predict_energy(model, b) for b in batches if _has_energy(b)])
-    delta, std = _fit_bias(counts, energy - predicted, model.ntypes, model.preset_out_bias, rcond)
+    delta, std = _fit_bias(counts, energy - predicted, model.ntypes, model.preset_out_bias,
+                           _rcond(model, rcond))
     with torch.no_grad():
         ob = model.out_bias
         ob[0, :, 0] += torch.as_tensor(delta, dtype=ob.dtype, device=ob.device)
         model.out_std[0, :, 0] = std
     return delta, std
+
+
+def _rcond(model: torch.nn.Module, rcond: float | None) -> float | None:
+    return rcond if rcond is not None else getattr(model, "rcond", None)
 
 
 def _has_energy(batch: Batch) -> bool:
@@ -332,7 +341,7 @@ def apply_statistics(
             getattr(fitting, key + "_avg").copy_(torch.as_tensor(avg))
             getattr(fitting, key + "_inv_std").copy_(torch.as_tensor(inv_std))
         result[key + "_avg"], result[key + "_inv_std"] = avg, inv_std
-    bias, std = compute_energy_bias(model, batches, model.preset_out_bias, rcond=None)
+    bias, std = compute_energy_bias(model, batches, model.preset_out_bias)
     with torch.no_grad():
         ob = model.out_bias
         ob[0, :, 0] = torch.as_tensor(bias, dtype=ob.dtype, device=ob.device)

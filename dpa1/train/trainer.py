@@ -208,7 +208,11 @@ class Trainer:
             for t in new_types:
                 new_davg[t], new_dstd[t] = torch.as_tensor(davg[t]), torch.as_tensor(dstd[t])
             d.set_stat(new_davg, new_dstd)
-        dstats.change_energy_bias(model, batches)
+        bias_sampler = SystemSampler(
+            self.train_systems, self.config["training"]["training_data"]["batch_size"],
+            seed=self.seed if self.seed is not None else 0, labels=self.labels)
+        dstats.change_energy_bias(
+            model, bias_sampler.stat_batches(int(self.config["model"]["data_bias_nsample"])))
         return model
 
     # === the loop =============================================================================
@@ -244,6 +248,7 @@ class Trainer:
         disp_freq, save_freq = int(tcfg["disp_freq"]), int(tcfg["save_freq"])
         disp_avg = bool(tcfg.get("disp_avg", False))
         main = self.dist.is_main
+        shown = main and bool(tcfg["disp_training"])
         lcurve = None
         if main:
             self.out_dir.mkdir(parents=True, exist_ok=True)
@@ -253,7 +258,7 @@ class Trainer:
                 self.out_dir / tcfg["disp_file"], self.loss_fn.metric_keys(),
                 has_validation=self.valid_sampler is not None, append=self.restarted,
             )
-        progress = TrainProgress(self.numb_steps, self.start_step, enabled=main)
+        progress = TrainProgress(self.numb_steps, self.start_step, enabled=shown)
         accum: dict[str, float] = {}
         naccum = 0
         t0 = time.perf_counter()
@@ -284,6 +289,7 @@ class Trainer:
                     valid_m = self._validate(lr) if main else None
                     if main and lcurve is not None:
                         lcurve.write(step + 1, train_m, valid_m, lr)
+                    if shown:
                         log.info("step %d lr %.2e %s", step + 1, lr, " ".join(
                             f"{k}={v:.3e}" for k, v in sorted((valid_m or train_m).items())))
                     accum, naccum = {}, 0
@@ -302,7 +308,7 @@ class Trainer:
             self._save(last_step)
         barrier(self.dist)
         elapsed = time.perf_counter() - t0
-        if main and last_step > self.start_step:
+        if main and tcfg["time_training"] and last_step > self.start_step:
             log.info("trained %d steps in %.1f s (%.3f s/step)", last_step - self.start_step,
                      elapsed, elapsed / (last_step - self.start_step))
         return self.ckpt.pointer
