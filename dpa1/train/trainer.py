@@ -1,9 +1,10 @@
 """The training loop of ``dpa1 train`` (spec §12), DeePMD-kit PyTorch semantics.
 
 Start modes: fresh (statistics computed), ``restart`` (weights, optimizer, step and
-data-sampler state restored: the continuation equals an uninterrupted run),
-``init_model`` (weights only) and ``finetune`` (weights of a pretrained model adapted
-to the new ``type_map``, energy bias re-fitted on the new data).
+data-sampler state restored: the continuation equals an uninterrupted run, so the input
+must describe the checkpoint's network), ``init_model`` (the input's network, initialised
+with a checkpoint's weights) and ``finetune`` (likewise, with the weights of a pretrained
+model adapted to the new ``type_map``, energy bias re-fitted on the new data).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from dpa1.data import stats as dstats
 from dpa1.data.loader import SystemSampler
 from dpa1.data.system import DeepmdSystem, expand_systems, labels_for_model
 from dpa1.io.atomic import atomic_path
+from dpa1.io.config import ConfigError, normalize_model_section
 from dpa1.io.model_file import load_checkpoint, load_energy_model
 from dpa1.io.serialize import model_from_dict, model_to_dict
 from dpa1.model.build import build_model
@@ -136,6 +138,7 @@ class Trainer:
         optimizer_state = None
         if restart is not None:
             model, payload = load_checkpoint(restart)
+            model = self._restart_model(Path(restart), model, payload)
             self.start_step = int(payload["step"])
             optimizer_state = payload.get("optimizer")
             self.sampler_state = payload.get("sampler")
@@ -143,7 +146,11 @@ class Trainer:
             if payload.get("torch_rng") is not None:
                 torch.set_rng_state(payload["torch_rng"])
         elif init_model is not None:
-            model, _ = load_energy_model(init_model)
+            weights, saved = load_energy_model(init_model)
+            if list(weights.type_map) != self.type_map:
+                raise ValueError(f"--init-model {init_model}: its type_map {weights.type_map} is "
+                                 f"not the input's {self.type_map}; use --finetune to change it")
+            model = self._input_network(weights, Path(init_model), "--init-model", saved)
         elif finetune is not None:
             model = self._finetune_model(Path(finetune))
         else:
@@ -158,7 +165,13 @@ class Trainer:
             weight_decay=opt_cfg.get("weight_decay", 0.0),
         )
         if optimizer_state is not None:
+            # load_state_dict also restores the saved hyperparameters (betas, weight decay,
+            # AdamW's decoupling): the input's, which a restart may change, must win
+            settings = [{k: v for k, v in g.items() if k != "params"}
+                        for g in self.optimizer.param_groups]
             self.optimizer.load_state_dict(optimizer_state)
+            for group, setting in zip(self.optimizer.param_groups, settings):
+                group.update(setting)
         if self.sampler_state is not None:
             self.sampler.load_state_dict(self.sampler_state)
         if self.valid_sampler_state is not None and self.valid_sampler is not None:
@@ -196,9 +209,11 @@ class Trainer:
         return model
 
     def _finetune_model(self, path: Path) -> EnergyModel:
-        pretrained, _ = load_energy_model(path)
+        pretrained, saved = load_energy_model(path)
         mdict, new_types = change_type_map(model_to_dict(pretrained), self.type_map, seed=self.seed)
-        model = model_from_dict(mdict)
+        if saved and isinstance(saved.get("model"), dict):
+            saved = {**saved, "model": {**saved["model"], "type_map": self.type_map}}
+        model = self._input_network(model_from_dict(mdict), path, "--finetune", saved)
         batches = self._stat_batches()
         if new_types:
             # new types: descriptor statistics from the new data, kept types untouched
@@ -213,6 +228,52 @@ class Trainer:
             seed=self.seed if self.seed is not None else 0, labels=self.labels)
         dstats.change_energy_bias(
             model, bias_sampler.stat_batches(int(self.config["model"]["data_bias_nsample"])))
+        return model
+
+    # === the network of a restart, --init-model or --finetune ================================
+    def _restart_model(self, path: Path, model: EnergyModel, payload: dict) -> EnergyModel:
+        """A restart continues the same run: the input must describe the checkpoint's network
+        (and its seed). A checkpoint without a readable record of its input gets the input's
+        network with its weights, as ``--init-model`` does."""
+        saved = payload.get("config") or {}
+        section = _recorded_model_section(saved)
+        if section is None:
+            return self._input_network(model, path, "--restart", None)
+        keys = _model_differences(section, self.config["model"])
+        seeds = (saved.get("training") or {}).get("seed"), self.config["training"].get("seed")
+        if "training" in saved and seeds[0] != seeds[1]:
+            keys.append(f"training.seed ({seeds[0]} in the checkpoint, {seeds[1]} in the input)")
+        if keys:
+            raise ValueError(
+                f"--restart {path}: a restart continues the same run, but the input differs "
+                f"from the checkpoint in {', '.join(keys)}; restore those values, or train the "
+                "changed network from these weights with --init-model (or --finetune for "
+                "another type_map)")
+        self.config["model"] = section  # out.json and new checkpoints record the resolved sel
+        return model
+
+    def _input_network(self, weights: EnergyModel, path: Path, mode: str,
+                       saved: Optional[dict]) -> EnergyModel:
+        """The input's network (it defines what is trained and what out.json records) with
+        the parameters and statistics of ``weights``; they must have the same shapes."""
+        desc = self.config["model"]["descriptor"]
+        if isinstance(desc["sel"], str):
+            desc["sel"] = int(weights.nnei)  # "auto" keeps the neighbour slots of the weights
+        model = build_model(self.config["model"], sel=desc["sel"])
+        mine, theirs = model.state_dict(), weights.state_dict()
+        bad = [f"{k} only in the weights" for k in theirs if k not in mine]
+        bad += [f"{k} only in the input's network" for k in mine if k not in theirs]
+        bad += [f"{k} {tuple(theirs[k].shape)} in the weights, {tuple(v.shape)} in the input's "
+                "network" for k, v in mine.items() if k in theirs and v.shape != theirs[k].shape]
+        if bad:
+            section = _recorded_model_section(saved or {})
+            keys = _model_differences(section, self.config["model"]) if section else []
+            why = f"; the input differs from it in {', '.join(keys)}" if keys else ""
+            more = f" and {len(bad) - 3} more" if len(bad) > 3 else ""
+            raise ValueError(f"{mode} {path}: its weights do not fit the input's network "
+                             f"({'; '.join(bad[:3])}{more}){why}; {mode} can only change "
+                             "settings that keep the shapes of the weights")
+        model.load_state_dict(theirs)
         return model
 
     # === the loop =============================================================================
@@ -312,6 +373,31 @@ class Trainer:
             log.info("trained %d steps in %.1f s (%.3f s/step)", last_step - self.start_step,
                      elapsed, elapsed / (last_step - self.start_step))
         return self.ckpt.pointer
+
+
+def _recorded_model_section(saved: dict) -> Optional[dict]:
+    """The normalised ``model`` section a checkpoint recorded, or None if it has none (or one
+    this version cannot read)."""
+    section = saved.get("model") if isinstance(saved, dict) else None
+    if not isinstance(section, dict):
+        return None
+    try:
+        return normalize_model_section(section)
+    except ConfigError:
+        return None
+
+
+def _model_differences(saved: Any, given: Any, where: str = "model") -> list[str]:
+    """``where.key (X in the checkpoint, Y in the input)`` for every differing leaf; an
+    input ``sel`` of ``"auto..."`` matches the number it was resolved to."""
+    if isinstance(saved, dict) and isinstance(given, dict):
+        return [d for key in sorted(set(saved) | set(given), key=str)
+                for d in _model_differences(saved.get(key), given.get(key), f"{where}.{key}")]
+    if where.endswith(".descriptor.sel") and isinstance(given, str) and isinstance(saved, int):
+        return []
+    if saved == given and type(saved) is type(given):
+        return []
+    return [f"{where} ({json.dumps(saved)} in the checkpoint, {json.dumps(given)} in the input)"]
 
 
 def write_out_json(config: dict, out_dir: Path) -> None:
