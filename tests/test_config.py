@@ -17,20 +17,10 @@ TINY_INPUT = Path(__file__).resolve().parents[1].parent / "shared" / "reference"
 
 @pytest.fixture
 def tiny() -> dict[str, Any]:
-    """The DeePMD-kit input of the reference model (a fresh copy per test), without its
-    ``stat_file`` (a statistics cache, which dpa1 refuses)."""
+    """The DeePMD-kit input of the reference model (a fresh copy per test)."""
     if not TINY_INPUT.exists():
         pytest.skip(f"reference input not found: {TINY_INPUT}")
-    data = json.loads(TINY_INPUT.read_text())
-    del data["training"]["stat_file"]
-    return data
-
-
-@pytest.fixture
-def tiny_file(tmp_path: Path, tiny: dict[str, Any]) -> Path:
-    path = tmp_path / "tiny_input.json"
-    path.write_text(json.dumps(tiny))
-    return path
+    return json.loads(TINY_INPUT.read_text())
 
 
 def _error(data: dict[str, Any]) -> str:
@@ -46,8 +36,8 @@ def _edit(data: dict[str, Any], change: Callable[[dict[str, Any]], Any]) -> dict
 
 
 # === valid inputs ===
-def test_tiny_input_defaults(tiny_file: Path) -> None:
-    cfg = load_config(tiny_file)
+def test_tiny_input_defaults(tiny: dict[str, Any]) -> None:
+    cfg = load_config(TINY_INPUT)
     desc, fit = cfg["model"]["descriptor"], cfg["model"]["fitting_net"]
     assert desc["type"] == "dpa1" and desc["sel"] == 40 and desc["rcut"] == 4.0
     assert desc["tebd_input_mode"] == "concat"
@@ -238,10 +228,10 @@ def test_several_errors_one_per_line(tiny: dict[str, Any]) -> None:
         "loss.start_pref_f", "model.descriptor.neuron", "model.descriptor.rcut"]
 
 
-def test_load_config_formats(tmp_path: Path, tiny: dict[str, Any], tiny_file: Path) -> None:
+def test_load_config_formats(tmp_path: Path, tiny: dict[str, Any]) -> None:
     yaml = pytest.importorskip("yaml")
     (tmp_path / "in.yaml").write_text(yaml.safe_dump(tiny))
-    assert load_config(tmp_path / "in.yaml") == load_config(tiny_file)
+    assert load_config(tmp_path / "in.yaml") == load_config(TINY_INPUT)
     (tmp_path / "bad.json").write_text("{not json")
     with pytest.raises(ConfigError, match="cannot parse"):
         load_config(tmp_path / "bad.json")
@@ -265,8 +255,6 @@ def test_keys_of_unsupported_features_are_refused(tiny: dict[str, Any]) -> None:
         ("training", "enable_ema"): (False, True),
         ("training", "ema_decay"): (0.999, 0.99),
         ("training", "ema_ckpt_keep"): (None, 3),
-        ("training", "stat_file"): (None, "./dpa1.hdf5"),
-        ("training", "stat_file_mode"): ("update", "read"),
         ("training", "tensorboard"): (False, True),
         ("training", "tensorboard_log_dir"): ("log", "tb"),
         ("training", "tensorboard_freq"): (1, 10),
@@ -300,6 +288,11 @@ def test_keys_of_unsupported_features_are_refused(tiny: dict[str, Any]) -> None:
     assert msg.startswith("model.fitting_net.trainable: per-layer flags are not supported")
     assert normalize_config(_edit(tiny, lambda d: d["model"]["fitting_net"].update(
         trainable=[False] * 4)))["model"]["fitting_net"]["trainable"] == [False] * 4
+
+
+def test_stat_file_keys(tiny: dict[str, Any]) -> None:
     # the reference input (DeePMD-kit's se_atten example) names a statistics cache
-    with pytest.raises(ConfigError, match=r"^training\.stat_file: not supported by dpa1"):
-        load_config(TINY_INPUT)
+    training = load_config(TINY_INPUT)["training"]
+    assert (training["stat_file"], training["stat_file_mode"]) == ("./dpa1.hdf5", "update")
+    no_file = _edit(tiny, lambda d: d["training"].update(stat_file=None, stat_file_mode="read"))
+    assert _error(no_file) == "training.stat_file_mode: 'read' needs a stat_file"

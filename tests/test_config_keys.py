@@ -5,13 +5,15 @@ later fails :func:`test_every_schema_key_has_a_case` until it gets a row in ``CA
 row sets one key to a non-default value and either expects a :class:`ConfigError` naming
 the key, or compares a fingerprint of what the key feeds against the same input without
 it: the built model (weights, dtypes, trainable flags, outputs) or a ``Trainer`` (its model
-after the statistics, loss, learning rate, optimizer, samplers, and, for keys that act
-while training, the files and log lines of a 2-step run).
+after the statistics, loss, learning rate, optimizer, samplers, the files and log lines of
+its start and, for keys that act while training, of a 2-step run), or expects the Trainer
+to stop with an error naming the key.
 """
 
 from __future__ import annotations
 
 import copy
+import hashlib
 import logging
 import re
 import shutil
@@ -75,15 +77,16 @@ def test_walk_sees_nested_and_variant_keys() -> None:
 class Case:
     """``value`` for the key; ``probe``: "model" (build_model), "train" (Trainer, no step),
     "run" (Trainer and 2 steps), "finetune" (Trainer fine-tuning a checkpoint of the base
-    model) or "refused"; ``context``: dotted keys set in both inputs, for keys that act
-    only together with another (``DROP`` removes a key)."""
+    model), "fails" (the Trainer of the input without the key starts, the one with it stops
+    with a one-line error naming the key) or "refused"; ``context``: dotted keys set in both
+    inputs, for keys that act only together with another (``DROP`` removes a key)."""
 
     value: Any
     probe: str
     context: dict[str, Any] = field(default_factory=dict)
 
 
-M, T, R, F, NO = "model", "train", "run", "finetune", "refused"
+M, T, R, F, FAILS, NO = "model", "train", "run", "finetune", "fails", "refused"
 _TO_V2 = {f"model.descriptor.{k}": DROP for k in (
     "tebd_input_mode", "smooth_type_embedding", "stripped_type_embedding", "set_davg_zero")}
 _FPARAM = {"model.fitting_net.numb_fparam": 1, "training.validation_data": None,
@@ -186,8 +189,9 @@ CASES: dict[str, Case] = {
     "optimizer.adam_beta2": Case(0.9, T),
     "optimizer.weight_decay": Case(0.1, T),
     # --- training ---
-    "training.stat_file": Case("stat.hdf5", NO),
-    "training.stat_file_mode": Case("read", NO),
+    "training.stat_file": Case("stat.hdf5", T),
+    # with a stat_file that does not exist yet: "update" writes it, "read" stops
+    "training.stat_file_mode": Case("read", FAILS, {"training.stat_file": "stat.hdf5"}),
     "training.numb_steps": Case(1, T),
     "training.numb_epoch": Case(2, T, {"training.numb_steps": DROP, "training.numb_epoch": 1}),
     "training.seed": Case(8, T),
@@ -343,6 +347,19 @@ class _Messages(logging.Handler):
         self.templates.append(str(record.msg))  # the template: timings must not count
 
 
+def _file_fingerprint(path: Path, out: Path) -> tuple[str, Any]:
+    """A written file: its name and text; a checkpoint: its name; other binary files (e.g.
+    a stat_file): a hash."""
+    name = str(path.relative_to(out))
+    if path.suffix == ".pt":
+        return name, None
+    data = path.read_bytes()
+    try:
+        return name, data.decode()
+    except UnicodeDecodeError:
+        return name, hashlib.sha1(data).hexdigest()
+
+
 def trainer_fingerprint(config: dict, out: Path, run: bool, finetune: Path | None = None) -> Any:
     from dpa1.train.trainer import Trainer
 
@@ -359,8 +376,7 @@ def trainer_fingerprint(config: dict, out: Path, run: bool, finetune: Path | Non
         logger.setLevel(level)
     samplers = [(s.systems and [x.path for x in s.systems], s.batch_sizes, list(s.probs),
                  s.state_dict()) for s in (trainer.sampler, trainer.valid_sampler) if s]
-    files = sorted((str(p.relative_to(out)), p.read_text() if p.suffix != ".pt" else None)
-                   for p in out.rglob("*") if p.is_file())
+    files = sorted(_file_fingerprint(p, out) for p in out.rglob("*") if p.is_file())
     loss = {k: v for k, v in vars(trainer.loss_fn).items() if not k.startswith("_")}
     optimizer = [{k: v for k, v in g.items() if k != "params"}
                  for g in trainer.optimizer.param_groups]
@@ -402,6 +418,13 @@ def test_every_key_takes_effect_or_is_refused(inputs: Inputs, tmp_path: Path) ->
             assert f"{path}:" in str(info.value), (key, str(info.value))
             continue
         ref_cfg, new_cfg = normalize_config(ref), normalize_config(new)
+        if case.probe == FAILS:
+            trainer_fingerprint(ref_cfg, fresh(), run=False)
+            with pytest.raises(ValueError) as info:
+                trainer_fingerprint(new_cfg, fresh(), run=False)
+            message = str(info.value)
+            assert path.rpartition(".")[2] in message and "\n" not in message, (key, message)
+            continue
         assert new_cfg != ref_cfg, f"{key}: the normalised input does not change"
         slot = (case.probe, repr(sorted(case.context.items(), key=str)), key.partition("@")[2])
         if slot not in references:

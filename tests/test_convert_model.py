@@ -30,9 +30,7 @@ pytestmark = [
 
 @pytest.fixture(scope="module")
 def config() -> dict:
-    data = json.loads(TINY_INPUT.read_text())
-    del data["training"]["stat_file"]  # a statistics cache: not supported by dpa1
-    return normalize_config(data)
+    return normalize_config(json.loads(TINY_INPUT.read_text()))
 
 
 @pytest.fixture(scope="module")

@@ -114,7 +114,6 @@ def test_model_with_econf_builds_and_evaluates() -> None:
     if not TINY_INPUT.exists():
         pytest.skip(f"reference input not found: {TINY_INPUT}")
     data = copy.deepcopy(json.loads(TINY_INPUT.read_text()))
-    del data["training"]["stat_file"]  # a statistics cache: not supported by dpa1
     data["model"]["descriptor"]["use_econf_tebd"] = True
     cfg = normalize_config(data)
     model = build_model(cfg["model"])

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from dpa1.io.atomic import check_output_path
 from dpa1.io.config import load_config
+from dpa1.io.stat_file import is_hdf5
 
 
 def add_parser(sub) -> None:
@@ -63,6 +64,9 @@ def check_outputs(config: dict, out_dir: Path) -> Path:
     if tcfg.get("save_dir"):
         check_output_path(out_dir / tcfg["save_dir"], "training.save_dir", directory=True)
     check_output_path(out_dir / tcfg["disp_file"], "training.disp_file")
+    if tcfg.get("stat_file") and tcfg["stat_file_mode"] == "update":
+        stat_file = out_dir / tcfg["stat_file"]
+        check_output_path(stat_file, "training.stat_file", directory=not is_hdf5(stat_file))
     return out_dir
 
 

@@ -575,11 +575,14 @@ class Training(Section):
                      "model_prob": _MULTITASK}
     training_data: TrainingData = _key(..., "Training systems")
     validation_data: ValidationData | None = _key(None, "Validation systems")
-    stat_file: Annotated[str | None, _default_only(None, "a statistics cache file")] = _key(
-        None, "Statistics cache (.h5/.hdf5 file or a directory); only null")
-    stat_file_mode: Annotated[Literal["update", "read"], _default_only(
-        "update", "a statistics cache file")] = _key("update", "'update' or 'read'; only "
-                                                               "'update'")
+    stat_file: Annotated[str, Field(min_length=1)] | None = _key(
+        None, "Statistics cache in DeePMD-kit's layout (.h5/.hdf5 file, else a directory; "
+              "relative to the output directory): a fresh start saves the data statistics "
+              "there and a later one reads them instead of sampling the data; one written for "
+              "another type_map, rcut, rcut_smth or sel is refused")
+    stat_file_mode: Literal["update", "read"] = _key(
+        "update", "'update': compute what the stat_file lacks and add it; 'read': the "
+                  "stat_file must hold every statistic and is not written")
     numb_steps: NonNegInt | None = _key(None, "Total training steps (this or numb_epoch is required; "
                                                "0: statistics only, writes model.ckpt-0.pt)",
                                      aliases=("stop_batch", "num_step", "num_steps", "numb_step"))
@@ -626,8 +629,12 @@ class Training(Section):
 
     @model_validator(mode="after")
     def _check_length(self) -> Training:
+        problems = []
         if self.numb_steps is None and self.numb_epoch is None:
-            _raise_if([("", "one of numb_steps or numb_epoch is required")])
+            problems.append(("", "one of numb_steps or numb_epoch is required"))
+        if self.stat_file_mode == "read" and self.stat_file is None:
+            problems.append(("stat_file_mode", "'read' needs a stat_file"))
+        _raise_if(problems)
         if self.numb_steps is not None:
             self.numb_epoch = None  # numb_steps wins, as in DeePMD; keep one source of truth
         return self

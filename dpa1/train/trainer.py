@@ -26,6 +26,7 @@ from dpa1.io.atomic import atomic_path
 from dpa1.io.config import ConfigError, normalize_model_section
 from dpa1.io.model_file import load_checkpoint, load_energy_model
 from dpa1.io.serialize import model_from_dict, model_to_dict
+from dpa1.io.stat_file import StatFile, open_stat_file
 from dpa1.model.build import build_model
 from dpa1.model.model import EnergyModel
 from dpa1.train.checkpoints import CheckpointManager
@@ -155,6 +156,9 @@ class Trainer:
             model = self._finetune_model(Path(finetune))
         else:
             model = self._fresh_model(skip_neighbor_stat)
+        if tcfg.get("stat_file") and any(x is not None for x in (restart, init_model, finetune)):
+            log.info("training.stat_file %s: not used (only a fresh start computes the "
+                     "statistics it keeps)", tcfg["stat_file"])
         self.model: EnergyModel = model.to(device)
         self.model.train()
         opt_cfg = config.get("optimizer") or {"type": "Adam"}
@@ -204,9 +208,33 @@ class Trainer:
                      max_nnei, min_dist, sel)
         mcfg["descriptor"]["sel"] = int(sel)  # out.json and checkpoints record the value used
         model = build_model(mcfg, sel=sel)
-        dstats.apply_statistics(model, self._stat_batches(),
-                                protect=float(mcfg.get("data_stat_protect", 1e-2)))
+        cache = self._stat_file(model)
+        fit = model.fitting
+        stored = cache.stored(model.ntypes, fit.numb_fparam, fit.numb_aparam) if cache else None
+        result = dstats.apply_statistics(model, self._stat_batches, stored=stored,
+                                         protect=float(mcfg.get("data_stat_protect", 1e-2)))
+        if cache is not None:
+            computed = sorted(result["computed"])
+            if self.dist.is_main:
+                cache.write(result["computed"], result["observed_types"])
+            if not computed:
+                log.info("statistics read from %s (no data sampled)", cache.path)
+            elif stored:
+                log.info("statistics read from %s (%s), the rest (%s) computed and saved there",
+                         cache.path, ", ".join(sorted(stored)), ", ".join(computed))
+            else:
+                log.info("statistics computed and saved to %s", cache.path)
         return model
+
+    def _stat_file(self, model: EnergyModel) -> Optional[StatFile]:
+        """The ``training.stat_file`` cache for ``model`` (relative to the output directory),
+        or None."""
+        tcfg = self.config["training"]
+        if not tcfg.get("stat_file"):
+            return None
+        return open_stat_file(self.out_dir / tcfg["stat_file"], tcfg["stat_file_mode"],
+                              self.type_map, model.descriptor,
+                              self.config["model"]["descriptor"]["type"])
 
     def _finetune_model(self, path: Path) -> EnergyModel:
         pretrained, saved = load_energy_model(path)
