@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -255,9 +256,6 @@ def test_keys_of_unsupported_features_are_refused(tiny: dict[str, Any]) -> None:
         ("training", "enable_ema"): (False, True),
         ("training", "ema_decay"): (0.999, 0.99),
         ("training", "ema_ckpt_keep"): (None, 3),
-        ("training", "tensorboard"): (False, True),
-        ("training", "tensorboard_log_dir"): ("log", "tb"),
-        ("training", "tensorboard_freq"): (1, 10),
         ("training", "profiling"): (False, True),
         ("training", "enable_profiler"): (False, True),
         ("training", "ckpt_keep_ratio"): (None, 0.5),
@@ -290,9 +288,17 @@ def test_keys_of_unsupported_features_are_refused(tiny: dict[str, Any]) -> None:
         trainable=[False] * 4)))["model"]["fitting_net"]["trainable"] == [False] * 4
 
 
-def test_stat_file_keys(tiny: dict[str, Any]) -> None:
+def test_stat_file_and_tensorboard_keys(tiny: dict[str, Any], monkeypatch) -> None:
     # the reference input (DeePMD-kit's se_atten example) names a statistics cache
     training = load_config(TINY_INPUT)["training"]
     assert (training["stat_file"], training["stat_file_mode"]) == ("./dpa1.hdf5", "update")
+    assert (training["tensorboard"], training["tensorboard_log_dir"],
+            training["tensorboard_freq"]) == (False, "log", 1)
     no_file = _edit(tiny, lambda d: d["training"].update(stat_file=None, stat_file_mode="read"))
     assert _error(no_file) == "training.stat_file_mode: 'read' needs a stat_file"
+    assert _error(_edit(tiny, lambda d: d["training"].update(tensorboard_freq=0))).startswith(
+        "training.tensorboard_freq: ")
+    monkeypatch.setitem(sys.modules, "tensorboard", None)  # not installed
+    assert _error(_edit(tiny, lambda d: d["training"].update(tensorboard=True))) == (
+        "training.tensorboard: TensorBoard logging needs the tensorboard package, which is not "
+        "installed: pip install tensorboard (or set it to false)")

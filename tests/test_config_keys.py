@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import importlib.util
 import logging
 import re
 import shutil
@@ -78,15 +79,19 @@ class Case:
     """``value`` for the key; ``probe``: "model" (build_model), "train" (Trainer, no step),
     "run" (Trainer and 2 steps), "finetune" (Trainer fine-tuning a checkpoint of the base
     model), "fails" (the Trainer of the input without the key starts, the one with it stops
-    with a one-line error naming the key) or "refused"; ``context``: dotted keys set in both
+    with a one-line error naming the key) or "refused" (by the input check; ``refused_by``:
+    the key the error names when it is another one); ``context``: dotted keys set in both
     inputs, for keys that act only together with another (``DROP`` removes a key)."""
 
     value: Any
     probe: str
     context: dict[str, Any] = field(default_factory=dict)
+    refused_by: str | None = None
 
 
 M, T, R, F, FAILS, NO = "model", "train", "run", "finetune", "fails", "refused"
+_TENSORBOARD = importlib.util.find_spec("tensorboard") is not None
+_TB_ON = {"training.tensorboard": True}
 _TO_V2 = {f"model.descriptor.{k}": DROP for k in (
     "tebd_input_mode", "smooth_type_embedding", "stripped_type_embedding", "set_davg_zero")}
 _FPARAM = {"model.fitting_net.numb_fparam": 1, "training.validation_data": None,
@@ -213,9 +218,12 @@ CASES: dict[str, Case] = {
     "training.profiling": Case(True, NO),
     "training.profiling_file": Case("t.json", NO),
     "training.enable_profiler": Case(True, NO),
-    "training.tensorboard": Case(True, NO),
-    "training.tensorboard_log_dir": Case("tb", NO),
-    "training.tensorboard_freq": Case(5, NO),
+    # without the optional tensorboard package, tensorboard: true is refused
+    "training.tensorboard": Case(True, R if _TENSORBOARD else NO),
+    "training.tensorboard_log_dir": Case("tb", R, _TB_ON) if _TENSORBOARD else Case(
+        "tb", NO, _TB_ON, refused_by="training.tensorboard"),
+    "training.tensorboard_freq": Case(5, R, _TB_ON) if _TENSORBOARD else Case(
+        5, NO, _TB_ON, refused_by="training.tensorboard"),
     "training.zero_stage": Case(1, NO),
     # --- training.training_data and training.validation_data ---
     "training.training_data.systems": Case("<first two>", T),
@@ -348,11 +356,19 @@ class _Messages(logging.Handler):
 
 
 def _file_fingerprint(path: Path, out: Path) -> tuple[str, Any]:
-    """A written file: its name and text; a checkpoint: its name; other binary files (e.g.
-    a stat_file): a hash."""
+    """A written file: its name and text; a checkpoint: its name; a TensorBoard event file
+    (named by time, host and process): its folder and scalars; other binary files: a hash."""
     name = str(path.relative_to(out))
     if path.suffix == ".pt":
         return name, None
+    if path.name.startswith("events.out.tfevents."):
+        from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+        board = EventAccumulator(str(path))
+        board.Reload()
+        return str(path.parent.relative_to(out) / "events"), {
+            tag: [(s.step, s.value) for s in board.Scalars(tag)]
+            for tag in board.Tags()["scalars"]}
     data = path.read_bytes()
     try:
         return name, data.decode()
@@ -415,7 +431,7 @@ def test_every_key_takes_effect_or_is_refused(inputs: Inputs, tmp_path: Path) ->
         if case.probe == NO:
             with pytest.raises(ConfigError) as info:
                 normalize_config(new)
-            assert f"{path}:" in str(info.value), (key, str(info.value))
+            assert f"{case.refused_by or path}:" in str(info.value), (key, str(info.value))
             continue
         ref_cfg, new_cfg = normalize_config(ref), normalize_config(new)
         if case.probe == FAILS:

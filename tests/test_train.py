@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -242,3 +243,47 @@ def test_restart_refuses_another_network(tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "do not fit the input's network" in err
     assert "model.descriptor.neuron ([4, 8] in the checkpoint, [4, 16] in the input)" in err
+
+
+def _has_tensorboard() -> bool:
+    try:
+        from torch.utils.tensorboard import SummaryWriter  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def test_tensorboard_needs_its_package(tmp_path, capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "tensorboard", None)  # as if it were not installed
+    inp = water_input(tmp_path, numb_steps=1, tensorboard=True)
+    assert main(["train", str(inp), "-o", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert err.startswith("dpa1 train: error: training.tensorboard: ")
+    assert "pip install tensorboard" in err
+    assert not (tmp_path / "run").exists()
+
+
+def test_tensorboard_logs(tmp_path):
+    """DeePMD-kit's tags (lr, loss, the training metrics) every tensorboard_freq steps and
+    at step 1, the validation metrics at display steps, under tensorboard_log_dir."""
+    if not _has_tensorboard():
+        pytest.skip("the optional tensorboard package is not installed")
+    inp = water_input(tmp_path, numb_steps=4, disp_freq=2, tensorboard=True,
+                      tensorboard_log_dir="tb", tensorboard_freq=3)
+    assert main(["train", str(inp), "-o", str(tmp_path / "run")]) == 0
+    events = list((tmp_path / "run" / "tb").glob("events.out.tfevents.*"))
+    assert len(events) == 1
+    try:
+        from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    except ImportError:
+        return
+    board = EventAccumulator(str(events[0]))
+    board.Reload()
+    steps = {tag: [s.step for s in board.Scalars(tag)] for tag in board.Tags()["scalars"]}
+    logged = [1, 3]
+    assert steps == {"Default/lr": logged, "Default/loss": logged, "Default/rmse": logged,
+                     "Default/rmse_e": logged, "Default/rmse_f": logged,
+                     "Default/rmse_val": [1, 2, 4], "Default/rmse_e_val": [1, 2, 4],
+                     "Default/rmse_f_val": [1, 2, 4]}
+    assert board.Scalars("Default/lr")[0].value == pytest.approx(1e-3)

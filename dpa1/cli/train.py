@@ -67,6 +67,9 @@ def check_outputs(config: dict, out_dir: Path) -> Path:
     if tcfg.get("stat_file") and tcfg["stat_file_mode"] == "update":
         stat_file = out_dir / tcfg["stat_file"]
         check_output_path(stat_file, "training.stat_file", directory=not is_hdf5(stat_file))
+    if tcfg.get("tensorboard"):
+        check_output_path(out_dir / tcfg["tensorboard_log_dir"], "training.tensorboard_log_dir",
+                          directory=True)
     return out_dir
 
 

@@ -15,14 +15,15 @@ Conventions:
 from __future__ import annotations
 
 import difflib
+import importlib.util
 import json
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Annotated, Any, ClassVar, Literal, Union
 
-from pydantic import (BaseModel, BeforeValidator, ConfigDict, Discriminator, Field,
-                      PlainValidator, Tag, model_validator)
+from pydantic import (AfterValidator, BaseModel, BeforeValidator, ConfigDict, Discriminator,
+                      Field, PlainValidator, Tag, model_validator)
 from pydantic.fields import FieldInfo
 
 
@@ -138,6 +139,19 @@ def _default_only(default: Any, feature: str) -> Any:
         raise ValueError(f"not supported by dpa1 ({feature}); remove the key or set it to "
                          f"{json.dumps(default)}")
     return BeforeValidator(check)
+
+
+def _needs_tensorboard(value: bool) -> bool:
+    """``tensorboard: true`` needs ``torch.utils.tensorboard`` (the tensorboard package)."""
+    if value:
+        try:
+            if importlib.util.find_spec("tensorboard") is None:
+                raise ImportError("tensorboard")
+            from torch.utils.tensorboard import SummaryWriter  # noqa: F401
+        except ImportError:
+            raise ValueError("TensorBoard logging needs the tensorboard package, which is not "
+                             "installed: pip install tensorboard (or set it to false)") from None
+    return value
 
 
 def _only(expected: Any, message: str) -> Any:
@@ -618,12 +632,13 @@ class Training(Section):
         "timeline.json", "Diagnostics: profiling output; only the default")
     enable_profiler: Annotated[bool, _default_only(False, "profiling")] = _key(
         False, "Diagnostics: torch profiler; only false")
-    tensorboard: Annotated[bool, _default_only(False, "TensorBoard logging")] = _key(
-        False, "Diagnostics: TensorBoard logging; only false")
-    tensorboard_log_dir: Annotated[str, _default_only("log", "TensorBoard logging")] = _key(
-        "log", "Diagnostics: TensorBoard directory; only the default")
-    tensorboard_freq: Annotated[int, _default_only(1, "TensorBoard logging")] = _key(
-        1, "Diagnostics: TensorBoard period; only 1")
+    tensorboard: Annotated[bool, AfterValidator(_needs_tensorboard)] = _key(
+        False, "Diagnostics: TensorBoard logging of lr, loss and the lcurve metrics (needs "
+               "the tensorboard package)")
+    tensorboard_log_dir: str = _key("log", "Diagnostics: TensorBoard directory (relative to "
+                                           "the output directory)")
+    tensorboard_freq: PosInt = _key(1, "Diagnostics: TensorBoard period (steps; step 1 is "
+                                       "always logged)")
     zero_stage: Annotated[Literal[0], _supported("zero_stage", (0,))] = _key(
         0, "Distributed sharding stage; only 0")
 

@@ -348,6 +348,9 @@ class Trainer:
                 has_validation=self.valid_sampler is not None, append=self.restarted,
             )
         progress = TrainProgress(self.numb_steps, self.start_step, enabled=shown)
+        board = _tensorboard(self.out_dir / tcfg.get("tensorboard_log_dir", "log")) \
+            if main and tcfg.get("tensorboard") else None
+        board_freq = int(tcfg.get("tensorboard_freq", 1))
         accum: dict[str, float] = {}
         naccum = 0
         t0 = time.perf_counter()
@@ -366,9 +369,12 @@ class Trainer:
                 if gmax:
                     torch.nn.utils.clip_grad_norm_(self.model.parameters(), float(gmax))
                 self.optimizer.step()
-                if not math.isfinite(float(loss.detach())):
-                    raise FloatingPointError(f"step {step + 1}: loss is {float(loss.detach())}; "
+                loss_value = float(loss.detach())
+                if not math.isfinite(loss_value):
+                    raise FloatingPointError(f"step {step + 1}: loss is {loss_value}; "
                                              "check the data and lower start_lr")
+                if board is not None and ((step + 1) % board_freq == 0 or step == 0):
+                    _log_scalars(board, step + 1, {"lr": lr, "loss": loss_value, **metrics})
                 for k, v in metrics.items():
                     accum[k] = accum.get(k, 0.0) + v
                 naccum += 1
@@ -378,6 +384,8 @@ class Trainer:
                     valid_m = self._validate(lr) if main else None
                     if main and lcurve is not None:
                         lcurve.write(step + 1, train_m, valid_m, lr)
+                    if board is not None and valid_m:
+                        _log_scalars(board, step + 1, {f"{k}_val": v for k, v in valid_m.items()})
                     if shown:
                         log.info("step %d lr %.2e %s", step + 1, lr, " ".join(
                             f"{k}={v:.3e}" for k, v in sorted((valid_m or train_m).items())))
@@ -390,6 +398,8 @@ class Trainer:
             progress.close()
             if lcurve is not None:
                 lcurve.close()
+            if board is not None:
+                board.close()
         if self.numb_steps == 0 and not self.restarted:
             self._save(0)  # as `dp train` with numb_steps 0: the model with its statistics only
         if main and tcfg.get("change_bias_after_training"):
@@ -401,6 +411,21 @@ class Trainer:
             log.info("trained %d steps in %.1f s (%.3f s/step)", last_step - self.start_step,
                      elapsed, elapsed / (last_step - self.start_step))
         return self.ckpt.pointer
+
+
+def _tensorboard(log_dir: Path) -> Any:
+    """A TensorBoard ``SummaryWriter`` on ``log_dir`` (the input check made sure that
+    ``torch.utils.tensorboard`` imports)."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    return SummaryWriter(log_dir=str(log_dir))
+
+
+def _log_scalars(board: Any, step: int, values: dict[str, float]) -> None:
+    """DeePMD-kit's tags: ``Default/lr``, ``Default/loss`` and ``Default/<metric>`` (the
+    training metrics of the step); dpa1 adds ``Default/<metric>_val`` at display steps."""
+    for key, value in values.items():
+        board.add_scalar(f"Default/{key}", value, step)
 
 
 def _recorded_model_section(saved: dict) -> Optional[dict]:
