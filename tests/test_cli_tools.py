@@ -18,7 +18,7 @@ from dpa1.io.model_file import freeze, load_checkpoint, save_checkpoint
 from dpa1.io.serialize import load_dp_model, save_dp_model
 from dpa1.model.build import build_model
 
-from train_utils import WATER
+from train_utils import WATER, water_input
 
 TINY_DP = WATER.parents[1] / "reference" / "tiny.dp"
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -338,3 +338,81 @@ def test_dp_test_unknown_element(alloy, tiny_model_config, tmp_path, capsys) -> 
     err = capsys.readouterr().err
     assert "Ni" in err and err.startswith("dpa1 test: error:") and err.count("\n") == 1
     assert not (tmp_path / "x.json").exists()
+
+
+# === 7. output paths are checked before the work starts ==================================
+def test_output_under_a_regular_file_is_refused_first(tiny_models, tmp_path, capsys) -> None:
+    """Every verb with an output path stops with one line naming it, before computing."""
+    from ase import Atoms
+    from ase.io import write
+
+    afile = tmp_path / "afile"
+    afile.write_text("a regular file\n")
+    system = str(_small_water_system(tmp_path / "water2", nframes=2))
+    model = str(tiny_models["pt"])
+    conf = tmp_path / "water.extxyz"
+    fr = _water_frames(1)
+    write(conf, Atoms(fr["symbols"], positions=fr["coord"][0], cell=fr["box"][0], pbc=True))
+    lcurve = tmp_path / "lcurve.out"
+    lcurve.write_text("#  step  rmse_trn  lr\n   1  1.0e+00  1.0e-03\n")
+    inp = water_input(tmp_path, numb_steps=1, train=[system], valid=[system])
+    runs = {
+        "train": ["train", str(inp), "-o", f"{afile}/run"],
+        "test --json": ["test", "-m", model, "-s", system, "--json", f"{afile}/e.json"],
+        "test --detail-file": ["test", "-m", model, "-s", system, "--detail-file", f"{afile}/d"],
+        "test --plot": ["test", "-m", model, "-s", system, "--plot", f"{afile}/p.png"],
+        "freeze": ["freeze", "-c", model, "-o", f"{afile}/x.pth"],
+        "plot": ["plot", str(lcurve), "-o", f"{afile}/lc.png"],
+        "convert": ["convert", model, f"{afile}/x.dp"],
+        "change-bias": ["change-bias", model, "-s", system, "-o", f"{afile}/x.pt"],
+        "md": ["md", "-m", model, "-c", str(conf), "--steps", "1", "-o", f"{afile}/t.extxyz"],
+        "md --log": ["md", "-m", model, "-c", str(conf), "--steps", "1",
+                     "-o", str(tmp_path / "t.extxyz"), "--log", f"{afile}/thermo.log"],
+        "model-devi": ["model-devi", "-m", model, model, "-s", system, "-o", f"{afile}/md.out"],
+        "convert-data": ["convert-data", str(conf), f"{afile}/npy"],
+    }
+    for name, argv in runs.items():
+        capsys.readouterr()
+        assert main(argv) == 2, name
+        out, err = capsys.readouterr()
+        assert err.count("\n") == 1 and "Traceback" not in err, (name, err)
+        assert f"{afile} is a file, not a directory" in err, (name, err)
+        assert out == "", (name, out)  # nothing was computed (and then lost)
+    assert afile.read_text() == "a regular file\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        ["afile", "water2", "water.extxyz", "lcurve.out", "input.json"])
+
+
+# === 8. files that are not what their names say ==========================================
+def test_text_files_with_model_and_array_names(tmp_path, capsys) -> None:
+    """A text file named like a checkpoint, a frozen model or a .npy array gets one line
+    saying what was expected (no torch/NumPy advice about unsafe loading)."""
+    text_pt, text_pth = tmp_path / "model.pt", tmp_path / "x.pth"
+    for path in (text_pt, text_pth):
+        path.write_text("not a model\n")
+    system = _small_water_system(tmp_path / "water2", nframes=2)
+    bad = _small_water_system(tmp_path / "bad", nframes=2)
+    coord = bad / "set.000" / "coord.npy"
+    coord.write_text("1 2 3\n")
+    inp = water_input(tmp_path, numb_steps=1, train=[str(system)], valid=[str(system)])
+    cases = {
+        "test -m model.pt": (["test", "-m", str(text_pt), "-s", str(system)],
+                             f"{text_pt}: not a dpa1 checkpoint (a text file)"),
+        "freeze -c model.pt": (["freeze", "-c", str(text_pt), "-o", str(tmp_path / "f.pth")],
+                               f"{text_pt}: not a dpa1 checkpoint (a text file)"),
+        "train --init-model x.pth": (
+            ["train", str(inp), "-o", str(tmp_path / "run"), "--init-model", str(text_pth)],
+            f"{text_pth}: not a model file (a text file); expected a dpa1 checkpoint (.pt) "
+            "or a DeePMD-kit model (.dp)"),
+        "test -m x.pth": (["test", "-m", str(text_pth), "-s", str(system)],
+                          f"{text_pth}: not a frozen dpa1 model (a text file)"),
+        "test with a text coord.npy": (["test", "-m", str(TINY_DP), "-s", str(bad)],
+                                       f"{coord}: not a NumPy array file"),
+    }
+    for name, (argv, words) in cases.items():
+        capsys.readouterr()
+        assert main(argv) == 2, name
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "Traceback" not in err, (name, err)
+        assert words in err, (name, err)
+        assert "unsafe" not in err.lower() and "weights_only" not in err, (name, err)

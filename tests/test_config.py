@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -245,3 +246,59 @@ def test_reference_doc_lists_every_key() -> None:
     committed = Path(__file__).resolve().parents[1] / "docs" / "input_reference.md"
     assert committed.read_text() == doc, "regenerate: python -m dpa1.io.config_doc > " \
                                          "docs/input_reference.md"
+
+
+def test_keys_of_unsupported_features_are_refused(tiny: dict[str, Any]) -> None:
+    """DeePMD keys of features dpa1 lacks: the DeePMD default passes, anything else is a
+    one-line error (never accepted and ignored)."""
+    cases = {
+        ("model", "descriptor", "lmax"): (1, 2),
+        ("training", "enable_ema"): (False, True),
+        ("training", "ema_decay"): (0.999, 0.99),
+        ("training", "ema_ckpt_keep"): (None, 3),
+        ("training", "profiling"): (False, True),
+        ("training", "enable_profiler"): (False, True),
+        ("training", "ckpt_keep_ratio"): (None, 0.5),
+        ("training", "training_data", "min_pair_dist"): (0.0, 0.5),
+        ("training", "validation_data", "min_pair_dist"): (0, 0.5),
+        ("learning_rate", "scale_by_worker"): ("linear", "sqrt"),
+        ("model", "fitting_net", "dim_case_embd"): (0, 2),
+        ("loss", "start_pref_gf"): (0.0, 1.0),
+        ("loss", "numb_generalized_coord"): (0, 3),
+        ("loss", "limit_pref_h"): (0.0, 1.0),
+    }
+    for (*section, key), (default, other) in cases.items():
+        def put(value: Any) -> dict[str, Any]:
+            data = copy.deepcopy(tiny)
+            target = data
+            for name in section:
+                target = target[name]
+            target[key] = value
+            return data
+
+        normalize_config(put(default))
+        lines = _error(put(other)).splitlines()
+        assert len(lines) == 1, lines
+        assert lines[0].startswith(f"{'.'.join(section)}.{key}: not supported by dpa1"), lines
+        assert "remove the key or set it to" in lines[0]
+    msg = _error(_edit(tiny, lambda d: d["model"]["fitting_net"].update(
+        trainable=[True, False, True, True])))
+    assert msg.startswith("model.fitting_net.trainable: per-layer flags are not supported")
+    assert normalize_config(_edit(tiny, lambda d: d["model"]["fitting_net"].update(
+        trainable=[False] * 4)))["model"]["fitting_net"]["trainable"] == [False] * 4
+
+
+def test_stat_file_and_tensorboard_keys(tiny: dict[str, Any], monkeypatch) -> None:
+    # the reference input (DeePMD-kit's se_atten example) names a statistics cache
+    training = load_config(TINY_INPUT)["training"]
+    assert (training["stat_file"], training["stat_file_mode"]) == ("./dpa1.hdf5", "update")
+    assert (training["tensorboard"], training["tensorboard_log_dir"],
+            training["tensorboard_freq"]) == (False, "log", 1)
+    no_file = _edit(tiny, lambda d: d["training"].update(stat_file=None, stat_file_mode="read"))
+    assert _error(no_file) == "training.stat_file_mode: 'read' needs a stat_file"
+    assert _error(_edit(tiny, lambda d: d["training"].update(tensorboard_freq=0))).startswith(
+        "training.tensorboard_freq: ")
+    monkeypatch.setitem(sys.modules, "tensorboard", None)  # not installed
+    assert _error(_edit(tiny, lambda d: d["training"].update(tensorboard=True))) == (
+        "training.tensorboard: TensorBoard logging needs the tensorboard package, which is not "
+        "installed: pip install tensorboard (or set it to false)")

@@ -224,7 +224,10 @@ def test_label_in_some_sets_only(tmp_path: Path) -> None:
 def test_unreadable_npy(tmp_path: Path) -> None:
     path = make(tmp_path / "s", [good_set()])
     (path / "set.000" / "energy.npy").write_bytes(b"not numpy")
-    with raises(f"{path / 'set.000' / 'energy.npy'}: cannot read as a NumPy array"):
+    with raises(f"{path / 'set.000' / 'energy.npy'}: not a NumPy array file"):
+        DeepmdSystem(path)
+    np.save(path / "set.000" / "energy.npy", np.array([{}, 1], dtype=object), allow_pickle=True)
+    with raises(f"{path / 'set.000' / 'energy.npy'}: cannot read as a NumPy array ("):
         DeepmdSystem(path)
     np.save(path / "set.000" / "energy.npy", np.array(["a", "b", "c", "d"]))
     with raises("energy.npy: holds <U1 values, expected numbers"):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -184,3 +185,105 @@ def test_water_training_reduces_validation_force_error(tmp_path):
     f_val = data[:, names.index("rmse_f_val")]
     assert data[0, 0] == 1 and data[-1, 0] == 150
     assert f_val[-1] <= 0.7 * f_val[0], f_val
+
+
+def test_restart_refuses_another_network(tmp_path, capsys):
+    """A restart continues the same run: a changed network is refused with the keys named
+    (the checkpoint and out.json keep describing the weights); changes a restart can honour
+    (steps, display, checkpoints, optimizer settings, sel "auto") work."""
+    from dpa1.io.config import load_config
+    from dpa1.train.trainer import Trainer
+
+    inp = water_input(tmp_path, numb_steps=2, disp_freq=1, save_freq=2)
+    run = tmp_path / "run"
+    assert main(["train", str(inp), "-o", str(run)]) == 0
+    ckpt = run / "model.ckpt-2.pt"
+    before = ckpt.read_bytes(), (run / "out.json").read_text()
+
+    cfg = json.loads(inp.read_text())
+    cfg["model"]["descriptor"].update(neuron=[4, 16], attn_layer=2)
+    changed = tmp_path / "changed.json"
+    changed.write_text(json.dumps(cfg))
+    capsys.readouterr()
+    assert main(["train", str(changed), "-o", str(run), "--restart", str(ckpt)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert "model.descriptor.neuron ([4, 8] in the checkpoint, [4, 16] in the input)" in err
+    assert "model.descriptor.attn_layer (1 in the checkpoint, 2 in the input)" in err
+    assert "--init-model" in err and "--finetune" in err
+    assert (ckpt.read_bytes(), (run / "out.json").read_text()) == before
+    assert sorted(p.name for p in run.glob("model.ckpt-*.pt")) == ["model.ckpt-2.pt"]
+
+    # the same network, sel "auto" (resolved to the checkpoint's), longer and displayed more
+    cfg = json.loads(inp.read_text())
+    cfg["model"]["descriptor"]["sel"] = "auto"
+    cfg["training"].update(numb_steps=4, disp_freq=1, save_freq=1)
+    cfg["optimizer"] = {"adam_beta1": 0.5}
+    more = tmp_path / "more.json"
+    more.write_text(json.dumps(cfg))
+    trainer = Trainer(load_config(more), run, restart=ckpt)
+    assert trainer.optimizer.param_groups[0]["betas"] == (0.5, 0.999)  # not the saved 0.9
+    assert main(["train", str(more), "-o", str(run), "--restart", str(ckpt)]) == 0
+    _, payload = load_checkpoint(run / "model.ckpt.pt")
+    assert payload["step"] == 4 and payload["config"]["model"]["descriptor"]["sel"] == 40
+    assert _lcurve(run / "lcurve.out")[1][:, 0].tolist() == [1, 2, 3, 4]
+    out = json.loads((run / "out.json").read_text())
+    assert out["training"]["numb_steps"] == 4 and out["model"]["descriptor"]["sel"] == 40
+
+    # --init-model trains the input's network from the weights, as long as the shapes fit
+    cfg = json.loads(inp.read_text())
+    cfg["model"]["descriptor"]["activation_function"] = "gelu"
+    init = tmp_path / "init.json"
+    init.write_text(json.dumps(cfg))
+    assert main(["train", str(init), "-o", str(tmp_path / "init"), "--init-model", str(ckpt)]) == 0
+    out = json.loads((tmp_path / "init" / "out.json").read_text())
+    assert out["model"]["descriptor"]["activation_function"] == "gelu"
+    capsys.readouterr()
+    assert main(["train", str(changed), "-o", str(tmp_path / "x"), "--init-model", str(ckpt)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "do not fit the input's network" in err
+    assert "model.descriptor.neuron ([4, 8] in the checkpoint, [4, 16] in the input)" in err
+
+
+def _has_tensorboard() -> bool:
+    try:
+        from torch.utils.tensorboard import SummaryWriter  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def test_tensorboard_needs_its_package(tmp_path, capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "tensorboard", None)  # as if it were not installed
+    inp = water_input(tmp_path, numb_steps=1, tensorboard=True)
+    assert main(["train", str(inp), "-o", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert err.startswith("dpa1 train: error: training.tensorboard: ")
+    assert "pip install tensorboard" in err
+    assert not (tmp_path / "run").exists()
+
+
+def test_tensorboard_logs(tmp_path):
+    """DeePMD-kit's tags (lr, loss, the training metrics) every tensorboard_freq steps and
+    at step 1, the validation metrics at display steps, under tensorboard_log_dir."""
+    if not _has_tensorboard():
+        pytest.skip("the optional tensorboard package is not installed")
+    inp = water_input(tmp_path, numb_steps=4, disp_freq=2, tensorboard=True,
+                      tensorboard_log_dir="tb", tensorboard_freq=3)
+    assert main(["train", str(inp), "-o", str(tmp_path / "run")]) == 0
+    events = list((tmp_path / "run" / "tb").glob("events.out.tfevents.*"))
+    assert len(events) == 1
+    try:
+        from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    except ImportError:
+        return
+    board = EventAccumulator(str(events[0]))
+    board.Reload()
+    steps = {tag: [s.step for s in board.Scalars(tag)] for tag in board.Tags()["scalars"]}
+    logged = [1, 3]
+    assert steps == {"Default/lr": logged, "Default/loss": logged, "Default/rmse": logged,
+                     "Default/rmse_e": logged, "Default/rmse_f": logged,
+                     "Default/rmse_val": [1, 2, 4], "Default/rmse_e_val": [1, 2, 4],
+                     "Default/rmse_f_val": [1, 2, 4]}
+    assert board.Scalars("Default/lr")[0].value == pytest.approx(1e-3)

@@ -22,10 +22,13 @@ def run(args: argparse.Namespace) -> int:
     from dpa1.data import stats
     from dpa1.data.loader import SystemSampler
     from dpa1.data.system import DeepmdSystem, expand_systems
+    from dpa1.io.atomic import check_output_path
     from dpa1.io.model_file import load_checkpoint, save_checkpoint
     from dpa1.io.serialize import load_dp_model, save_dp_model
 
     src = Path(args.model)
+    out = Path(args.output) if args.output else src.with_name(src.stem + "_updated" + src.suffix)
+    check_output_path(out, "-o")
     is_dp = src.suffix.lower() in (".dp", ".yaml", ".yml")
     if is_dp:
         model, data = load_dp_model(src)
@@ -37,7 +40,6 @@ def run(args: argparse.Namespace) -> int:
     before = model.out_bias.detach().reshape(-1).clone()
     stats.change_energy_bias(model, SystemSampler(systems, bs, seed=0).stat_batches(args.numb_batch))
     after = model.out_bias.detach().reshape(-1)
-    out = Path(args.output) if args.output else src.with_name(src.stem + "_updated" + src.suffix)
     if is_dp:
         save_dp_model(out, model, model_def_script=data.get("model_def_script"))
     else:

@@ -101,8 +101,11 @@ def write_model(path: Path, model, info: dict[str, Any]) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from dpa1.io.atomic import check_output_path
+
     src, dst = Path(args.input), Path(args.output)
     check_output_format(dst)
+    check_output_path(dst, "OUT")
     model, info = read_model(src)
     write_model(dst, model.eval(), info)
     print(f"dpa1 convert: {src} -> {dst}")

@@ -28,12 +28,14 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from dpa1.data.convert import convert
     from dpa1.data.system import DeepmdSystem
+    from dpa1.io.atomic import check_output_path
 
     if len(args.paths) < 2:
         raise ValueError("give at least one input file and the output directory")
     if args.set_size < 1:
         raise ValueError(f"--set-size must be >= 1, got {args.set_size}")
     *inputs, output = args.paths
+    check_output_path(output, "OUT", directory=True)
     written = convert(inputs, output, mixed=args.mixed, fmt=args.format, type_map=args.type_map,
                       set_size=args.set_size)
     for path in written:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from dpa1.io.atomic import check_output_path
 from dpa1.io.model_file import freeze, load_energy_model
 
 
@@ -17,6 +18,7 @@ def add_parser(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    check_output_path(args.output, "-o")
     src = Path(args.checkpoint)
     if src.is_dir():
         src = src / "model.ckpt.pt"

@@ -2,8 +2,9 @@
 
 Each verb module exposes ``add_parser(subparsers)`` (registering its options and
 ``func``) so this file stays a thin dispatcher. User errors (bad input files, configs,
-data) are printed as one line without a traceback and exit with status 2; set
-``DPA1_DEBUG=1`` to see the traceback. Warnings are printed as one line too.
+data, outputs that cannot be written) are printed as one line without a traceback and
+exit with status 2; set ``DPA1_DEBUG=1`` to see the traceback. Warnings are printed as one
+line too.
 """
 
 from __future__ import annotations
@@ -63,7 +64,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     except KeyboardInterrupt:
         print("dpa1: interrupted", file=sys.stderr)
         return 130
-    except (ValueError, FileNotFoundError, NotImplementedError, KeyError) as err:
+    except (ValueError, OSError, NotImplementedError, KeyError) as err:
         if os.environ.get("DPA1_DEBUG"):
             raise
         msg = str(err).strip() or type(err).__name__

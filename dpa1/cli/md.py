@@ -282,9 +282,13 @@ def _progress(disable: bool):
 # === the run ================================================================================
 def run(args: argparse.Namespace) -> int:
     from dpa1.infer.calculator import DP
+    from dpa1.io.atomic import check_output_path
 
     if args.steps < 0 or args.dt <= 0 or args.traj_freq < 1:
         raise ValueError("--steps must be ≥ 0, --dt > 0 and --traj-freq ≥ 1")
+    check_output_path(args.output, "--output")
+    if args.log:
+        check_output_path(args.log, "--log")
     log_freq = args.log_freq or args.traj_freq
     atoms = read_start(args.conf, args.index)
     atoms.calc = DP(args.model, device=args.device)

@@ -34,11 +34,13 @@ def add_parser(sub) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from dpa1.infer.model_devi import make_model_devi
+    from dpa1.io.atomic import check_output_path
 
     if args.frequency < 1:
         raise ValueError("--frequency must be ≥ 1")
     if len(args.models) < 2:
         raise ValueError("model deviation needs at least two models (-m M1 M2 ...)")
+    check_output_path(args.output, "-o")
     tables = make_model_devi(args.models, args.system, args.output, frequency=args.frequency,
                              atomic=args.atomic, relative=args.relative,
                              relative_v=args.relative_v, device=args.device)

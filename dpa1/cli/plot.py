@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from dpa1.io.atomic import atomic_path
+from dpa1.io.atomic import atomic_path, check_output_path
 from dpa1.train.lcurve import read_lcurve
 
 
@@ -16,6 +16,7 @@ def add_parser(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    check_output_path(args.output, "-o")
     import matplotlib
 
     matplotlib.use("Agg")

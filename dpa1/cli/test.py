@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from dpa1.io.atomic import atomic_path
+from dpa1.io.atomic import atomic_path, check_output_path
 
 UNITS = {"energy": "eV", "energy_per_atom": "eV/atom", "force": "eV/Å", "virial": "eV",
          "virial_per_atom": "eV/atom"}
@@ -87,6 +87,12 @@ def run(args: argparse.Namespace) -> int:
     from dpa1.infer.deep_pot import DeepPot
     from dpa1.infer.evaluate import evaluate_system, weighted_total
 
+    # results must not be computed and then lost to an unwritable output
+    if args.detail_file:
+        check_output_path(f"{args.detail_file}.e.out", "--detail-file")
+    for option, path in (("--json", args.json), ("--plot", args.plot)):
+        if path:
+            check_output_path(path, option)
     dp = DeepPot(args.model, device=args.device)
     paths = expand_systems(args.systems)
     results = []

@@ -12,7 +12,7 @@ model needs them, ``fparam``/``aparam`` with their ``find_`` flags.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -29,7 +29,11 @@ __all__ = [
     "compute_descriptor_stats",
     "compute_energy_bias",
     "compute_param_stats",
+    "descriptor_stats_from_sums",
+    "descriptor_sums",
     "neighbor_stat",
+    "param_stats_from_sums",
+    "param_sums",
     "resolve_sel",
 ]
 
@@ -124,9 +128,14 @@ def compute_descriptor_stats(
     and descriptor-level excluded pairs count as 0. ``davg`` is zero when the
     descriptor has ``set_davg_zero``.
     """
+    return descriptor_stats_from_sums(model, descriptor_sums(model, batches))
+
+
+def descriptor_sums(model: torch.nn.Module, batches: Iterable[Batch]) -> np.ndarray:
+    """The sums behind :func:`compute_descriptor_stats`: ``(ntypes, 2, 3)``, per centre type
+    the radial (0) and angular (1) columns of ``R̃`` as (count, sum, sum of squares)."""
     desc = model.descriptor
-    ntypes, nnei = desc.ntypes, desc.nnei
-    # [type, radial/angular, (count, sum, sum of squares)]
+    ntypes = desc.ntypes
     acc = np.zeros((ntypes, 2, 3), dtype=np.float64)
     for batch in batches:
         env, atype = _raw_env(model, batch)
@@ -137,10 +146,19 @@ def compute_descriptor_stats(
             r, a = e[..., 0], e[..., 1:]
             acc[t, 0] += [r.numel(), r.sum().item(), (r * r).sum().item()]
             acc[t, 1] += [a.numel(), a.sum().item(), (a * a).sum().item()]
+    return acc
+
+
+def descriptor_stats_from_sums(
+    model: torch.nn.Module, sums: np.ndarray
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``davg``, ``dstd`` from the sums of :func:`descriptor_sums`."""
+    desc = model.descriptor
+    ntypes, nnei = desc.ntypes, desc.nnei
     davg = torch.zeros(ntypes, nnei, 4, dtype=torch.float64)
     dstd = torch.empty(ntypes, nnei, 4, dtype=torch.float64)
     for t in range(ntypes):
-        (nr, sr, qr), (na, sa, qa) = acc[t]
+        (nr, sr, qr), (na, sa, qa) = sums[t]
         if not desc.set_davg_zero:
             davg[t, :, 0] = sr / nr if nr > 0 else 0.0
         dstd[t, :, 0] = _std(nr, sr, qr)
@@ -196,11 +214,14 @@ def compute_energy_bias(
     per type, zero for ``model.atom_exclude_types``). Types given a value in
     ``preset_out_bias["energy"]`` are fixed to it and taken out of the fit.
 
+    ``rcond`` is the least-squares cut-off; None means the model's own (``fitting_net.rcond``,
+    itself None by default: NumPy's machine-precision cut-off).
+
     Returns:
         ``bias (ntypes,)`` and the population std of the residual (one value for all types).
     """
     counts, energy = _energy_rows(model, batches)
-    return _fit_bias(counts, energy, model.ntypes, preset_out_bias, rcond)
+    return _fit_bias(counts, energy, model.ntypes, preset_out_bias, _rcond(model, rcond))
 
 
 def change_energy_bias(
@@ -210,16 +231,22 @@ def change_energy_bias(
 ) -> tuple[np.ndarray, float]:
     """"change-by-statistic": fit the bias to ``E_label − E_model`` and *add* it to
     ``model.out_bias``; ``out_std`` becomes the residual std (as DeePMD-kit does,
-    including its handling of ``preset_out_bias``). Returns ``(delta, std)``."""
+    including its handling of ``preset_out_bias``). ``rcond`` as in
+    :func:`compute_energy_bias`. Returns ``(delta, std)``."""
     batches = list(batches)
     counts, energy = _energy_rows(model, batches)
     predicted = np.concatenate([_predict_energy(model, b) for b in batches if _has_energy(b)])
-    delta, std = _fit_bias(counts, energy - predicted, model.ntypes, model.preset_out_bias, rcond)
+    delta, std = _fit_bias(counts, energy - predicted, model.ntypes, model.preset_out_bias,
+                           _rcond(model, rcond))
     with torch.no_grad():
         ob = model.out_bias
         ob[0, :, 0] += torch.as_tensor(delta, dtype=ob.dtype, device=ob.device)
         model.out_std[0, :, 0] = std
     return delta, std
+
+
+def _rcond(model: torch.nn.Module, rcond: float | None) -> float | None:
+    return rcond if rcond is not None else getattr(model, "rcond", None)
 
 
 def _has_energy(batch: Batch) -> bool:
@@ -291,10 +318,21 @@ def _optional(batch: Batch, key: str, device: torch.device | None = None) -> tor
 def compute_param_stats(values: np.ndarray, protect: float = 1e-2) -> tuple[np.ndarray, np.ndarray]:
     """Per-component mean and ``1/std`` of ``values (n, d)``; population std, at least
     ``protect``."""
+    return param_stats_from_sums(param_sums(values), protect)
+
+
+def param_sums(values: np.ndarray) -> np.ndarray:
+    """``(d, 3)``: per component of ``values (n, d)`` the count, sum and sum of squares."""
     values = np.asarray(values, dtype=np.float64)
-    n = values.shape[0]
-    mean = values.sum(axis=0) / n
-    var = np.clip((values * values).sum(axis=0) / n - mean * mean, 0.0, None)
+    count = np.full(values.shape[1], float(values.shape[0]))
+    return np.stack([count, values.sum(axis=0), (values * values).sum(axis=0)], axis=1)
+
+
+def param_stats_from_sums(sums: np.ndarray, protect: float = 1e-2) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and ``1/std`` from the sums of :func:`param_sums`."""
+    n, s, q = sums[:, 0], sums[:, 1], sums[:, 2]
+    mean = s / n
+    var = np.clip(q / n - mean * mean, 0.0, None)
     std = np.sqrt(var)
     std = np.where(std < protect, protect, std)
     return mean, 1.0 / std
@@ -307,40 +345,81 @@ def _param_values(batches: Sequence[Batch], key: str, width: int) -> np.ndarray 
 
 
 # === everything at once ==================================================================
+# The parts of the statistics of a fresh model, as kept by a statistics cache
+# (dpa1.io.stat_file): the sums they are derived from, and the energy bias.
+STAT_PARTS = ("descriptor", "fparam", "aparam", "energy")
+
+
 def apply_statistics(
-    model: torch.nn.Module, stat_batches: Iterable[Batch], *, protect: float = 1e-2
+    model: torch.nn.Module,
+    stat_batches: Iterable[Batch] | Callable[[], Iterable[Batch]],
+    *,
+    protect: float = 1e-2,
+    stored: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Compute the statistics of a fresh model (§9) and install them.
 
     Sets ``descriptor.davg/dstd``, ``fitting.fparam_avg/fparam_inv_std`` (and aparam),
-    ``out_bias`` and ``out_std``. ``protect`` is ``data_stat_protect``. Returns the
-    computed values (``davg``, ``dstd``, ``bias``, ``std`` and the param stats).
+    ``out_bias`` and ``out_std``. ``protect`` is ``data_stat_protect``.
+
+    ``stored`` holds parts computed before (keys of ``STAT_PARTS``: ``"descriptor"`` the
+    sums of :func:`descriptor_sums`, ``"fparam"``/``"aparam"`` those of :func:`param_sums`,
+    ``"energy"`` a pair ``(bias (ntypes,), std (ntypes,))``); they are used instead of the
+    data. ``stat_batches`` may be a function returning the batches: it is then called only
+    if some part is not stored.
+
+    Returns:
+        The installed values (``davg``, ``dstd``, ``bias``, ``std`` and the param stats),
+        ``"computed"``: the parts computed from the data (same form as ``stored``) and
+        ``"observed_types"``: the types present in the batches (empty without a data pass).
     """
-    batches = list(stat_batches)
-    davg, dstd = compute_descriptor_stats(model, batches)
+    stored = dict(stored or {})
+    sample: list[list[Batch]] = []
+
+    def batches() -> list[Batch]:
+        if not sample:
+            sample.append(list(stat_batches() if callable(stat_batches) else stat_batches))
+        return sample[0]
+
+    computed: dict[str, Any] = {}
+    if "descriptor" not in stored:
+        computed["descriptor"] = descriptor_sums(model, batches())
+    davg, dstd = descriptor_stats_from_sums(model, stored.get("descriptor",
+                                                              computed.get("descriptor")))
     model.descriptor.set_stat(davg, dstd)
     result: dict[str, Any] = {"davg": davg, "dstd": dstd}
     fitting = model.fitting
     for key, width in (("fparam", fitting.numb_fparam), ("aparam", fitting.numb_aparam)):
         if width == 0:
             continue
-        values = _param_values(batches, key, width)
-        if values is None:
-            if key == "fparam" and fitting.default_fparam is not None:
-                continue  # the model falls back to default_fparam: nothing to normalise
-            raise DataError(f"the model needs {key} (width {width}) but no sampled system has "
-                            f"{key}.npy")
-        avg, inv_std = compute_param_stats(values, protect)
+        if key not in stored:
+            values = _param_values(batches(), key, width)
+            if values is None:
+                if key == "fparam" and fitting.default_fparam is not None:
+                    continue  # the model falls back to default_fparam: nothing to normalise
+                raise DataError(f"the model needs {key} (width {width}) but no sampled system "
+                                f"has {key}.npy")
+            computed[key] = param_sums(values)
+        avg, inv_std = param_stats_from_sums(stored.get(key, computed.get(key)), protect)
         with torch.no_grad():  # copy_ also moves to the buffer's device
             getattr(fitting, key + "_avg").copy_(torch.as_tensor(avg))
             getattr(fitting, key + "_inv_std").copy_(torch.as_tensor(inv_std))
         result[key + "_avg"], result[key + "_inv_std"] = avg, inv_std
-    bias, std = compute_energy_bias(model, batches, model.preset_out_bias, rcond=None)
+    if "energy" in stored:
+        bias, std = (np.asarray(x, dtype=np.float64).reshape(-1) for x in stored["energy"])
+    else:
+        bias, std = compute_energy_bias(model, batches(), model.preset_out_bias)
+        computed["energy"] = (bias, np.full(model.ntypes, std))
     with torch.no_grad():
         ob = model.out_bias
         ob[0, :, 0] = torch.as_tensor(bias, dtype=ob.dtype, device=ob.device)
-        model.out_std[0, :, 0] = std
+        model.out_std[0, :, 0] = torch.as_tensor(std, dtype=ob.dtype, device=ob.device)
     result["bias"], result["std"] = bias, std
+    result["computed"] = computed
+    observed = set()
+    for b in sample[0] if sample else []:
+        observed.update(int(t) for t in np.unique(_numpy(b["atype"])) if t >= 0)
+    result["observed_types"] = sorted(observed)
     return result
 
 

@@ -89,6 +89,8 @@ def labels_for_model(numb_fparam: int = 0, numb_aparam: int = 0) -> list[Label]:
 
 
 # === one .npy file ======================================================================
+_NPY_MAGIC = b"\x93NUMPY"
+
 class _NpyFile:
     """One ``set.*/<key>.npy``: header read at once, rows read on demand.
 
@@ -104,10 +106,16 @@ class _NpyFile:
 
     def __init__(self, path: Path) -> None:
         self.path = path
+        with open(path, "rb") as f:
+            magic = f.read(len(_NPY_MAGIC))
+        if magic != _NPY_MAGIC:
+            # np.load would try the file as a pickle and suggest loading it unsafely
+            raise DataError(f"{path}: not a NumPy array file (.npy written by numpy.save)")
         try:
             self.mm = np.load(path, mmap_mode="r", allow_pickle=False)
         except Exception as err:  # corrupt header, object arrays, truncated data
-            raise DataError(f"{path}: cannot read as a NumPy array ({err})") from None
+            first = str(err).strip().splitlines()[:1]
+            raise DataError(f"{path}: cannot read as a NumPy array ({''.join(first)})") from None
         if not (np.issubdtype(self.mm.dtype, np.number) or self.mm.dtype == np.bool_):
             raise DataError(f"{path}: holds {self.mm.dtype} values, expected numbers")
         self.shape: tuple[int, ...] = tuple(self.mm.shape)

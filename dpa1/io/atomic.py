@@ -1,5 +1,6 @@
-"""Atomic file writes: write to a temporary file in the same directory, then rename,
-so a crash never leaves a half-written checkpoint or output behind."""
+"""Output files: checked before the work that produces them starts, and written
+atomically (a temporary file in the same directory, then a rename), so a crash never
+leaves a half-written checkpoint or output behind and a bad path never loses results."""
 
 from __future__ import annotations
 
@@ -8,6 +9,32 @@ import os
 import tempfile
 from pathlib import Path
 from typing import Iterator
+
+
+def check_output_path(path: str | os.PathLike, what: str, *, directory: bool = False) -> Path:
+    """Refuse an output ``path`` that cannot be created, before any work is done.
+
+    ``what`` names the output for the message (an option such as ``--json``, or a key).
+    The path may not exist yet: its nearest existing ancestor must then be a writable
+    directory (the writers create the missing directories). An existing path must be a
+    directory when ``directory`` is set, and must not be one otherwise.
+    """
+    path = Path(path)
+    where = f"{what} {path}"
+    if path.is_dir() and not directory:
+        raise ValueError(f"{where}: is a directory; give a file name")
+    if path.exists() and not path.is_dir() and directory:
+        raise ValueError(f"{where}: is a file; give a directory")
+    # exists() is False both for a missing path and for one under a regular file (ENOTDIR)
+    for ancestor in [path, *path.parents][0 if directory else 1:]:
+        if ancestor.exists():
+            if not ancestor.is_dir():
+                raise ValueError(f"{where}: cannot be created: {ancestor} is a file, "
+                                 "not a directory")
+            if not os.access(ancestor, os.W_OK | os.X_OK):
+                raise ValueError(f"{where}: cannot be created: {ancestor} is not writable")
+            break
+    return path
 
 
 @contextlib.contextmanager

@@ -4,6 +4,7 @@ Public API::
 
     load_config(path) -> dict          # read JSON/YAML, then normalize_config
     normalize_config(data) -> dict     # validate; fill defaults; resolve aliases
+    normalize_model_section(d) -> dict # the same for a ``model`` section on its own
     model_defaults_doc() -> str        # Markdown reference of every key
     ConfigError                        # one "dotted.path: problem" line per error
 
@@ -29,7 +30,8 @@ from dpa1.io.config_schema import (Config, DescrptSeAtten, DescrptSeAttenV2, Fit
                                    Training, TrainingData, UnexpectedKey, ValidationData,
                                    aliases_of)
 
-__all__ = ["ConfigError", "load_config", "normalize_config", "model_defaults_doc"]
+__all__ = ["ConfigError", "load_config", "normalize_config", "normalize_model_section",
+           "model_defaults_doc"]
 
 
 class ConfigError(ValueError):
@@ -74,6 +76,19 @@ def normalize_config(data: Mapping[str, Any]) -> dict[str, Any]:
     except ValidationError as err:
         raise ConfigError([line for e in err.errors() for line in _describe(e)]) from None
     return config.model_dump(mode="json")
+
+
+def normalize_model_section(data: Mapping[str, Any]) -> dict[str, Any]:
+    """:func:`normalize_config` for a ``model`` section alone (e.g. the one a checkpoint
+    recorded), so sections written by older versions gain the defaults of newer keys."""
+    if not isinstance(data, Mapping):
+        raise ConfigError([f"model: expected a JSON object, got {type(data).__name__}"])
+    try:
+        section = Model.model_validate(_strip_comments(data))
+    except ValidationError as err:
+        raise ConfigError([line for e in err.errors()
+                           for line in _describe({**e, "loc": ("model", *e["loc"])})]) from None
+    return section.model_dump(mode="json")
 
 
 def _strip_comments(value: Any) -> Any:

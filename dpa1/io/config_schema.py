@@ -15,13 +15,15 @@ Conventions:
 from __future__ import annotations
 
 import difflib
+import importlib.util
+import json
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Annotated, Any, ClassVar, Literal, Union
 
-from pydantic import (BaseModel, BeforeValidator, ConfigDict, Discriminator, Field,
-                      PlainValidator, Tag, model_validator)
+from pydantic import (AfterValidator, BaseModel, BeforeValidator, ConfigDict, Discriminator,
+                      Field, PlainValidator, Tag, model_validator)
 from pydantic.fields import FieldInfo
 
 
@@ -126,6 +128,30 @@ def _supported(what: str, choices: tuple[Any, ...],
         note = (notes or {}).get(value, "") if isinstance(value, str) else ""
         raise ValueError(note or f"{what} {value!r} is not supported; expected {options}")
     return BeforeValidator(check)
+
+
+def _default_only(default: Any, feature: str) -> Any:
+    """Before-validator for a DeePMD key of a feature dpa1 lacks: only the DeePMD default is
+    accepted (it appears in normalised dumps and in DeePMD inputs), anything else is refused."""
+    def check(value: Any) -> Any:
+        if value == default and isinstance(value, bool) == isinstance(default, bool):
+            return value
+        raise ValueError(f"not supported by dpa1 ({feature}); remove the key or set it to "
+                         f"{json.dumps(default)}")
+    return BeforeValidator(check)
+
+
+def _needs_tensorboard(value: bool) -> bool:
+    """``tensorboard: true`` needs ``torch.utils.tensorboard`` (the tensorboard package)."""
+    if value:
+        try:
+            if importlib.util.find_spec("tensorboard") is None:
+                raise ImportError("tensorboard")
+            from torch.utils.tensorboard import SummaryWriter  # noqa: F401
+        except ImportError:
+            raise ValueError("TensorBoard logging needs the tensorboard package, which is not "
+                             "installed: pip install tensorboard (or set it to false)") from None
+    return value
 
 
 def _only(expected: Any, message: str) -> Any:
@@ -243,7 +269,8 @@ class _DescriptorCommon(Section):
                                 min_length=1)
     axis_neuron: PosInt = _key(4, "M<, the number of axis columns (<= neuron[-1])",
                                aliases=("n_axis_neuron",))
-    lmax: int = _key(1, "Angular degree of the moment basis (1 = standard DPA-1)", ge=1, le=4)
+    lmax: Annotated[int, _default_only(1, "angular moments beyond lmax = 1")] = _key(
+        1, "Angular degree of the moment basis; only 1 (standard DPA-1)")
     activation_function: Activation = _key("tanh", "Embedding-net activation")
     resnet_dt: bool = _key(False, "Timestep `idt` in the skip connections")
     type_one_side: bool = _key(False, "Use only the neighbour type embedding")
@@ -344,15 +371,18 @@ class FittingNet(Section):
     numb_fparam: NonNegInt = _key(0, "Frame-parameter dimension")
     numb_aparam: NonNegInt = _key(0, "Atomic-parameter dimension")
     default_fparam: list[float] | None = _key(None, "fparam used when the data has none")
-    dim_case_embd: NonNegInt = _key(0, "Case-embedding dimension (multi-task)")
+    dim_case_embd: Annotated[int, _default_only(0, "multi-task case embeddings")] = _key(
+        0, "Case-embedding dimension (multi-task); only 0")
     neuron: list[PosInt] = _key([120, 120, 120], "Hidden-layer widths", aliases=("n_neuron",))
     activation_function: Activation = _key("tanh", "Hidden-layer activation")
     precision: Precision = _key("float64", "Parameter precision ('default' = float64)")
     resnet_dt: bool = _key(True, "Timestep `idt` in the skip connections")
     trainable: Annotated[bool | list[bool], _one_or_list(
         lambda v: isinstance(v, bool), "a bool or a list of bools")] = _key(
-        True, "Whether the parameters are trained (or one flag per layer)")
-    rcond: float | None = _key(None, "Cut-off ratio of the bias least squares (unused)")
+        True, "Whether the parameters are trained (a list must repeat one value: per-layer "
+              "flags are not supported)")
+    rcond: NonNegFloat | None = _key(None, "Cut-off ratio of the small singular values in the "
+                                           "energy-bias least squares (numpy.linalg.lstsq)")
     seed: Seed = _key(None, "Initialisation seed")
     atom_ener: list[float | None] = _key([], "Per-type vacuum energies (switches on vacuum "
                                              "removal)")
@@ -360,9 +390,14 @@ class FittingNet(Section):
 
     @model_validator(mode="after")
     def _check_fparam(self) -> FittingNet:
+        problems = []
         if self.default_fparam is not None and len(self.default_fparam) != self.numb_fparam:
-            _raise_if([("default_fparam", f"needs numb_fparam = {self.numb_fparam} values, "
-                                          f"got {len(self.default_fparam)}")])
+            problems.append(("default_fparam", f"needs numb_fparam = {self.numb_fparam} values, "
+                                               f"got {len(self.default_fparam)}"))
+        if isinstance(self.trainable, list) and len(set(self.trainable)) > 1:
+            problems.append(("trainable", "per-layer flags are not supported by dpa1; give one "
+                                          "bool for the whole fitting net"))
+        _raise_if(problems)
         return self
 
 
@@ -386,7 +421,8 @@ class Model(Section):
     fitting_net: FittingNet = _key(..., "The energy fitting network")
     data_stat_nbatch: PosInt = _key(10, "Batches per system used for the statistics")
     data_stat_protect: PosFloat = _key(1e-2, "Std protection of the fparam/aparam statistics")
-    data_bias_nsample: PosInt = _key(10, "Samples for the bias change when fine-tuning")
+    data_bias_nsample: PosInt = _key(10, "Batches per system for the energy-bias change when "
+                                         "fine-tuning")
     pair_exclude_types: list[TypePair] = _key([], "Model-level excluded type pairs")
     atom_exclude_types: list[NonNegInt] = _key([], "Types whose energy contribution is zero")
     preset_out_bias: dict[Literal["energy"], list[float | None]] | None = _key(
@@ -448,8 +484,16 @@ class Loss(Section):
 
     @model_validator(mode="after")
     def _check_norm(self) -> Loss:
+        problems = []
         if self.f_use_norm and not (self.use_huber or self.loss_func == "mae"):
-            _raise_if([("f_use_norm", "requires use_huber = true or loss_func = 'mae'")])
+            problems.append(("f_use_norm", "requires use_huber = true or loss_func = 'mae'"))
+        missing = {"generalized-force": ("start_pref_gf", "limit_pref_gf",
+                                         "numb_generalized_coord"),
+                   "Hessian": ("start_pref_h", "limit_pref_h")}
+        problems += [(key, f"not supported by dpa1 (the {term} loss); remove the key or set it "
+                           "to 0") for term, keys in missing.items() for key in keys
+                     if getattr(self, key) != 0]
+        _raise_if(problems)
         return self
 
 
@@ -468,8 +512,9 @@ class LearningRate(Section):
     warmup_ratio: Annotated[float, Field(ge=0, lt=1)] | None = _key(
         None, "warmup_steps = int(warmup_ratio * numb_steps) (resolved when numb_steps is set)")
     warmup_start_factor: NonNegFloat = _key(0.0, "Warm-up starts at this fraction of start_lr")
-    scale_by_worker: Literal["linear", "sqrt", "none"] = _key(
-        "linear", "Scaling with the number of workers (TensorFlow trainer only; ignored)")
+    scale_by_worker: Annotated[Literal["linear", "sqrt", "none"], _default_only(
+        "linear", "TensorFlow trainer only")] = _key(
+        "linear", "Scaling with the number of workers (TensorFlow only); only 'linear'")
     decay_steps: PosInt = _key(5000, "Steps between decays")
     decay_rate: Fraction | None = _key(None, "Decay factor; derived from stop_lr if null")
     smooth: bool = _key(False, "Continuous instead of stepped decay")
@@ -515,7 +560,8 @@ class TrainingData(Section):
         "'prob_sys_size;a:b:w;...'", aliases=("auto_prob_style",))
     sys_probs: list[float] | None = _key(None, "Explicit system probabilities (< 0: filled in)",
                                          aliases=("sys_weights",))
-    min_pair_dist: NonNegFloat = _key(0.0, "Drop frames with a closer atom pair (Å)")
+    min_pair_dist: Annotated[float, _default_only(0.0, "dropping frames by pair distance")] = \
+        _key(0.0, "Drop frames with a closer atom pair (Å); only 0")
 
     @model_validator(mode="after")
     def _check_lengths(self) -> TrainingData:
@@ -543,8 +589,14 @@ class Training(Section):
                      "model_prob": _MULTITASK}
     training_data: TrainingData = _key(..., "Training systems")
     validation_data: ValidationData | None = _key(None, "Validation systems")
-    stat_file: str | None = _key(None, "Statistics cache (.h5/.hdf5 file or a directory)")
-    stat_file_mode: Literal["update", "read"] = _key("update", "'update' or 'read'")
+    stat_file: Annotated[str, Field(min_length=1)] | None = _key(
+        None, "Statistics cache in DeePMD-kit's layout (.h5/.hdf5 file, else a directory; "
+              "relative to the output directory): a fresh start saves the data statistics "
+              "there and a later one reads them instead of sampling the data; one written for "
+              "another type_map, rcut, rcut_smth or sel is refused")
+    stat_file_mode: Literal["update", "read"] = _key(
+        "update", "'update': compute what the stat_file lacks and add it; 'read': the "
+                  "stat_file must hold every statistic and is not written")
     numb_steps: NonNegInt | None = _key(None, "Total training steps (this or numb_epoch is required; "
                                                "0: statistics only, writes model.ckpt-0.pt)",
                                      aliases=("stop_batch", "num_step", "num_steps", "numb_step"))
@@ -558,29 +610,46 @@ class Training(Section):
     save_ckpt: str = _key("model.ckpt", "Checkpoint prefix")
     save_dir: str | None = _key(None, "Checkpoint directory")
     max_ckpt_keep: PosInt = _key(5, "Newest checkpoints kept")
-    ckpt_keep_ratio: Fraction | None = _key(None, "Also keep checkpoints spaced by this ratio")
-    enable_ema: bool = _key(False, "Keep an exponential moving average of the parameters")
-    ema_decay: float = _key(0.999, "EMA decay", gt=0, lt=1)
-    ema_ckpt_keep: PosInt | None = _key(None, "EMA checkpoints kept")
+    ckpt_keep_ratio: Annotated[float | None, _default_only(
+        None, "keeping checkpoints spaced by a ratio")] = _key(
+        None, "Also keep checkpoints spaced by this ratio; only null")
+    enable_ema: Annotated[bool, _default_only(False, "parameter EMA")] = _key(
+        False, "Keep an exponential moving average of the parameters; only false")
+    ema_decay: Annotated[float, _default_only(0.999, "parameter EMA")] = _key(
+        0.999, "EMA decay; only 0.999 (EMA is not supported)")
+    ema_ckpt_keep: Annotated[int | None, _default_only(None, "parameter EMA")] = _key(
+        None, "EMA checkpoints kept; only null (EMA is not supported)")
     change_bias_after_training: bool = _key(False, "Refit out_bias at the end")
-    disp_training: bool = _key(True, "Log training progress")
-    time_training: bool = _key(True, "Log timings")
+    disp_training: bool = _key(True, "Log the errors at each display step and show the "
+                                      "progress bar")
+    time_training: bool = _key(True, "Log the training time")
     disp_avg: bool = _key(False, "Average training metrics over the display interval")
     gradient_max_norm: NonNegFloat | None = _key(None, "Global gradient-norm clipping (0/null: "
                                                        "off)")
-    profiling: bool = _key(False, "Diagnostics: profiling (accepted, may be ignored)")
-    profiling_file: str = _key("timeline.json", "Diagnostics: profiling output")
-    enable_profiler: bool = _key(False, "Diagnostics: torch profiler (accepted, may be ignored)")
-    tensorboard: bool = _key(False, "Diagnostics: TensorBoard logging (accepted, may be ignored)")
-    tensorboard_log_dir: str = _key("log", "Diagnostics: TensorBoard directory")
-    tensorboard_freq: PosInt = _key(1, "Diagnostics: TensorBoard period")
+    profiling: Annotated[bool, _default_only(False, "profiling")] = _key(
+        False, "Diagnostics: profiling; only false")
+    profiling_file: Annotated[str, _default_only("timeline.json", "profiling")] = _key(
+        "timeline.json", "Diagnostics: profiling output; only the default")
+    enable_profiler: Annotated[bool, _default_only(False, "profiling")] = _key(
+        False, "Diagnostics: torch profiler; only false")
+    tensorboard: Annotated[bool, AfterValidator(_needs_tensorboard)] = _key(
+        False, "Diagnostics: TensorBoard logging of lr, loss and the lcurve metrics (needs "
+               "the tensorboard package)")
+    tensorboard_log_dir: str = _key("log", "Diagnostics: TensorBoard directory (relative to "
+                                           "the output directory)")
+    tensorboard_freq: PosInt = _key(1, "Diagnostics: TensorBoard period (steps; step 1 is "
+                                       "always logged)")
     zero_stage: Annotated[Literal[0], _supported("zero_stage", (0,))] = _key(
         0, "Distributed sharding stage; only 0")
 
     @model_validator(mode="after")
     def _check_length(self) -> Training:
+        problems = []
         if self.numb_steps is None and self.numb_epoch is None:
-            _raise_if([("", "one of numb_steps or numb_epoch is required")])
+            problems.append(("", "one of numb_steps or numb_epoch is required"))
+        if self.stat_file_mode == "read" and self.stat_file is None:
+            problems.append(("stat_file_mode", "'read' needs a stat_file"))
+        _raise_if(problems)
         if self.numb_steps is not None:
             self.numb_epoch = None  # numb_steps wins, as in DeePMD; keep one source of truth
         return self

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import zipfile
 from pathlib import Path
 from typing import Any, Optional, Union
 
@@ -28,6 +29,43 @@ from dpa1.model.model import EnergyModel
 CKPT_FORMAT = "dpa1-checkpoint"
 CKPT_VERSION = 1
 FROZEN_META = "dpa1.json"
+_PICKLE_PROTOCOL_2_PLUS = b"\x80"  # first byte of torch's pre-1.6 (non-zip) format
+
+
+def file_kind(path: Union[str, os.PathLike]) -> str:
+    """What a model file holds, from its first bytes (before any loader sees it):
+    ``"torchscript"`` (a zip with ``code/``), ``"torch"`` (another zip, or torch's legacy
+    pickle), ``"hdf5"``, ``"text"`` or ``"unknown"``."""
+    with open(path, "rb") as f:
+        head = f.read(512)
+    if head.startswith(b"PK\x03\x04"):
+        try:
+            with zipfile.ZipFile(path) as archive:
+                names = archive.namelist()
+        except (zipfile.BadZipFile, OSError):
+            return "unknown"
+        return "torchscript" if any("/code/" in n or n.startswith("code/") for n in names) \
+            else "torch"
+    if head.startswith(_PICKLE_PROTOCOL_2_PLUS):
+        return "torch"
+    if head.startswith(b"\x89HDF\r\n\x1a\n"):
+        return "hdf5"
+    try:
+        head.decode("utf-8")
+        return "text" if b"\0" not in head else "unknown"
+    except UnicodeDecodeError:
+        return "unknown"
+
+
+_WHAT_IT_IS = {"torchscript": "a frozen TorchScript model", "hdf5": "an HDF5 file",
+               "text": "a text file", "unknown": "of an unknown format",
+               "torch": "a torch.save file, such as a checkpoint"}
+
+
+def _first_line(err: BaseException) -> str:
+    """torch's load errors run to many lines of advice (some about unsafe loading)."""
+    text = str(err).strip().splitlines()
+    return f"{type(err).__name__}: {text[0] if text else ''}".rstrip(": ")
 
 
 def _tree_map(obj: Any, fn) -> Any:
@@ -69,10 +107,15 @@ def load_checkpoint(path: Union[str, os.PathLike]) -> tuple[EnergyModel, dict]:
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"{path}: no such checkpoint")
+    kind = file_kind(path)
+    if kind != "torch":
+        hint = {"torchscript": "; use the checkpoint (.pt) it was frozen from",
+                "hdf5": "; a DeePMD-kit model must be named *.dp"}.get(kind, "")
+        raise ValueError(f"{path}: not a dpa1 checkpoint ({_WHAT_IT_IS[kind]}){hint}")
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # pickle/zip errors of many kinds
-        raise ValueError(f"{path}: not a readable dpa1 checkpoint ({type(err).__name__}: {err})") from None
+        raise ValueError(f"{path}: not a readable dpa1 checkpoint ({_first_line(err)})") from None
     if not isinstance(payload, dict) or payload.get("format") != CKPT_FORMAT:
         raise ValueError(f"{path}: not a dpa1 checkpoint (no format tag {CKPT_FORMAT!r})")
     if payload.get("version", 0) > CKPT_VERSION:
@@ -108,10 +151,16 @@ def freeze(model: EnergyModel, path: Union[str, os.PathLike], config: Optional[d
 def load_frozen(path: Union[str, os.PathLike], device: Union[str, torch.device] = "cpu"):
     """Load a frozen ``.pth`` model: the TorchScript module and its metadata."""
     extra = {FROZEN_META: ""}
+    if not Path(path).exists():
+        raise FileNotFoundError(f"{path}: no such model file")
+    kind = file_kind(path)
+    if kind != "torchscript":
+        raise ValueError(f"{path}: not a frozen dpa1 model ({_WHAT_IT_IS[kind]}); expected the "
+                         "TorchScript file written by dpa1 freeze")
     try:
         module = torch.jit.load(str(path), map_location=device, _extra_files=extra)
     except Exception as err:
-        raise ValueError(f"{path}: not a frozen dpa1 model ({type(err).__name__})") from None
+        raise ValueError(f"{path}: not a frozen dpa1 model ({_first_line(err)})") from None
     meta = json.loads(extra[FROZEN_META]) if extra[FROZEN_META] else {}
     return module, meta
 
@@ -154,11 +203,18 @@ def load_energy_model(path: Union[str, os.PathLike]) -> tuple[EnergyModel, Optio
         model, data = load_dp_model(path)
         return model, None
     if path.suffix.lower() == ".pth":
-        raise ValueError(f"{path}: a frozen TorchScript model cannot be trained further; "
-                         "use its checkpoint (.pt) or a .dp file")
+        if not path.exists():
+            raise FileNotFoundError(f"{path}: no such model file")
+        kind = file_kind(path)
+        if kind == "torchscript":
+            raise ValueError(f"{path}: a frozen TorchScript model cannot be trained further; "
+                             "use its checkpoint (.pt) or a .dp file")
+        if kind != "torch":
+            raise ValueError(f"{path}: not a model file ({_WHAT_IT_IS[kind]}); expected a dpa1 "
+                             "checkpoint (.pt) or a DeePMD-kit model (.dp)")
     model, payload = load_checkpoint(path)
     return model, payload.get("config")
 
 
 __all__ = ["save_checkpoint", "load_checkpoint", "freeze", "load_frozen", "load_model",
-           "load_energy_model", "save_dp_model"]
+           "load_energy_model", "save_dp_model", "file_kind"]

@@ -69,7 +69,8 @@ def change_type_map(model_dict: dict, new_type_map: list[str], seed: Optional[in
     te = d["type_embedding"]
     tebd_dim = int(d["tebd_dim"])
     te["ntypes"], te["type_map"] = nt_new, list(new_type_map)
-    if not d.get("use_econf_tebd", False):
+    unchanged = list(new_type_map) == old_map  # nothing to remap: any tebd_dim will do
+    if not d.get("use_econf_tebd", False) and not unchanged:
         if tebd_dim in (nt_old, 2 * nt_old, nt_new, 2 * nt_new):
             raise NotImplementedError(
                 f"tebd_dim {tebd_dim} makes the type embedding's skip connection depend on "

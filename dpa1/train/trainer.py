@@ -1,9 +1,10 @@
 """The training loop of ``dpa1 train`` (spec §12), DeePMD-kit PyTorch semantics.
 
 Start modes: fresh (statistics computed), ``restart`` (weights, optimizer, step and
-data-sampler state restored: the continuation equals an uninterrupted run),
-``init_model`` (weights only) and ``finetune`` (weights of a pretrained model adapted
-to the new ``type_map``, energy bias re-fitted on the new data).
+data-sampler state restored: the continuation equals an uninterrupted run, so the input
+must describe the checkpoint's network), ``init_model`` (the input's network, initialised
+with a checkpoint's weights) and ``finetune`` (likewise, with the weights of a pretrained
+model adapted to the new ``type_map``, energy bias re-fitted on the new data).
 """
 
 from __future__ import annotations
@@ -22,8 +23,10 @@ from dpa1.data import stats as dstats
 from dpa1.data.loader import SystemSampler
 from dpa1.data.system import DeepmdSystem, expand_systems, labels_for_model
 from dpa1.io.atomic import atomic_path
+from dpa1.io.config import ConfigError, normalize_model_section
 from dpa1.io.model_file import load_checkpoint, load_energy_model
 from dpa1.io.serialize import model_from_dict, model_to_dict
+from dpa1.io.stat_file import StatFile, open_stat_file
 from dpa1.model.build import build_model
 from dpa1.model.model import EnergyModel
 from dpa1.train.checkpoints import CheckpointManager
@@ -136,6 +139,7 @@ class Trainer:
         optimizer_state = None
         if restart is not None:
             model, payload = load_checkpoint(restart)
+            model = self._restart_model(Path(restart), model, payload)
             self.start_step = int(payload["step"])
             optimizer_state = payload.get("optimizer")
             self.sampler_state = payload.get("sampler")
@@ -143,11 +147,18 @@ class Trainer:
             if payload.get("torch_rng") is not None:
                 torch.set_rng_state(payload["torch_rng"])
         elif init_model is not None:
-            model, _ = load_energy_model(init_model)
+            weights, saved = load_energy_model(init_model)
+            if list(weights.type_map) != self.type_map:
+                raise ValueError(f"--init-model {init_model}: its type_map {weights.type_map} is "
+                                 f"not the input's {self.type_map}; use --finetune to change it")
+            model = self._input_network(weights, Path(init_model), "--init-model", saved)
         elif finetune is not None:
             model = self._finetune_model(Path(finetune))
         else:
             model = self._fresh_model(skip_neighbor_stat)
+        if tcfg.get("stat_file") and any(x is not None for x in (restart, init_model, finetune)):
+            log.info("training.stat_file %s: not used (only a fresh start computes the "
+                     "statistics it keeps)", tcfg["stat_file"])
         self.model: EnergyModel = model.to(device)
         self.model.train()
         opt_cfg = config.get("optimizer") or {"type": "Adam"}
@@ -158,7 +169,13 @@ class Trainer:
             weight_decay=opt_cfg.get("weight_decay", 0.0),
         )
         if optimizer_state is not None:
+            # load_state_dict also restores the saved hyperparameters (betas, weight decay,
+            # AdamW's decoupling): the input's, which a restart may change, must win
+            settings = [{k: v for k, v in g.items() if k != "params"}
+                        for g in self.optimizer.param_groups]
             self.optimizer.load_state_dict(optimizer_state)
+            for group, setting in zip(self.optimizer.param_groups, settings):
+                group.update(setting)
         if self.sampler_state is not None:
             self.sampler.load_state_dict(self.sampler_state)
         if self.valid_sampler_state is not None and self.valid_sampler is not None:
@@ -201,14 +218,40 @@ class Trainer:
         mcfg["descriptor"]["sel"] = int(sel)  # out.json and checkpoints record the value used
         model = build_model(mcfg, sel=sel)
         model.min_nbor_dist = min_dist
-        dstats.apply_statistics(model, self._stat_batches(),
-                                protect=float(mcfg.get("data_stat_protect", 1e-2)))
+        cache = self._stat_file(model)
+        fit = model.fitting
+        stored = cache.stored(model.ntypes, fit.numb_fparam, fit.numb_aparam) if cache else None
+        result = dstats.apply_statistics(model, self._stat_batches, stored=stored,
+                                         protect=float(mcfg.get("data_stat_protect", 1e-2)))
+        if cache is not None:
+            computed = sorted(result["computed"])
+            if self.dist.is_main:
+                cache.write(result["computed"], result["observed_types"])
+            if not computed:
+                log.info("statistics read from %s (no data sampled)", cache.path)
+            elif stored:
+                log.info("statistics read from %s (%s), the rest (%s) computed and saved there",
+                         cache.path, ", ".join(sorted(stored)), ", ".join(computed))
+            else:
+                log.info("statistics computed and saved to %s", cache.path)
         return model
 
+    def _stat_file(self, model: EnergyModel) -> Optional[StatFile]:
+        """The ``training.stat_file`` cache for ``model`` (relative to the output directory),
+        or None."""
+        tcfg = self.config["training"]
+        if not tcfg.get("stat_file"):
+            return None
+        return open_stat_file(self.out_dir / tcfg["stat_file"], tcfg["stat_file_mode"],
+                              self.type_map, model.descriptor,
+                              self.config["model"]["descriptor"]["type"])
+
     def _finetune_model(self, path: Path) -> EnergyModel:
-        pretrained, _ = load_energy_model(path)
+        pretrained, saved = load_energy_model(path)
         mdict, new_types = change_type_map(model_to_dict(pretrained), self.type_map, seed=self.seed)
-        model = model_from_dict(mdict)
+        if saved and isinstance(saved.get("model"), dict):
+            saved = {**saved, "model": {**saved["model"], "type_map": self.type_map}}
+        model = self._input_network(model_from_dict(mdict), path, "--finetune", saved)
         batches = self._stat_batches()
         if new_types:
             # new types: descriptor statistics from the new data, kept types untouched
@@ -218,7 +261,58 @@ class Trainer:
             for t in new_types:
                 new_davg[t], new_dstd[t] = torch.as_tensor(davg[t]), torch.as_tensor(dstd[t])
             d.set_stat(new_davg, new_dstd)
-        dstats.change_energy_bias(model, batches)
+        bias_sampler = SystemSampler(
+            self.train_systems, self.config["training"]["training_data"]["batch_size"],
+            seed=self.seed if self.seed is not None else 0, labels=self.labels)
+        dstats.change_energy_bias(
+            model, bias_sampler.stat_batches(int(self.config["model"]["data_bias_nsample"])))
+        return model
+
+    # === the network of a restart, --init-model or --finetune ================================
+    def _restart_model(self, path: Path, model: EnergyModel, payload: dict) -> EnergyModel:
+        """A restart continues the same run: the input must describe the checkpoint's network
+        (and its seed). A checkpoint without a readable record of its input gets the input's
+        network with its weights, as ``--init-model`` does."""
+        saved = payload.get("config") or {}
+        section = _recorded_model_section(saved)
+        if section is None:
+            return self._input_network(model, path, "--restart", None)
+        keys = _model_differences(section, self.config["model"])
+        seeds = (saved.get("training") or {}).get("seed"), self.config["training"].get("seed")
+        if "training" in saved and seeds[0] != seeds[1]:
+            keys.append(f"training.seed ({seeds[0]} in the checkpoint, {seeds[1]} in the input)")
+        if keys:
+            raise ValueError(
+                f"--restart {path}: a restart continues the same run, but the input differs "
+                f"from the checkpoint in {', '.join(keys)}; restore those values, or train the "
+                "changed network from these weights with --init-model (or --finetune for "
+                "another type_map)")
+        self.config["model"] = section  # out.json and new checkpoints record the resolved sel
+        return model
+
+    def _input_network(self, weights: EnergyModel, path: Path, mode: str,
+                       saved: Optional[dict]) -> EnergyModel:
+        """The input's network (it defines what is trained and what out.json records) with
+        the parameters and statistics of ``weights``; they must have the same shapes."""
+        desc = self.config["model"]["descriptor"]
+        if isinstance(desc["sel"], str):
+            desc["sel"] = int(weights.nnei)  # "auto" keeps the neighbour slots of the weights
+        model = build_model(self.config["model"], sel=desc["sel"])
+        mine, theirs = model.state_dict(), weights.state_dict()
+        bad = [f"{k} only in the weights" for k in theirs if k not in mine]
+        bad += [f"{k} only in the input's network" for k in mine if k not in theirs]
+        bad += [f"{k} {tuple(theirs[k].shape)} in the weights, {tuple(v.shape)} in the input's "
+                "network" for k, v in mine.items() if k in theirs and v.shape != theirs[k].shape]
+        if bad:
+            section = _recorded_model_section(saved or {})
+            keys = _model_differences(section, self.config["model"]) if section else []
+            why = f"; the input differs from it in {', '.join(keys)}" if keys else ""
+            more = f" and {len(bad) - 3} more" if len(bad) > 3 else ""
+            raise ValueError(f"{mode} {path}: its weights do not fit the input's network "
+                             f"({'; '.join(bad[:3])}{more}){why}; {mode} can only change "
+                             "settings that keep the shapes of the weights")
+        model.load_state_dict(theirs)
+        model.min_nbor_dist = weights.min_nbor_dist  # a training statistic, not a parameter
         return model
 
     # === the loop =============================================================================
@@ -254,6 +348,7 @@ class Trainer:
         disp_freq, save_freq = int(tcfg["disp_freq"]), int(tcfg["save_freq"])
         disp_avg = bool(tcfg.get("disp_avg", False))
         main = self.dist.is_main
+        shown = main and bool(tcfg["disp_training"])
         lcurve = None
         if main:
             self.out_dir.mkdir(parents=True, exist_ok=True)
@@ -263,7 +358,10 @@ class Trainer:
                 self.out_dir / tcfg["disp_file"], self.loss_fn.metric_keys(),
                 has_validation=self.valid_sampler is not None, append=self.restarted,
             )
-        progress = TrainProgress(self.numb_steps, self.start_step, enabled=main)
+        progress = TrainProgress(self.numb_steps, self.start_step, enabled=shown)
+        board = _tensorboard(self.out_dir / tcfg.get("tensorboard_log_dir", "log")) \
+            if main and tcfg.get("tensorboard") else None
+        board_freq = int(tcfg.get("tensorboard_freq", 1))
         accum: dict[str, float] = {}
         naccum = 0
         t0 = time.perf_counter()
@@ -282,9 +380,12 @@ class Trainer:
                 if gmax:
                     torch.nn.utils.clip_grad_norm_(self.model.parameters(), float(gmax))
                 self.optimizer.step()
-                if not math.isfinite(float(loss.detach())):
-                    raise FloatingPointError(f"step {step + 1}: loss is {float(loss.detach())}; "
+                loss_value = float(loss.detach())
+                if not math.isfinite(loss_value):
+                    raise FloatingPointError(f"step {step + 1}: loss is {loss_value}; "
                                              "check the data and lower start_lr")
+                if board is not None and ((step + 1) % board_freq == 0 or step == 0):
+                    _log_scalars(board, step + 1, {"lr": lr, "loss": loss_value, **metrics})
                 for k, v in metrics.items():
                     accum[k] = accum.get(k, 0.0) + v
                 naccum += 1
@@ -294,6 +395,9 @@ class Trainer:
                     valid_m = self._validate(lr) if main else None
                     if main and lcurve is not None:
                         lcurve.write(step + 1, train_m, valid_m, lr)
+                    if board is not None and valid_m:
+                        _log_scalars(board, step + 1, {f"{k}_val": v for k, v in valid_m.items()})
+                    if shown:
                         log.info("step %d lr %.2e %s", step + 1, lr, " ".join(
                             f"{k}={v:.3e}" for k, v in sorted((valid_m or train_m).items())))
                     accum, naccum = {}, 0
@@ -305,6 +409,8 @@ class Trainer:
             progress.close()
             if lcurve is not None:
                 lcurve.close()
+            if board is not None:
+                board.close()
         if self.numb_steps == 0 and not self.restarted:
             self._save(0)  # as `dp train` with numb_steps 0: the model with its statistics only
         if main and tcfg.get("change_bias_after_training"):
@@ -312,10 +418,50 @@ class Trainer:
             self._save(last_step)
         barrier(self.dist)
         elapsed = time.perf_counter() - t0
-        if main and last_step > self.start_step:
+        if main and tcfg["time_training"] and last_step > self.start_step:
             log.info("trained %d steps in %.1f s (%.3f s/step)", last_step - self.start_step,
                      elapsed, elapsed / (last_step - self.start_step))
         return self.ckpt.pointer
+
+
+def _tensorboard(log_dir: Path) -> Any:
+    """A TensorBoard ``SummaryWriter`` on ``log_dir`` (the input check made sure that
+    ``torch.utils.tensorboard`` imports)."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    return SummaryWriter(log_dir=str(log_dir))
+
+
+def _log_scalars(board: Any, step: int, values: dict[str, float]) -> None:
+    """DeePMD-kit's tags: ``Default/lr``, ``Default/loss`` and ``Default/<metric>`` (the
+    training metrics of the step); dpa1 adds ``Default/<metric>_val`` at display steps."""
+    for key, value in values.items():
+        board.add_scalar(f"Default/{key}", value, step)
+
+
+def _recorded_model_section(saved: dict) -> Optional[dict]:
+    """The normalised ``model`` section a checkpoint recorded, or None if it has none (or one
+    this version cannot read)."""
+    section = saved.get("model") if isinstance(saved, dict) else None
+    if not isinstance(section, dict):
+        return None
+    try:
+        return normalize_model_section(section)
+    except ConfigError:
+        return None
+
+
+def _model_differences(saved: Any, given: Any, where: str = "model") -> list[str]:
+    """``where.key (X in the checkpoint, Y in the input)`` for every differing leaf; an
+    input ``sel`` of ``"auto..."`` matches the number it was resolved to."""
+    if isinstance(saved, dict) and isinstance(given, dict):
+        return [d for key in sorted(set(saved) | set(given), key=str)
+                for d in _model_differences(saved.get(key), given.get(key), f"{where}.{key}")]
+    if where.endswith(".descriptor.sel") and isinstance(given, str) and isinstance(saved, int):
+        return []
+    if saved == given and type(saved) is type(given):
+        return []
+    return [f"{where} ({json.dumps(saved)} in the checkpoint, {json.dumps(given)} in the input)"]
 
 
 def write_out_json(config: dict, out_dir: Path) -> None:
