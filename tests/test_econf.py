@@ -15,8 +15,8 @@ import pytest
 import torch
 
 from dpa1.model.econf import CONFIGURATIONS, econf_inputs
+from data_paths import TINY_INPUT
 
-TINY_INPUT = Path(__file__).resolve().parents[1].parent / "shared" / "reference" / "tiny_input.json"
 DPREF = Path("/tmp/dpref")
 # sha256 of DeePMD-kit 3.2.0's `normalized_electronic_configuration_embedding`, rows H..Og
 # stacked in atomic-number order, as little-endian float64 bytes (so CI checks it without DeePMD).
@@ -111,8 +111,6 @@ def test_model_with_econf_builds_and_evaluates() -> None:
     from dpa1.io.config import normalize_config
     from dpa1.model.build import build_model
 
-    if not TINY_INPUT.exists():
-        pytest.skip(f"reference input not found: {TINY_INPUT}")
     data = copy.deepcopy(json.loads(TINY_INPUT.read_text()))
     data["model"]["descriptor"]["use_econf_tebd"] = True
     cfg = normalize_config(data)
