@@ -1,6 +1,5 @@
-"""Shared fixtures.
+"""Fixtures used across the test modules.
 
-- ``shared_dir``: the read-only reference material (``../shared`` from the project root).
 - ``alloy``: a small Cu/Ag/Au/Ni data set labelled with ASE's EMT calculator, written as
   an extxyz file, as standard systems (one per composition), as one mixed-type system
   (our writer) and as dpdata ``deepmd/npy/mixed`` systems (one per atom count).
@@ -19,16 +18,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-SHARED = (ROOT / ".." / "shared").resolve()
 ALLOY_TYPE_MAP = ["Cu", "Ag", "Au", "Ni"]
-
-
-@pytest.fixture(scope="session")
-def shared_dir() -> Path:
-    if not SHARED.is_dir():
-        pytest.skip("the shared reference data (../shared) are not available")
-    return SHARED
 
 
 # === the alloy data set ====================================================================

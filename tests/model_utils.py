@@ -8,7 +8,6 @@ are the lattice vectors, and ``virial[3k + j] = Σ F_k x_j``.
 from __future__ import annotations
 
 import copy
-from pathlib import Path
 from typing import Any, Optional
 
 import numpy as np
@@ -24,9 +23,6 @@ TYPE_MAP = ["A", "B", "C"]
 RCUT = 3.5
 RCUT_SMTH = 0.5
 SEL = 40
-
-SHARED = Path(__file__).resolve().parents[1].parent / "shared"
-REFERENCE = SHARED / "reference"
 
 
 @pytest.fixture(autouse=True, scope="module")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import warnings
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,6 +13,7 @@ from ase.calculators.calculator import PropertyNotImplementedError
 from dpa1.calculator import DP
 from dpa1.cli.md import set_velocities
 from dpa1.infer.deep_pot import DeepPot
+from data_paths import TINY_DP, TINY_REFERENCE, WATER
 
 try:  # ASE ≥ 3.23; the Calculator methods of the same names are deprecated
     from ase.calculators.fd import calculate_numerical_forces, calculate_numerical_stress
@@ -24,14 +24,7 @@ except ImportError:  # pragma: no cover
     def calculate_numerical_stress(atoms, eps):
         return atoms.calc.calculate_numerical_stress(atoms, d=eps)
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared"
-TINY_DP = SHARED / "reference" / "tiny.dp"
-WATER = SHARED / "data" / "water" / "data_0"
-
-pytestmark = [
-    pytest.mark.skipif(not TINY_DP.exists(), reason="shared/reference/tiny.dp not available"),
-    pytest.mark.filterwarnings("ignore:The given NumPy array is not writable"),
-]
+pytestmark = pytest.mark.filterwarnings("ignore:The given NumPy array is not writable")
 
 
 # === systems ================================================================================
@@ -39,11 +32,12 @@ from model_utils import water_box  # noqa: E402  (8 H2O, seed 1, rattle 0.1)
 
 
 def water_192() -> Atoms:
-    """The first frame of the shared water data: 64 H2O in a 12.44 Å cube."""
-    coord = np.load(WATER / "set.000" / "coord.npy")[0].reshape(-1, 3)
-    box = np.load(WATER / "set.000" / "box.npy")[0].reshape(3, 3)
-    types = np.loadtxt(WATER / "type.raw", dtype=int)
-    names = (WATER / "type_map.raw").read_text().split()
+    """The first frame of the water data (``data_0``): 64 H2O in a 12.44 Å cube."""
+    system = WATER / "data_0"
+    coord = np.load(system / "set.000" / "coord.npy")[0].reshape(-1, 3)
+    box = np.load(system / "set.000" / "box.npy")[0].reshape(3, 3)
+    types = np.loadtxt(system / "type.raw", dtype=int)
+    names = (system / "type_map.raw").read_text().split()
     return Atoms([names[t] for t in types], positions=coord, cell=box, pbc=True)
 
 
@@ -81,7 +75,7 @@ def test_stress_is_strain_derivative_of_energy(calc: DP) -> None:
 
 def test_matches_deepmd_reference_values(calc: DP) -> None:
     """Energy, forces and stress = −virial/volume against DeePMD-kit's own predictions."""
-    ref = np.load(SHARED / "reference" / "tiny_reference.npz")
+    ref = np.load(TINY_REFERENCE)
     box = ref["box"][0].reshape(3, 3)
     atoms = Atoms(numbers=np.array([8, 1])[ref["atype"]], positions=ref["coord"][0].reshape(-1, 3),
                   cell=box, pbc=True)

@@ -17,18 +17,12 @@ from dpa1.infer.deep_pot import DeepPot
 from dpa1.io.model_file import freeze, load_checkpoint, save_checkpoint
 from dpa1.io.serialize import load_dp_model, save_dp_model
 from dpa1.model.build import build_model
+from data_paths import TINY_DP, WATER
 
-from train_utils import WATER, water_input
+from train_utils import water_input
 
-TINY_DP = WATER.parents[1] / "reference" / "tiny.dp"
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 ERROR_KEYS = ("energy", "energy_per_atom", "force", "virial", "virial_per_atom")
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _needs_shared_data() -> None:
-    if not (WATER / "data_0").is_dir() or not TINY_DP.is_file():
-        pytest.skip("the shared water data / tiny.dp are not available")
 
 
 def _run_ok(argv: list[str]) -> None:

@@ -12,15 +12,12 @@ from typing import Any
 import pytest
 
 from dpa1.io.config import ConfigError, load_config, model_defaults_doc, normalize_config
-
-TINY_INPUT = Path(__file__).resolve().parents[1].parent / "shared" / "reference" / "tiny_input.json"
+from data_paths import ROOT, TINY_INPUT
 
 
 @pytest.fixture
 def tiny() -> dict[str, Any]:
     """The DeePMD-kit input of the reference model (a fresh copy per test)."""
-    if not TINY_INPUT.exists():
-        pytest.skip(f"reference input not found: {TINY_INPUT}")
     return json.loads(TINY_INPUT.read_text())
 
 
@@ -243,7 +240,7 @@ def test_reference_doc_lists_every_key() -> None:
     for key in ("`axis_neuron`", "`n_axis_neuron`", "`numb_btch`", "`stop_batch`",
                 "`smooth_type_embdding`", "`stop_lr_ratio`", "`start_pref_h`"):
         assert key in doc
-    committed = Path(__file__).resolve().parents[1] / "docs" / "input_reference.md"
+    committed = ROOT / "docs" / "input_reference.md"
     assert committed.read_text() == doc, "regenerate: python -m dpa1.io.config_doc > " \
                                          "docs/input_reference.md"
 

@@ -17,12 +17,9 @@ from dpa1.io.config import normalize_config
 from dpa1.io.model_file import load_checkpoint, save_checkpoint
 from dpa1.io.serialize import load_dp_model
 from dpa1.model.build import build_model
-
-SHARED = Path(__file__).resolve().parents[1].parent / "shared"
-TINY_INPUT = SHARED / "reference" / "tiny_input.json"
+from data_paths import TINY_DP, TINY_INPUT
 
 pytestmark = [
-    pytest.mark.skipif(not TINY_INPUT.exists(), reason="shared/reference not available"),
     pytest.mark.filterwarnings("ignore:The given NumPy array is not writable"),
     pytest.mark.filterwarnings("ignore:`torch.jit.*` is deprecated:DeprecationWarning"),
 ]
@@ -126,12 +123,9 @@ def test_yaml_round_trip(tmp_path: Path, checkpoint: Path, system) -> None:
 
 
 def test_reference_dp_keeps_min_nbor_dist(tmp_path: Path) -> None:
-    tiny = SHARED / "reference" / "tiny.dp"
-    if not tiny.exists():
-        pytest.skip("tiny.dp not available")
-    convert(tiny, tmp_path / "tiny.pt")
+    convert(TINY_DP, tmp_path / "tiny.pt")
     convert(tmp_path / "tiny.pt", tmp_path / "tiny.dp")
-    _, original = load_dp_model(tiny)
+    _, original = load_dp_model(TINY_DP)
     _, copied = load_dp_model(tmp_path / "tiny.dp")
     assert (float(copied["@variables"]["min_nbor_dist"])
             == float(original["@variables"]["min_nbor_dist"]))

@@ -4,6 +4,7 @@ standard and mixed-type layouts (spec §1)."""
 from __future__ import annotations
 
 import math
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +14,7 @@ import torch
 from dpa1.data.loader import SystemSampler, resolve_batch_sizes, system_probabilities
 from dpa1.data.system import DeepmdSystem, Label, expand_systems, labels_for_model
 from dpa1.model.build import build_model
+from data_paths import NOPBC, WATER
 
 
 def write_system(
@@ -34,8 +36,8 @@ def write_system(
 
 
 # === the reader ==========================================================================
-def test_water_frames_match_the_files(shared_dir: Path) -> None:
-    path = shared_dir / "data" / "water" / "data_1"  # two sets, float32 files
+def test_water_frames_match_the_files() -> None:
+    path = WATER / "data_1"  # two sets, float32 files
     system = DeepmdSystem(path, ["O", "H"])
     assert (system.nframes, system.natoms, system.nopbc, system.mixed_type) == (
         160,
@@ -68,8 +70,8 @@ def test_water_frames_match_the_files(shared_dir: Path) -> None:
     assert system.labels == ["energy", "force"]
 
 
-def test_absent_labels_get_defaults_and_flags(shared_dir: Path) -> None:
-    system = DeepmdSystem(shared_dir / "data" / "nopbc" / "C1H4O2", ["C", "H", "O"])
+def test_absent_labels_get_defaults_and_flags() -> None:
+    system = DeepmdSystem(NOPBC / "C1H4O2", ["C", "H", "O"])
     fr = system.get_frames([2, 7], labels=list(labels_for_model(numb_fparam=2, numb_aparam=3)))
     assert "box" not in fr and system.nopbc
     assert fr["find_energy"] == 1.0 and fr["find_virial"] == 0.0 and fr["find_atom_pref"] == 0.0
@@ -86,8 +88,8 @@ def test_absent_labels_get_defaults_and_flags(shared_dir: Path) -> None:
     np.testing.assert_array_equal(fr["atype"][0], [0, 1, 1, 1, 1, 2, 2])
 
 
-def test_type_map_remap_by_name_and_sort_order(shared_dir: Path) -> None:
-    path = shared_dir / "data" / "nopbc" / "C1H4O2"  # data types C H O
+def test_type_map_remap_by_name_and_sort_order() -> None:
+    path = NOPBC / "C1H4O2"  # data types C H O
     plain = DeepmdSystem(path, ["C", "H", "O"])
     remapped = DeepmdSystem(path, ["O", "Fe", "H", "C"])  # extra model types are fine
     # C H O → 3 2 0: the atoms are sorted by the *model* index, so O comes first now
@@ -201,8 +203,10 @@ def test_rows_read_on_demand_any_order_and_layout(tmp_path: Path) -> None:
     np.testing.assert_array_equal(fr["energy"][:, 0], idx.astype(float))
 
 
-def test_expand_systems(tmp_path: Path, shared_dir: Path) -> None:
-    data = shared_dir / "data"
+def test_expand_systems(tmp_path: Path) -> None:
+    data = tmp_path / "data"  # water/data_{0,1,2} and nopbc/{C1H4O2,C4H3O1}, type.raw only
+    for name, src in (("water", WATER), ("nopbc", NOPBC)):
+        shutil.copytree(src, data / name, ignore=shutil.ignore_patterns("set.*"))
     water = [str(data / "water" / f"data_{k}") for k in range(3)]
     nopbc = [str(data / "nopbc" / n) for n in ("C1H4O2", "C4H3O1")]
     assert expand_systems(str(data)) == nopbc + water

@@ -13,11 +13,10 @@ import pytest
 from dpa1.io.model_file import load_checkpoint
 from dpa1.train.lcurve import read_lcurve
 
-from train_utils import WATER, water_input
+from train_utils import water_input
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not WATER.exists(), reason="shared water data not available")
 def test_two_process_cpu_ddp(tmp_path):
     inp = water_input(tmp_path, numb_steps=6, disp_freq=2, save_freq=3)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}

@@ -13,11 +13,10 @@ import pytest
 
 from dpa1.io.dp_file import load_dp
 from dpa1.io.serialize import load_dp_model, save_dp_model
-from model_utils import REFERENCE, evaluate, make_model, make_system, params_for, small_model_config
+from data_paths import TINY_DP
+from model_utils import evaluate, make_model, make_system, params_for, small_model_config
 from model_utils import single_thread  # noqa: F401  (autouse fixture)
 
-TINY = REFERENCE / "tiny.dp"
-needs_tiny = pytest.mark.skipif(not TINY.exists(), reason="../shared/reference/tiny.dp is absent")
 
 CONFIGS = {
     # The case that matters: se_atten_v2 with davg ≠ 0, random dstd, out_bias and bias_atom_e.
@@ -136,9 +135,8 @@ def test_yaml_round_trip(model, tmp_path: Path) -> None:
     _assert_same_dict(data["model"], data_y["model"], ".yaml vs .yaml")
 
 
-@needs_tiny
 def test_tiny_dp_round_trip(tmp_path: Path) -> None:
-    model, data = load_dp_model(TINY)
+    model, data = load_dp_model(TINY_DP)
     ref = _predict(model, seed=4)
     out = tmp_path / "tiny_again.dp"
     save_dp_model(out, model, model_def_script=data["model_def_script"],
@@ -148,7 +146,7 @@ def test_tiny_dp_round_trip(tmp_path: Path) -> None:
     # Our writer reproduces DeePMD-kit's dictionary exactly: every key, value and array,
     # and even the dataset numbering of the JSON (so DeePMD-kit can read our files).
     _assert_same_dict(data["model"], data2["model"], "tiny.dp model section")
-    with h5py.File(TINY, "r") as f:
+    with h5py.File(TINY_DP, "r") as f:
         theirs = json.loads(f.attrs["json"])
     with h5py.File(out, "r") as f:
         ours = json.loads(f.attrs["json"])
@@ -188,19 +186,18 @@ def _broken_files(tmp: Path) -> dict[str, Path]:
     files["bad yaml"] = tmp / "bad.yaml"
     (tmp / "scalar.yaml").write_text("just a string about a model\n")
     files["yaml scalar"] = tmp / "scalar.yaml"
-    if TINY.exists():
-        raw = TINY.read_bytes()
-        (tmp / "truncated.dp").write_bytes(raw[: len(raw) // 2])
-        files["truncated"] = tmp / "truncated.dp"
-        # A valid file whose array has the wrong shape.
-        data = load_dp(TINY)
-        model = data["model"]
-        w = model["fitting"]["nets"]["networks"][0]["layers"][0]["@variables"]["w"]
-        model["fitting"]["nets"]["networks"][0]["layers"][0]["@variables"]["w"] = w[:-1]
-        from dpa1.io.dp_file import save_dp
+    raw = TINY_DP.read_bytes()
+    (tmp / "truncated.dp").write_bytes(raw[: len(raw) // 2])
+    files["truncated"] = tmp / "truncated.dp"
+    # A valid file whose array has the wrong shape.
+    data = load_dp(TINY_DP)
+    model = data["model"]
+    w = model["fitting"]["nets"]["networks"][0]["layers"][0]["@variables"]["w"]
+    model["fitting"]["nets"]["networks"][0]["layers"][0]["@variables"]["w"] = w[:-1]
+    from dpa1.io.dp_file import save_dp
 
-        save_dp(tmp / "wrong_shape.dp", data)
-        files["wrong shape"] = tmp / "wrong_shape.dp"
+    save_dp(tmp / "wrong_shape.dp", data)
+    files["wrong shape"] = tmp / "wrong_shape.dp"
     return files
 
 

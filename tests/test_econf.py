@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import importlib.util
 import json
 import sys
 import types
-import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -15,9 +15,8 @@ import pytest
 import torch
 
 from dpa1.model.econf import CONFIGURATIONS, econf_inputs
+from data_paths import TINY_INPUT
 
-TINY_INPUT = Path(__file__).resolve().parents[1].parent / "shared" / "reference" / "tiny_input.json"
-DPREF = Path("/tmp/dpref")
 # sha256 of DeePMD-kit 3.2.0's `normalized_electronic_configuration_embedding`, rows H..Og
 # stacked in atomic-number order, as little-endian float64 bytes (so CI checks it without DeePMD).
 DEEPMD_TABLE_SHA256 = "58457eb766495ef7099156d52446246e300722be20a180cd3d5df4902d72555c"
@@ -32,16 +31,13 @@ def _expected(orbitals: list[int]) -> np.ndarray:
 
 
 def _deepmd_module() -> types.ModuleType:
-    """DeePMD-kit's own econf_embd.py from /tmp/dpref (unpacked source or the wheel)."""
-    path = DPREF / "deepmd" / "utils" / "econf_embd.py"
-    wheels = sorted(DPREF.glob("deepmd_kit-*.whl"))
-    if path.exists():
-        source = path.read_text()
-    elif wheels:
-        with zipfile.ZipFile(wheels[0]) as whl:
-            source = whl.read("deepmd/utils/econf_embd.py").decode()
-    else:
-        pytest.skip(f"DeePMD-kit reference not found under {DPREF}")
+    """DeePMD-kit's own econf_embd.py, read from the installed package without importing
+    it (its import needs mendeleev, used only by the generator)."""
+    spec = importlib.util.find_spec("deepmd")
+    if spec is None or not spec.submodule_search_locations:
+        pytest.skip("deepmd-kit is not installed")
+    path = Path(spec.submodule_search_locations[0]) / "utils" / "econf_embd.py"
+    source = path.read_text()
     mod = types.ModuleType("deepmd_econf_embd")
     saved = sys.modules.get("mendeleev")
     sys.modules["mendeleev"] = types.SimpleNamespace(element=None)  # only used by its generator
@@ -111,8 +107,6 @@ def test_model_with_econf_builds_and_evaluates() -> None:
     from dpa1.io.config import normalize_config
     from dpa1.model.build import build_model
 
-    if not TINY_INPUT.exists():
-        pytest.skip(f"reference input not found: {TINY_INPUT}")
     data = copy.deepcopy(json.loads(TINY_INPUT.read_text()))
     data["model"]["descriptor"]["use_econf_tebd"] = True
     cfg = normalize_config(data)

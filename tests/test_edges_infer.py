@@ -27,16 +27,12 @@ from dpa1.io.serialize import load_dp_model, save_dp_model
 
 from model_utils import single_thread  # noqa: F401  (autouse fixture)
 from model_utils import water_box
-from train_utils import WATER, water_input
+from data_paths import ROOT, TINY_DP, WATER  # tiny.dp: O/H, rcut 4, sel 40
+from train_utils import water_input
 
-ROOT = Path(__file__).resolve().parents[1]
-TINY_DP = ROOT.parent / "shared" / "reference" / "tiny.dp"  # O/H, rcut 4, sel 40
 TINY_MIN_DIST = 0.8854385688525499  # its min_nbor_dist
 
-pytestmark = [
-    pytest.mark.skipif(not TINY_DP.exists(), reason="shared/reference/tiny.dp not available"),
-    pytest.mark.filterwarnings("ignore:The given NumPy array is not writable"),
-]
+pytestmark = pytest.mark.filterwarnings("ignore:The given NumPy array is not writable")
 
 
 @pytest.fixture(scope="module")
@@ -289,7 +285,6 @@ def test_more_neighbours_than_sel_warns_once_per_model(dp: DeepPot) -> None:
     assert len(msgs) == 1 and "sel 40" in msgs[0]
 
 
-@pytest.mark.skipif(not WATER.exists(), reason="shared water data not available")
 def test_training_warns_when_sel_is_below_the_data_and_stores_min_nbor_dist(tmp_path: Path) -> None:
     """sel 20 against water's 38 neighbours within 4 Å: a warning at statistics time; the
     checkpoint keeps the training data's closest pair distance."""

@@ -10,14 +10,9 @@ import pytest
 from ase.io import read, write
 
 from dpa1.cli.main import main
+from data_paths import TINY_DP
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared"
-TINY_DP = SHARED / "reference" / "tiny.dp"
-
-pytestmark = [
-    pytest.mark.skipif(not TINY_DP.exists(), reason="shared/reference/tiny.dp not available"),
-    pytest.mark.filterwarnings("ignore:The given NumPy array is not writable"),
-]
+pytestmark = pytest.mark.filterwarnings("ignore:The given NumPy array is not writable")
 
 LOG_COLUMNS = ["step", "time_fs", "T_K", "Epot_eV", "Etot_eV", "P_bar", "Vol_A3"]
 

@@ -16,15 +16,11 @@ from dpa1.infer.deep_pot import DeepPot
 from dpa1.infer.model_devi import (calc_model_devi, format_model_devi, make_model_devi,
                                    write_model_devi_out)
 from dpa1.io.serialize import load_dp_model, save_dp_model
+from data_paths import TINY_DP
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared"
-TINY_DP = SHARED / "reference" / "tiny.dp"
 NFRAMES = 3
 
-pytestmark = [
-    pytest.mark.skipif(not TINY_DP.exists(), reason="shared/reference/tiny.dp not available"),
-    pytest.mark.filterwarnings("ignore:The given NumPy array is not writable"),
-]
+pytestmark = pytest.mark.filterwarnings("ignore:The given NumPy array is not writable")
 
 # DeePMD-kit 3.2.0's header line (deepmd/infer/model_devi.py: "{'step':10s}" then 19-wide names)
 HEADER = ("# step      max_devi_v         min_devi_v         avg_devi_v         max_devi_f"

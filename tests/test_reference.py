@@ -6,29 +6,24 @@ from __future__ import annotations
 import functools
 
 import numpy as np
-import pytest
 
 from dpa1.io.serialize import load_dp_model
-from model_utils import REFERENCE, evaluate
+from data_paths import TINY_DP, TINY_REFERENCE
+from model_utils import evaluate
 from model_utils import single_thread  # noqa: F401  (autouse fixture)
 
 TOL = 1e-10
 
-pytestmark = pytest.mark.skipif(
-    not (REFERENCE / "tiny.dp").exists() or not (REFERENCE / "tiny_reference.npz").exists(),
-    reason="../shared/reference is not available",
-)
-
 
 @functools.lru_cache(maxsize=None)
 def _model():
-    model, _ = load_dp_model(REFERENCE / "tiny.dp")
+    model, _ = load_dp_model(TINY_DP)
     return model.eval()
 
 
 @functools.lru_cache(maxsize=None)
 def _reference() -> dict[str, np.ndarray]:
-    ref = dict(np.load(REFERENCE / "tiny_reference.npz"))
+    ref = dict(np.load(TINY_REFERENCE))
     nf, natoms = ref["coord"].shape[0], ref["atype"].shape[0]
     return {
         "coord": ref["coord"].reshape(nf, natoms, 3),

@@ -21,6 +21,7 @@ from dpa1.data.stats import (
 )
 from dpa1.data.system import DeepmdSystem, Label
 from dpa1.model.build import build_model
+from data_paths import NOPBC, WATER
 
 
 # === brute force ==========================================================================
@@ -105,13 +106,13 @@ def brute_descriptor_stats(batches, ntypes, rcut, rcut_smth, nnei, pair_excluded
 
 
 # === neighbour statistics ==================================================================
-def test_neighbor_stat_water_and_nopbc(shared_dir: Path) -> None:
-    water = [DeepmdSystem(shared_dir / "data" / "water" / "data_0", ["O", "H"])]
+def test_neighbor_stat_water_and_nopbc() -> None:
+    water = [DeepmdSystem(WATER / "data_0", ["O", "H"])]
     got = neighbor_stat(water, 4.5)
     want = brute_neighbor_stat(water, 4.5)
     assert got[0] == want[0]
     assert got[1] == pytest.approx(want[1], rel=1e-12)
-    nopbc = [DeepmdSystem(shared_dir / "data" / "nopbc" / n) for n in ("C1H4O2", "C4H3O1")]
+    nopbc = [DeepmdSystem(NOPBC / n) for n in ("C1H4O2", "C4H3O1")]
     assert neighbor_stat(nopbc, 2.0) == pytest.approx(brute_neighbor_stat(nopbc, 2.0), rel=1e-12)
 
 
@@ -156,8 +157,8 @@ def test_resolve_sel() -> None:
 
 
 # === descriptor statistics ==================================================================
-def test_descriptor_stats_water_brute_force(shared_dir: Path, tiny_model_config) -> None:
-    systems = [shared_dir / "data" / "water" / f"data_{k}" for k in range(3)]
+def test_descriptor_stats_water_brute_force(tiny_model_config) -> None:
+    systems = [WATER / f"data_{k}" for k in range(3)]
     # sel 24 < the largest count within 4 Å, so truncation is exercised; C is absent from the data
     model = build_model(tiny_model_config(["O", "H", "C"], sel=24, set_davg_zero=False))
     batches = SystemSampler(systems, 1, type_map=["O", "H", "C"], seed=2).stat_batches(nbatch=4)
@@ -205,8 +206,8 @@ def test_descriptor_stats_pair_exclusion_and_protection(alloy, tiny_model_config
 
 
 # === energy bias ==============================================================================
-def test_energy_bias_water_brute_force(shared_dir: Path, tiny_model_config) -> None:
-    systems = [shared_dir / "data" / "water" / f"data_{k}" for k in range(3)]
+def test_energy_bias_water_brute_force(tiny_model_config) -> None:
+    systems = [WATER / f"data_{k}" for k in range(3)]
     model = build_model(tiny_model_config(["O", "H"]))
     batches = SystemSampler(systems, 1, seed=0).stat_batches(nbatch=10)
     bias, std = compute_energy_bias(model, batches)

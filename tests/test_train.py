@@ -15,9 +15,8 @@ from dpa1.cli.main import main
 from dpa1.io.model_file import load_checkpoint
 from dpa1.train.lcurve import read_lcurve
 
-from train_utils import WATER, water_input
-
-pytestmark = pytest.mark.skipif(not WATER.exists(), reason="shared water data not available")
+from data_paths import WATER
+from train_utils import water_input
 
 
 def _lcurve(path: Path) -> tuple[list[str], np.ndarray]:

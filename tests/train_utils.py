@@ -1,4 +1,4 @@
-"""Small training inputs for the end-to-end tests (water from ../shared/data)."""
+"""Small training inputs for the end-to-end tests (water from ``examples/water/data``)."""
 
 from __future__ import annotations
 
@@ -7,8 +7,7 @@ import json
 from pathlib import Path
 from typing import Any, Optional
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared"
-WATER = SHARED / "data" / "water"
+from data_paths import WATER
 
 TINY_MODEL: dict[str, Any] = {
     "type_map": ["O", "H"],
