@@ -29,6 +29,7 @@ import sys
 import time
 
 import common  # sets the threads before torch is imported
+# isort: split
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 

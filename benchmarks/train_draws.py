@@ -27,6 +27,7 @@ import tempfile
 from pathlib import Path
 
 import common  # sets the threads before torch is imported
+# isort: split
 import numpy as np
 
 import train_water
