@@ -28,8 +28,9 @@ import subprocess
 import sys
 import time
 import warnings
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any
 
 NUM_THREADS = int(os.environ.get("DPA1_BENCH_THREADS", "2"))  # 2: the reference machine's cores
 os.environ.setdefault("OMP_NUM_THREADS", str(NUM_THREADS))
@@ -97,7 +98,7 @@ def same_device(a: torch.device, b: torch.device) -> bool:
     return norm(torch.device(a)) == norm(torch.device(b))
 
 
-def deepmd_device() -> Optional[torch.device]:
+def deepmd_device() -> torch.device | None:
     """The device DeePMD-kit put itself on, or None without DeePMD-kit."""
     if not have_deepmd():
         return None
@@ -147,7 +148,7 @@ def model_device(net: torch.nn.Module) -> torch.device:
 
 
 # === DeePMD-kit ============================================================================
-_DEEPMD: Optional[bool] = None
+_DEEPMD: bool | None = None
 
 
 def have_deepmd() -> bool:
@@ -269,7 +270,7 @@ def rep_for(natoms: int) -> int:
 
 
 # === models ================================================================================
-def example_config(precision: str = "float64", attn_layer: Optional[int] = None) -> dict[str, Any]:
+def example_config(precision: str = "float64", attn_layer: int | None = None) -> dict[str, Any]:
     """The normalised example input (``examples/water/input.json``) with overrides."""
     from dpa1.io.config import normalize_config
 
@@ -281,11 +282,10 @@ def example_config(precision: str = "float64", attn_layer: Optional[int] = None)
     return normalize_config(raw)
 
 
-def build_ours(precision: str = "float64", attn_layer: Optional[int] = None):
+def build_ours(precision: str = "float64", attn_layer: int | None = None):
     """Our model: random (seeded) weights, statistics (davg/dstd, out_bias) from the data."""
-    from dpa1.model.build import build_model
-
     from dpa1.data.stats import apply_statistics
+    from dpa1.model.build import build_model
 
     torch.manual_seed(0)
     model = build_model(example_config(precision, attn_layer)["model"])
@@ -316,8 +316,8 @@ VARIANTS = {
 
 # === timing ================================================================================
 def interleaved(fns: dict[str, Callable[[], Any]], repeat: int, warmup: int = 1,
-                budget_s: Optional[float] = None,
-                sync: Optional[Callable[[], None]] = None) -> dict[str, dict[str, float]]:
+                budget_s: float | None = None,
+                sync: Callable[[], None] | None = None) -> dict[str, dict[str, float]]:
     """Call every function in turn ``repeat`` times (after ``warmup`` rounds); best/median.
 
     With ``budget_s``, stops early (after at least 2 timed rounds) when the budget is spent.
@@ -403,7 +403,7 @@ def gpu_description(dev: torch.device) -> str:
             f"float32 matmul precision {torch.get_float32_matmul_precision()!r})")
 
 
-def machine(device: Optional[torch.device] = None) -> dict[str, str]:
+def machine(device: torch.device | None = None) -> dict[str, str]:
     cpu = "?"
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -424,7 +424,7 @@ def machine(device: Optional[torch.device] = None) -> dict[str, str]:
         "threads": f"{torch.get_num_threads()} (OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS')})",
         "torch": torch.__version__, "python": platform.python_version(),
         "deepmd": deepmd_version(),
-        "load": "loadavg %.1f %.1f %.1f" % os.getloadavg(),
+        "load": "loadavg {:.1f} {:.1f} {:.1f}".format(*os.getloadavg()),
         "date": datetime.date.today().isoformat(),
     }
     if device is not None and (is_cuda(device) or deepmd_device_note(device)):
@@ -438,7 +438,7 @@ def machine(device: Optional[torch.device] = None) -> dict[str, str]:
     return out
 
 
-def print_machine(device: Optional[torch.device] = None) -> None:
+def print_machine(device: torch.device | None = None) -> None:
     for k, v in machine(device).items():
         print(f"# {k}: {v}")
 
@@ -460,7 +460,7 @@ def table(headers: list[str], rows: list[list[Any]]) -> str:
     return "\n".join(out)
 
 
-def ratio(a: Optional[float], b: Optional[float]) -> float:
+def ratio(a: float | None, b: float | None) -> float:
     """``a / b`` or nan."""
     if a is None or b is None or not b or a != a or b != b:
         return float("nan")

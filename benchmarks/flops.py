@@ -29,6 +29,7 @@ import sys
 import time
 
 import common  # sets the threads before torch is imported
+
 # isort: split
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
@@ -131,15 +132,15 @@ def main() -> None:
         x = torch.randn(nb * nn, 100, dtype=dt)
         w = torch.randn(100, 384, dtype=dt)
         prow.append([name, "in_proj shape (19584×100)·(100×384)",
-                     shaped_gflops(lambda: x @ w, 2 * nb * nn * 100 * 384, secs / 2)])
+                     shaped_gflops(lambda x=x, w=w: x @ w, 2 * nb * nn * 100 * 384, secs / 2)])
         q = torch.randn(nb, nn, 128, dtype=dt)
         k = torch.randn(nb, 128, nn, dtype=dt)
         prow.append([name, "QKᵀ shape bmm 192×(102×128)·(128×102)",
-                     shaped_gflops(lambda: torch.bmm(q, k), 2 * nb * nn * nn * 128, secs / 2)])
+                     shaped_gflops(lambda q=q, k=k: torch.bmm(q, k), 2 * nb * nn * nn * 128, secs / 2)])
         f = torch.randn(192, 1600, dtype=dt)
         fw = torch.randn(1600, 240, dtype=dt)
         prow.append([name, "fitting shape (192×1600)·(1600×240)",
-                     shaped_gflops(lambda: f @ fw, 2 * 192 * 1600 * 240, secs / 2)])
+                     shaped_gflops(lambda f=f, fw=fw: f @ fw, 2 * 192 * 1600 * 240, secs / 2)])
     for name in peak:  # a model-shaped GEMM may beat the squares when the machine is busy
         peak[name] = max([peak[name], getattr(a, f"peak_{name}")] + [r[2] for r in prow if r[0] == name])
     print("\n## Matmul throughput (GFLOP/s, best of a time window)\n")

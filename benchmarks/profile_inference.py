@@ -15,6 +15,7 @@ import argparse
 import time
 
 import common  # sets the threads before torch is imported
+
 # isort: split
 import torch
 from torch.profiler import ProfilerActivity, profile

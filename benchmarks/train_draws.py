@@ -27,6 +27,7 @@ import tempfile
 from pathlib import Path
 
 import common  # sets the threads before torch is imported
+
 # isort: split
 import numpy as np
 
@@ -55,7 +56,7 @@ def main() -> None:
                         for i, sys_ in enumerate(s.systems)] for w in range(a.workers)]
             step = [0]
 
-            def draw():
+            def draw(s=s, streams=streams, step=step):
                 sid = int(s._choice_rng.choice(s.nsystems, p=s.probs))
                 worker = streams[step[0] % a.workers]
                 step[0] += 1

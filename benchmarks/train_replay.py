@@ -34,6 +34,7 @@ import tempfile
 from pathlib import Path
 
 import common  # sets the threads before torch is imported
+
 # isort: split
 import numpy as np
 import torch
@@ -50,7 +51,7 @@ def max_rel_difference(a: torch.nn.Module, b: torch.nn.Module) -> tuple[float, s
 def report(steps: int, ours: torch.nn.Module, theirs: torch.nn.Module, names: tuple[str, str]) -> None:
     worst = max_rel_difference(ours, theirs)
     print(f"{steps} steps; max rel. parameter difference {worst[0]:.2e} ({worst[1]})")
-    for name, err in common.heldout_errors(dict(zip(names, (ours, theirs))), 40).items():
+    for name, err in common.heldout_errors(dict(zip(names, (ours, theirs), strict=True)), 40).items():
         print(f"{name:28s} held-out (data_2, 40 frames): rmse E/atom {err['rmse_e_atom']:.6e}  "
               f"mean ΔE/atom {err['mean_e_atom']:+.3e}  rmse F {err['rmse_f']:.6e}")
 
@@ -92,10 +93,11 @@ def deepmd_to_ours(seed: int, steps: int, dp: str, workdir: Path) -> None:
     from deepmd.utils.argcheck import normalize
     from deepmd.utils.compat import update_deepmd_input
 
-    import train_water
     from dpa1.io.config import normalize_config
     from dpa1.io.serialize import model_from_dict
     from dpa1.train.trainer import Trainer
+
+    import train_water
 
     workdir.mkdir(parents=True, exist_ok=True)
     inp = train_water.make_input(workdir, steps, seed)

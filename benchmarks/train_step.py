@@ -37,6 +37,7 @@ import time
 from pathlib import Path
 
 import common  # sets the threads before torch is imported
+
 # isort: split
 import numpy as np
 import torch

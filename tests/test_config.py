@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 from dpa1.io.config import ConfigError, load_config, model_defaults_doc, normalize_config
+
 from data_paths import ROOT, TINY_INPUT
 
 
@@ -95,7 +96,7 @@ def test_aliases_and_comments(tiny: dict[str, Any]) -> None:
     text = json.dumps(cfg)
     assert "_comment" not in text and "n_axis_neuron" not in text and "stop_batch" not in text
     for alias in ("num_epoch", "num_epochs", "numb_epochs"):
-        d = _edit(tiny, lambda d: d["training"].update({alias: 3}))
+        d = _edit(tiny, lambda d, alias=alias: d["training"].update({alias: 3}))
         del d["training"]["stop_batch"]
         assert normalize_config(d)["training"]["numb_epoch"] == 3
 
@@ -129,7 +130,7 @@ def test_se_atten_v2(tiny: dict[str, Any]) -> None:
     assert d["tebd_input_mode"] == "strip" and d["smooth_type_embedding"] is True
     for key, value in (("tebd_input_mode", "concat"), ("smooth_type_embedding", False),
                        ("stripped_type_embedding", True)):
-        msg = _error(_edit(tiny, lambda c: c["model"]["descriptor"].update({key: value})))
+        msg = _error(_edit(tiny, lambda c, key=key, value=value: c["model"]["descriptor"].update({key: value})))
         assert f"model.descriptor.{key}:" in msg and "se_atten_v2" in msg
 
 
@@ -180,7 +181,7 @@ def test_learning_rate_errors(tiny: dict[str, Any]) -> None:
     assert "not both" in _error(_edit(tiny, lambda d: d["learning_rate"].update(
         warmup_steps=5, warmup_ratio=0.1)))
     for kind in ("cosine", "wsd"):
-        msg = _error(_edit(tiny, lambda d: d["learning_rate"].update(type=kind)))
+        msg = _error(_edit(tiny, lambda d, kind=kind: d["learning_rate"].update(type=kind)))
         assert msg.startswith("learning_rate.type:") and "not supported" in msg
     assert "learning_rate.decay_rate:" in _error(_edit(tiny, lambda d: d[
         "learning_rate"].update(decay_rate=1.5)))
@@ -203,7 +204,7 @@ def test_unsupported_features(tiny: dict[str, Any]) -> None:
              ("optimizer", "type"): ("LKF", "not supported")}
     tiny["optimizer"] = {}
     for (section, key), (value, words) in cases.items():
-        msg = _error(_edit(tiny, lambda d: d[section].update({key: value})))
+        msg = _error(_edit(tiny, lambda d, section=section, key=key, value=value: d[section].update({key: value})))
         assert msg.startswith(f"{section}.{key}:") and words in msg
     assert normalize_config(_edit(tiny, lambda d: d["model"]["descriptor"].update(
         attn_mask=True)))["model"]["descriptor"]["attn_mask"] is True
@@ -265,7 +266,7 @@ def test_keys_of_unsupported_features_are_refused(tiny: dict[str, Any]) -> None:
         ("loss", "limit_pref_h"): (0.0, 1.0),
     }
     for (*section, key), (default, other) in cases.items():
-        def put(value: Any) -> dict[str, Any]:
+        def put(value: Any, section=section, key=key) -> dict[str, Any]:
             data = copy.deepcopy(tiny)
             target = data
             for name in section:

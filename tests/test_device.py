@@ -22,8 +22,12 @@ from dpa1.data.stats import apply_statistics, change_energy_bias, compute_descri
 from dpa1.infer.deep_pot import DeepPot
 from dpa1.io.model_file import freeze
 from dpa1.train.loss import EnerLoss
-from model_utils import make_system, params_for
-from model_utils import single_thread  # noqa: F401  (autouse fixture)
+
+from model_utils import (
+    make_system,
+    params_for,
+    single_thread,  # noqa: F401  (autouse fixture)
+)
 from test_model_physics import NAMES, assert_close, model_for, tol
 
 CUDA = os.environ.get("DPA1_TEST_DEVICE", "cuda")
@@ -74,7 +78,7 @@ def test_deep_pot_accepts_float32_and_int32_arrays() -> None:
     dp = DeepPot(copy.deepcopy(model), device="cpu")
     ref = dp.eval(coord.astype(np.float32).astype(np.float64), box.astype(np.float32).astype(np.float64), atype)
     got = dp.eval(coord.astype(np.float32), box.astype(np.float32), atype.astype(np.int32))
-    for a, b in zip(got, ref):
+    for a, b in zip(got, ref, strict=True):
         np.testing.assert_allclose(a, b, rtol=0, atol=1e-12)
 
 
@@ -106,7 +110,7 @@ def test_cuda_training_gradients_match_cpu(name: str) -> None:
     for dev in ("cpu", CUDA):
         net = copy.deepcopy(model_for(name)).to(dev).train()
 
-        def t(x):
+        def t(x, dev=dev):
             return None if x is None else torch.as_tensor(x, device=dev)
 
         out = net(t(coord), t(atype), t(box), fparam=t(fp), aparam=t(ap))
@@ -133,7 +137,7 @@ def test_cuda_frozen_and_deep_pot_match_cpu(tmp_path) -> None:
     ref = DeepPot(copy.deepcopy(model), device="cpu").eval(*args, **kw)
     for dp in (DeepPot(str(path), device=CUDA), DeepPot(copy.deepcopy(model), device=CUDA)):
         got = dp.eval(*args, **kw)
-        for a, b in zip(got, ref):
+        for a, b in zip(got, ref, strict=True):
             assert_close(a, b, 1e-10, "DeepPot on cuda")
 
 
@@ -154,7 +158,7 @@ def test_cuda_statistics_and_change_bias_take_cpu_batches(name: str) -> None:
     ``change_bias_after_training`` does at the end of ``dpa1 train --device cuda``)."""
     batches = [_stat_batch()]
     cpu, gpu = copy.deepcopy(model_for(name)), copy.deepcopy(model_for(name)).to(CUDA)
-    for a, b in zip(compute_descriptor_stats(gpu, batches), compute_descriptor_stats(cpu, batches)):
+    for a, b in zip(compute_descriptor_stats(gpu, batches), compute_descriptor_stats(cpu, batches), strict=True):
         assert_close(a.cpu().numpy(), b.numpy(), 1e-10, "davg/dstd")
     apply_statistics(cpu, batches)
     apply_statistics(gpu, batches)

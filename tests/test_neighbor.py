@@ -8,7 +8,6 @@ import os
 import subprocess
 import sys
 from pathlib import Path
-from typing import Optional
 
 import numpy as np
 import pytest
@@ -22,8 +21,11 @@ from dpa1.model.neighbor import (
     format_nlist,
     frame_neighbors,
 )
-from model_utils import random_cell
-from model_utils import single_thread  # noqa: F401  (autouse fixture)
+
+from model_utils import (
+    random_cell,
+    single_thread,  # noqa: F401  (autouse fixture)
+)
 
 RCUT = 3.0
 
@@ -183,7 +185,7 @@ def test_ghost_coordinates_are_differentiable_in_coord_and_box() -> None:
 
 
 # === format_nlist (§2.6) ====================================================================
-def _raw_list(seed: int, width: Optional[int] = None):
+def _raw_list(seed: int, width: int | None = None):
     """An extended system and a shuffled, over-long list that includes atoms beyond rcut."""
     rng = np.random.default_rng(seed)
     coord, atype, box = _random_frame(rng, "triclinic", 15)
@@ -312,7 +314,7 @@ def test_native_bookkeeping_equals_numpy(kind: str, monkeypatch: pytest.MonkeyPa
             with monkeypatch.context() as m:
                 m.setattr(neighbor, "native_ops", lambda: False)
                 want = neighbor.frame_neighbors(coord, atype, box, RCUT, nnei)
-            for name, a, b in zip(("mapping", "shift", "nlist"), got, want):
+            for name, a, b in zip(("mapping", "shift", "nlist"), got, want, strict=True):
                 assert a.dtype == b.dtype and np.array_equal(a, b), f"{kind}, nnei {nnei}: {name}"
 
 

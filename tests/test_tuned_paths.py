@@ -33,8 +33,12 @@ from dpa1.data.stats import apply_statistics
 from dpa1.io.config import normalize_config
 from dpa1.model.build import build_model
 from dpa1.model.env_mat import smooth_switch
-from model_utils import make_system, params_for
-from model_utils import single_thread  # noqa: F401  (autouse fixture)
+
+from model_utils import (
+    make_system,
+    params_for,
+    single_thread,  # noqa: F401  (autouse fixture)
+)
 from test_model_physics import NAMES, _compare, evaluate, model_for, tol
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "water"
@@ -156,7 +160,7 @@ def test_blocked_training_gradients_equal_plain(name: str) -> None:
         loss = out["energy"].square().sum() + 10.0 * out["force"].square().sum() + out["virial"].square().sum()
         params = [p for p in net.parameters() if p.requires_grad]
         grads.append(torch.autograd.grad(loss, params, allow_unused=True))
-    for (pname, _), g_blocked, g_plain in zip(model.named_parameters(), *grads):
+    for (pname, _), g_blocked, g_plain in zip(model.named_parameters(), *grads, strict=False):
         if g_plain is None:
             assert g_blocked is None, pname
             continue
@@ -373,7 +377,7 @@ def test_native_attention_stack_equals_pytorch_layers(case: str, dtype: torch.dt
     rtol = 1e-12 if dtype == torch.float64 else 2e-5
     want = results[0]
     for got in results[1:]:
-        for label, a, b in zip(("out", "d/dg", "d/dsw", "d/ddirection"), got, want):
+        for label, a, b in zip(("out", "d/dg", "d/dsw", "d/ddirection"), got, want, strict=True):
             if b is None:
                 assert a is None, label
                 continue
@@ -495,7 +499,7 @@ def test_native_embedding_equals_pytorch_layers(case: str, dtype: torch.dtype) -
         results.append((y.detach(), torch.autograd.grad((y * weights).sum(), s)[0]))
     rtol = 1e-12 if dtype == torch.float64 else 2e-5
     for got in results[1:]:
-        for label, a, b in zip(("y", "d/dsigma"), got, results[0]):
+        for label, a, b in zip(("y", "d/dsigma"), got, results[0], strict=True):
             err = (a - b).abs().max().item()
             assert err <= rtol * max(b.abs().max().item(), 1.0), f"{case} {label}: {err:.2e}"
     net.native = True

@@ -44,7 +44,7 @@ def run(args: argparse.Namespace) -> int:
         save_dp_model(out, model, model_def_script=data.get("model_def_script"))
     else:
         save_checkpoint(out, model, config=payload.get("config"), step=payload.get("step", 0))
-    for name, b0, b1 in zip(model.type_map, before.tolist(), after.tolist()):
+    for name, b0, b1 in zip(model.type_map, before.tolist(), after.tolist(), strict=True):
         print(f"  {name:4s} out_bias {b0: .6f} -> {b1: .6f}")
     print(f"wrote {out}")
     return 0

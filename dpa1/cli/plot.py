@@ -28,7 +28,7 @@ def run(args: argparse.Namespace) -> int:
     step = data[:, 0]
     metrics = sorted({n.rsplit("_", 1)[0] for n in names[1:] if n.endswith(("_trn", "_val"))})
     fig, axes = plt.subplots(1, len(metrics) + 1, figsize=(4 * (len(metrics) + 1), 3.2))
-    for ax, m in zip(axes, metrics):
+    for ax, m in zip(axes, metrics, strict=False):  # the last axes is the learning rate's
         for suffix, style in (("_trn", "-"), ("_val", "--")):
             if m + suffix in names:
                 ax.plot(step, data[:, names.index(m + suffix)], style, label=suffix[1:])

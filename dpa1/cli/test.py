@@ -53,7 +53,7 @@ def _plot(path: str, results) -> None:
     if not names:
         raise ValueError("nothing to plot: the systems have no energy, force or virial labels")
     fig, axes = plt.subplots(1, len(names), figsize=(4.2 * len(names), 4), squeeze=False)
-    for ax, name in zip(axes[0], names):
+    for ax, name in zip(axes[0], names, strict=True):
         lo, hi = np.inf, -np.inf
         for r in results:
             if name in r.pairs:

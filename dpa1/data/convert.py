@@ -193,7 +193,7 @@ def write_standard(
         groups.setdefault((counts, f.box is None), []).append((f, order))
     names = {}
     for counts, nopbc in groups:
-        names[(counts, nopbc)] = "".join(f"{e}{n}" for e, n in zip(type_map, counts) if n)
+        names[(counts, nopbc)] = "".join(f"{e}{n}" for e, n in zip(type_map, counts, strict=True) if n)
     out = []
     for (counts, nopbc), members in groups.items():
         name = names[(counts, nopbc)]
@@ -251,7 +251,7 @@ def _stack_labels(frames: Sequence[Frame], orders: Sequence[np.ndarray], name: s
             out[key] = None
             continue
         if not all(have):
-            lacking = [f.source for f, h in zip(frames, have) if not h]
+            lacking = [f.source for f, h in zip(frames, have, strict=True) if not h]
             raise DataError(f"{name}: {len(lacking)} frames have no {key} while others do "
                             f"(first: {lacking[0]}); a label must be on every frame of a system")
         if key == "energy":
@@ -260,7 +260,7 @@ def _stack_labels(frames: Sequence[Frame], orders: Sequence[np.ndarray], name: s
             out[key] = np.stack([f.virial for f in frames])
         else:
             rows = []
-            for f, o in zip(frames, orders):
+            for f, o in zip(frames, orders, strict=True):
                 r = f.force[o]
                 if pad_to is not None:
                     r = np.concatenate([r, np.zeros((pad_to - r.shape[0], 3))])

@@ -68,7 +68,7 @@ def resolve_batch_sizes(batch_size: BatchSize, natoms: Sequence[int]) -> list[in
         return [-(-limit // na) for na in natoms]  # ceil: the smallest bs with bs*natoms >= N
     sizes: list[int | None] = [max(1, limit // na) for na in natoms]
     if rule == "filter":
-        sizes = [None if na > limit else bs for na, bs in zip(natoms, sizes)]
+        sizes = [None if na > limit else bs for na, bs in zip(natoms, sizes, strict=True)]
         if all(s is None for s in sizes):
             raise ValueError(f"batch_size {batch_size!r}: every system has more than {limit} atoms")
     return sizes
@@ -200,17 +200,17 @@ class SystemSampler:
         if not opened:
             raise ValueError("no systems to sample from")
         sizes = resolve_batch_sizes(batch_size, [s.natoms for s in opened])
-        dropped = [s.path for s, b in zip(opened, sizes) if b is None]
+        dropped = [s.path for s, b in zip(opened, sizes, strict=True) if b is None]
         if dropped:
             warnings.warn(f"batch_size {batch_size!r} drops {len(dropped)} systems with too many "
                           "atoms: " + ", ".join(dropped), stacklevel=2)
-        self.systems = [s for s, b in zip(opened, sizes) if b is not None]
+        self.systems = [s for s, b in zip(opened, sizes, strict=True) if b is not None]
         self.batch_sizes = [b for b in sizes if b is not None]
         self.rank, self.world_size = rank, world_size
         self.labels = list(labels)
         self.dtype = dtype
         self.nbatches = [math.ceil(self._shard_len(s.nframes) / b)
-                         for s, b in zip(self.systems, self.batch_sizes)]
+                         for s, b in zip(self.systems, self.batch_sizes, strict=True)]
         self.probs = system_probabilities(self.nbatches, auto_prob, sys_probs)
 
         # Shuffles are common to all ranks (disjoint shards); the choice of system is not.
@@ -223,7 +223,7 @@ class SystemSampler:
         self._stat_seq = np.random.SeedSequence(root.entropy, spawn_key=(2,))
         self._streams = [
             _FrameStream(s.nframes, np.random.default_rng(seq), rank, world_size)
-            for s, seq in zip(self.systems, common.spawn(len(self.systems)))
+            for s, seq in zip(self.systems, common.spawn(len(self.systems)), strict=True)
         ]
 
     def _shard_len(self, nframes: int) -> int:
@@ -237,7 +237,7 @@ class SystemSampler:
     def steps_per_epoch(self) -> int:
         """``ceil(max_i nbatch_i / p_i)``: steps for one expected pass over the data
         (used to turn ``numb_epoch`` into steps, spec §12)."""
-        ratios = [nb / p for nb, p in zip(self.nbatches, self.probs) if p > 0]
+        ratios = [nb / p for nb, p in zip(self.nbatches, self.probs, strict=True) if p > 0]
         return math.ceil(max(ratios))
 
     def next_batch(self) -> dict[str, Any]:
@@ -254,7 +254,7 @@ class SystemSampler:
         """Statistics sample (§9): per system, the first ``nbatch`` batches of a fresh
         shuffled pass (fewer if the system has fewer), merged into one dict per system."""
         out = []
-        for sid, (sys_, seq) in enumerate(zip(self.systems, self._stat_seq.spawn(self.nsystems))):
+        for sid, (sys_, seq) in enumerate(zip(self.systems, self._stat_seq.spawn(self.nsystems), strict=True)):
             perm = np.random.default_rng(seq).permutation(sys_.nframes)
             out.append(self._load(sid, perm[: nbatch * self.batch_sizes[sid]]))
         return out
@@ -306,7 +306,7 @@ class SystemSampler:
                 f"{self.rank} of {self.world_size}: sampling starts afresh", stacklevel=2)
             return
         _set_rng_state(self._choice_rng, state["choice_rng"])
-        for stream, st in zip(self._streams, state["streams"]):
+        for stream, st in zip(self._streams, state["streams"], strict=True):
             stream.load_state_dict(st)
 
     def _load(self, sid: int, idx: np.ndarray) -> dict[str, Any]:

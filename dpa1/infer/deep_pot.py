@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import warnings
-from typing import Iterator, Optional, Sequence, Union
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 import torch
@@ -30,8 +30,8 @@ class DeepPot:
 
     def __init__(
         self,
-        model: Union[str, os.PathLike, torch.nn.Module],
-        device: Optional[Union[str, torch.device]] = None,
+        model: str | os.PathLike | torch.nn.Module,
+        device: str | torch.device | None = None,
         batch_frames: int = 16,
     ) -> None:
         self.device = torch.device(device) if device is not None else default_device()
@@ -47,7 +47,7 @@ class DeepPot:
         self._dtype = torch.float64
         # geometry warnings already given (each once per model, not at every MD step)
         self._warned: set[str] = set()
-        self._naming: Optional[tuple[str, int, Optional[np.ndarray]]] = None
+        self._naming: tuple[str, int, np.ndarray | None] | None = None
 
     # --- metadata (DeePMD names) ---------------------------------------------------------
     def get_type_map(self) -> list[str]:
@@ -68,13 +68,13 @@ class DeepPot:
     def get_dim_aparam(self) -> int:
         return int(self.meta.get("dim_aparam", 0))
 
-    def get_min_nbor_dist(self) -> Optional[float]:
+    def get_min_nbor_dist(self) -> float | None:
         """The smallest pair distance of the training data (Å), None when unknown."""
         value = self.meta.get("min_nbor_dist")
         return None if value is None else float(value)
 
     # --- evaluation ------------------------------------------------------------------------
-    def types_from(self, atom_types: Union[Sequence[int], Sequence[str], np.ndarray]) -> np.ndarray:
+    def types_from(self, atom_types: Sequence[int] | Sequence[str] | np.ndarray) -> np.ndarray:
         """Model type indices from integers or element symbols; clear error if unknown."""
         arr = np.asarray(atom_types)
         tmap = self.get_type_map()
@@ -94,11 +94,11 @@ class DeepPot:
     def eval(
         self,
         coords: np.ndarray,
-        cells: Optional[np.ndarray],
-        atom_types: Union[Sequence[int], Sequence[str], np.ndarray],
+        cells: np.ndarray | None,
+        atom_types: Sequence[int] | Sequence[str] | np.ndarray,
         atomic: bool = False,
-        fparam: Optional[np.ndarray] = None,
-        aparam: Optional[np.ndarray] = None,
+        fparam: np.ndarray | None = None,
+        aparam: np.ndarray | None = None,
     ) -> tuple[np.ndarray, ...]:
         """Evaluate frames.
 
@@ -164,7 +164,7 @@ class DeepPot:
 
     @contextlib.contextmanager
     def naming(self, where: str, first_frame: int = 0,
-               atom_index: Optional[np.ndarray] = None) -> Iterator[None]:
+               atom_index: np.ndarray | None = None) -> Iterator[None]:
         """Within the block, overlap errors and geometry warnings name the source ``where``,
         count frames from ``first_frame`` and number atoms by ``atom_index`` (evaluated atom
         ``k`` is the caller's ``atom_index[k]``): for callers that evaluate a system in

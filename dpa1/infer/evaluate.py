@@ -8,7 +8,6 @@ compared values (frames for energies/virials, force components for forces).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Optional
 
 import numpy as np
 
@@ -36,7 +35,7 @@ class SystemResult:
         return out
 
 
-def evaluate_system(dp: DeepPot, system, nframes: Optional[int] = None, batch: int = 8) -> SystemResult:
+def evaluate_system(dp: DeepPot, system, nframes: int | None = None, batch: int = 8) -> SystemResult:
     """Evaluate ``system`` (a :class:`dpa1.data.system.DeepmdSystem`) frame by frame."""
     n = system.nframes if not nframes else min(int(nframes), system.nframes)
     res = SystemResult(path=str(system.path), nframes=n)

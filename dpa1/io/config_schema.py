@@ -20,10 +20,19 @@ import json
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Annotated, Any, ClassVar, Literal, Union
+from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import (AfterValidator, BaseModel, BeforeValidator, ConfigDict, Discriminator,
-                      Field, PlainValidator, Tag, model_validator)
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Discriminator,
+    Field,
+    PlainValidator,
+    Tag,
+    model_validator,
+)
 from pydantic.fields import FieldInfo
 
 
@@ -356,8 +365,7 @@ def _descriptor_tag(data: Any) -> str:
     return "<se_atten_v2>" if kind == "se_atten_v2" else "<dpa1>"
 
 
-Descriptor = Annotated[Union[Annotated[DescrptSeAtten, Tag("<dpa1>")],
-                             Annotated[DescrptSeAttenV2, Tag("<se_atten_v2>")]],
+Descriptor = Annotated[Annotated[DescrptSeAtten, Tag("<dpa1>")] | Annotated[DescrptSeAttenV2, Tag("<se_atten_v2>")],
                        Discriminator(_descriptor_tag)]
 
 

@@ -17,7 +17,7 @@ import json
 import os
 import zipfile
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import Any
 
 import numpy as np
 import torch
@@ -32,7 +32,7 @@ FROZEN_META = "dpa1.json"
 _PICKLE_PROTOCOL_2_PLUS = b"\x80"  # first byte of torch's pre-1.6 (non-zip) format
 
 
-def file_kind(path: Union[str, os.PathLike]) -> str:
+def file_kind(path: str | os.PathLike) -> str:
     """What a model file holds, from its first bytes (before any loader sees it):
     ``"torchscript"`` (a zip with ``code/``), ``"torch"`` (another zip, or torch's legacy
     pickle), ``"hdf5"``, ``"text"`` or ``"unknown"``."""
@@ -85,8 +85,8 @@ def _to_numpy(obj: Any) -> Any:
 
 
 def save_checkpoint(
-    path: Union[str, os.PathLike], model: EnergyModel, *, config: Optional[dict] = None,
-    step: int = 0, optimizer_state: Optional[dict] = None, extra: Optional[dict] = None,
+    path: str | os.PathLike, model: EnergyModel, *, config: dict | None = None,
+    step: int = 0, optimizer_state: dict | None = None, extra: dict | None = None,
 ) -> None:
     """Write a checkpoint atomically (temp file + rename): a crash never leaves a torn file."""
     model = _unwrap(model)
@@ -102,7 +102,7 @@ def save_checkpoint(
         torch.save(payload, tmp)
 
 
-def load_checkpoint(path: Union[str, os.PathLike]) -> tuple[EnergyModel, dict]:
+def load_checkpoint(path: str | os.PathLike) -> tuple[EnergyModel, dict]:
     """Load a checkpoint (``weights_only=True``): the model and the raw payload."""
     path = Path(path)
     if not path.exists():
@@ -130,7 +130,7 @@ def _unwrap(model: torch.nn.Module) -> EnergyModel:
     return getattr(model, "module", model)  # DDP wrapper
 
 
-def freeze(model: EnergyModel, path: Union[str, os.PathLike], config: Optional[dict] = None) -> None:
+def freeze(model: EnergyModel, path: str | os.PathLike, config: dict | None = None) -> None:
     """Write a self-contained TorchScript model that needs no training code to run."""
     model = _unwrap(model)
     was_training = model.training
@@ -148,7 +148,7 @@ def freeze(model: EnergyModel, path: Union[str, os.PathLike], config: Optional[d
         torch.jit.save(scripted, str(tmp), _extra_files={FROZEN_META: json.dumps(meta)})
 
 
-def load_frozen(path: Union[str, os.PathLike], device: Union[str, torch.device] = "cpu"):
+def load_frozen(path: str | os.PathLike, device: str | torch.device = "cpu"):
     """Load a frozen ``.pth`` model: the TorchScript module and its metadata."""
     extra = {FROZEN_META: ""}
     if not Path(path).exists():
@@ -165,7 +165,7 @@ def load_frozen(path: Union[str, os.PathLike], device: Union[str, torch.device] 
     return module, meta
 
 
-def load_model(path: Union[str, os.PathLike], device: Union[str, torch.device] = "cpu"):
+def load_model(path: str | os.PathLike, device: str | torch.device = "cpu"):
     """Load any supported model file for evaluation.
 
     Returns:
@@ -193,7 +193,7 @@ def load_model(path: Union[str, os.PathLike], device: Union[str, torch.device] =
     return model, meta
 
 
-def load_energy_model(path: Union[str, os.PathLike]) -> tuple[EnergyModel, Optional[dict]]:
+def load_energy_model(path: str | os.PathLike) -> tuple[EnergyModel, dict | None]:
     """Load an editable (non-TorchScript) model from a checkpoint or ``.dp`` file.
 
     Returns the model and the training config stored with it (None for ``.dp``).

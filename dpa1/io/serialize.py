@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import datetime
 import os
-from typing import Any, Optional
+from typing import Any
 
 import numpy as np
 import torch
@@ -25,7 +25,7 @@ from dpa1.model.network import EmbeddingNet, Layer, LayerNorm, dtype_name
 DESCRIPTOR_TYPES = ("dpa1", "se_atten", "se_atten_v2")
 
 
-def _np(t: Optional[torch.Tensor]) -> Optional[np.ndarray]:
+def _np(t: torch.Tensor | None) -> np.ndarray | None:
     return None if t is None else t.detach().cpu().numpy().copy()
 
 
@@ -83,7 +83,7 @@ def net_from_dict(net: EmbeddingNet, data: dict, what: str) -> None:
     layers = data["layers"]
     if len(layers) != len(net.layers):
         raise ValueError(f"{what}: expected {len(net.layers)} layers, file has {len(layers)}")
-    for k, (layer, ld) in enumerate(zip(net.layers, layers)):
+    for k, (layer, ld) in enumerate(zip(net.layers, layers, strict=True)):
         layer_from_dict(layer, ld, f"{what}.layers[{k}]")
 
 
@@ -207,7 +207,7 @@ def descriptor_from_dict(data: dict) -> DescrptDPA1:
     att = data["attention_layers"]["attention_layers"]
     if len(att) != desc.attn_layer:
         raise ValueError(f"descriptor.attention_layers: expected {desc.attn_layer} layers, file has {len(att)}")
-    for k, (layer, ld) in enumerate(zip(desc.attention.layers, att)):
+    for k, (layer, ld) in enumerate(zip(desc.attention.layers, att, strict=True)):
         what = f"descriptor.attention_layers[{k}]"
         layer_from_dict(layer.in_proj, ld["attention_layer"]["in_proj"], what + ".in_proj")
         layer_from_dict(layer.out_proj, ld["attention_layer"]["out_proj"], what + ".out_proj")
@@ -321,7 +321,7 @@ def load_dp_model(path: str | os.PathLike) -> tuple[EnergyModel, dict]:
     return model, data
 
 
-def min_nbor_dist_of(data: dict) -> Optional[float]:
+def min_nbor_dist_of(data: dict) -> float | None:
     """A ``.dp`` file's ``min_nbor_dist``: in the top-level ``@variables`` (DeePMD-kit's
     writers), else a key of the model section; None when absent."""
     value = (data.get("@variables") or {}).get("min_nbor_dist")
@@ -337,8 +337,8 @@ def min_nbor_dist_of(data: dict) -> Optional[float]:
 
 
 def save_dp_model(
-    path: str | os.PathLike, model: EnergyModel, model_def_script: Optional[dict] = None,
-    min_nbor_dist: Optional[float] = None,
+    path: str | os.PathLike, model: EnergyModel, model_def_script: dict | None = None,
+    min_nbor_dist: float | None = None,
 ) -> None:
     """Write ``model`` as a DeePMD-kit ``.dp`` (or ``.yaml``) file; ``min_nbor_dist``
     defaults to the model's."""

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Optional
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -77,7 +75,7 @@ class _BmmNT(torch.autograd.Function):
         return torch.bmm(a, b.transpose(-1, -2))
 
     @staticmethod
-    def backward(ctx, g: Tensor) -> tuple[Optional[Tensor], Optional[Tensor]]:
+    def backward(ctx, g: Tensor) -> tuple[Tensor | None, Tensor | None]:
         a, b = ctx.saved_tensors
         ga = torch.bmm(g, b) if ctx.needs_input_grad[0] else None
         gb = torch.bmm(g.transpose(-1, -2), a) if ctx.needs_input_grad[1] else None
@@ -103,8 +101,8 @@ class _AttentionStack(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, g: Tensor, w: Tensor, direction: Tensor, key_log_weight: Optional[Tensor],
-                stack: "NeighborGatedAttention"):
+    def forward(ctx, g: Tensor, w: Tensor, direction: Tensor, key_log_weight: Tensor | None,
+                stack: NeighborGatedAttention):
         layer0 = stack.layers[0]
         empty = g.new_empty(0)
         u = direction.detach().contiguous() if layer0.dotr else empty
@@ -153,12 +151,12 @@ class GatedAttentionLayer(nn.Module):
         do_mask: bool,
         scaling_factor: float,
         normalize: bool,
-        temperature: Optional[float],
+        temperature: float | None,
         smooth: bool,
         trainable_ln: bool,
         ln_eps: float,
         dtype: torch.dtype,
-        generator: Optional[torch.Generator] = None,
+        generator: torch.Generator | None = None,
     ) -> None:
         super().__init__()
         self.embed_dim = embed_dim
@@ -248,7 +246,7 @@ class NeighborGatedAttention(nn.Module):
         self.native_group = 8
 
     def forward(
-        self, g: Tensor, mask: Tensor, sw: Tensor, direction: Tensor, key_log_weight: Optional[Tensor] = None
+        self, g: Tensor, mask: Tensor, sw: Tensor, direction: Tensor, key_log_weight: Tensor | None = None
     ) -> Tensor:
         """Apply all layers.
 

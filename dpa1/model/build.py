@@ -7,14 +7,14 @@ needs data: see :mod:`dpa1.data.stats`).
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any
 
 from dpa1.model.descriptor import DescrptDPA1
 from dpa1.model.fitting import EnergyFitting
 from dpa1.model.model import EnergyModel
 
 
-def build_model(model_cfg: dict[str, Any], sel: Optional[int] = None) -> EnergyModel:
+def build_model(model_cfg: dict[str, Any], sel: int | None = None) -> EnergyModel:
     """Create a freshly initialised model.
 
     Args:

@@ -10,8 +10,6 @@ For centre ``i`` with neighbour slots ``j = 1..N_c``:
 
 from __future__ import annotations
 
-from typing import Optional, Tuple
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -58,7 +56,7 @@ class DescrptDPA1(nn.Module):
         resnet_dt: bool,
         scaling_factor: float,
         normalize: bool,
-        temperature: Optional[float],
+        temperature: float | None,
         trainable_ln: bool,
         ln_eps: float,
         smooth_type_embedding: bool,
@@ -66,13 +64,13 @@ class DescrptDPA1(nn.Module):
         concat_output_tebd: bool,
         use_econf_tebd: bool,
         use_tebd_bias: bool,
-        type_map: Optional[list[str]],
+        type_map: list[str] | None,
         precision: str,
         exclude_types: list[list[int]],
         env_protection: float,
         descriptor_type: str = "dpa1",
         trainable: bool = True,
-        seed: Optional[int] = None,
+        seed: int | None = None,
     ) -> None:
         super().__init__()
         if rcut_smth >= rcut:
@@ -117,7 +115,7 @@ class DescrptDPA1(nn.Module):
         net = dict(activation_function=activation_function, resnet_dt=resnet_dt, dtype=dtype,
                    generator=gen, trainable=trainable)
         self.embedding = EmbeddingNet(1 if self.strip else 1 + type_width, neuron, **net)
-        self.embedding_strip: Optional[EmbeddingNet] = (
+        self.embedding_strip: EmbeddingNet | None = (
             EmbeddingNet(type_width, neuron, **net) if self.strip else None
         )
         self.attention = NeighborGatedAttention(
@@ -194,7 +192,7 @@ class DescrptDPA1(nn.Module):
 
     def trim(
         self, rij: Tensor, nei_mask: Tensor, nei_type: Tensor
-    ) -> Tuple[Tensor, Tensor, Tensor, Optional[Tensor], Optional[Tensor]]:
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor | None, Tensor | None]:
         """Exact padding trimming: ``(rij, nei_mask, nei_type)`` cut to the slots in use plus one
         padding slot standing for the rest, and the slots' weights and their logs (None when
         nothing is cut).
@@ -220,7 +218,7 @@ class DescrptDPA1(nn.Module):
         """``(nf, nloc, nnei)`` κ: false on pairs of ``exclude_types``, true on padding."""
         return self.keep[atype.unsqueeze(-1), torch.where(nei_mask, nei_type, self.ntypes)]
 
-    def type_inputs(self, nei_type: Tensor, atype: Tensor) -> Tuple[Tensor, Tensor]:
+    def type_inputs(self, nei_type: Tensor, atype: Tensor) -> tuple[Tensor, Tensor]:
         """The embedding net's type columns ``(nf, nloc, nnei, nt or 2·nt)`` (after σ) and the
         centres' type embedding ``(nf, nloc, nt)``."""
         table = self.type_embedding()  # (ntypes + 1, nt)

@@ -15,8 +15,6 @@ and its biases (:class:`~dpa1.model.fitting.EnergyFitting`).
 
 from __future__ import annotations
 
-from typing import Optional
-
 import torch
 from torch import Tensor
 
@@ -52,7 +50,7 @@ def applies(model, rij: Tensor) -> bool:
 
 def fitted_energy(
     model, rij: Tensor, nei_mask: Tensor, nei_type: Tensor, atype: Tensor,
-    fparam: Optional[Tensor], aparam: Optional[Tensor],
+    fparam: Tensor | None, aparam: Tensor | None,
 ) -> Tensor:
     """``model.fitting(model.descriptor(rij, …), …)``: atomic energies ``(nf, nloc)`` in float64,
     differentiable once along ``rij (nf, nloc, nnei, 3)``."""

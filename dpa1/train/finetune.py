@@ -8,7 +8,6 @@ get fresh type-embedding rows and neutral statistics, to be filled from the new 
 from __future__ import annotations
 
 import copy
-from typing import Optional
 
 import numpy as np
 
@@ -17,7 +16,7 @@ def _remap_pairs(pairs: list, index: dict[int, int]) -> list:
     return [[index[a], index[b]] for a, b in pairs if a in index and b in index]
 
 
-def change_type_map(model_dict: dict, new_type_map: list[str], seed: Optional[int] = None) -> tuple[dict, list[int]]:
+def change_type_map(model_dict: dict, new_type_map: list[str], seed: int | None = None) -> tuple[dict, list[int]]:
     """Return ``(new_model_dict, new_type_indices)``.
 
     Raises:

@@ -14,9 +14,8 @@ import logging
 import math
 import time
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
-import numpy as np
 import torch
 
 from dpa1.data import stats as dstats
@@ -38,6 +37,10 @@ from dpa1.train.lr import ExpDecayLR
 from dpa1.train.progress import TrainProgress
 
 log = logging.getLogger("dpa1.train")
+
+# the defaults of Trainer(device=..., dist_info=...): one process on the CPU
+_CPU = torch.device("cpu")
+_SINGLE_PROCESS = DistInfo()
 
 
 def _resolve_paths(systems: Any, base: Path) -> list[str]:
@@ -83,11 +86,11 @@ class Trainer:
         out_dir: Path,
         *,
         input_dir: Path = Path("."),
-        restart: Optional[Path] = None,
-        init_model: Optional[Path] = None,
-        finetune: Optional[Path] = None,
-        device: torch.device = torch.device("cpu"),
-        dist_info: DistInfo = DistInfo(),
+        restart: Path | None = None,
+        init_model: Path | None = None,
+        finetune: Path | None = None,
+        device: torch.device = _CPU,
+        dist_info: DistInfo = _SINGLE_PROCESS,
         skip_neighbor_stat: bool = False,
     ) -> None:
         self.config = config
@@ -134,8 +137,8 @@ class Trainer:
 
         # === model ===
         self.start_step = 0
-        self.sampler_state: Optional[dict] = None
-        self.valid_sampler_state: Optional[dict] = None
+        self.sampler_state: dict | None = None
+        self.valid_sampler_state: dict | None = None
         optimizer_state = None
         if restart is not None:
             model, payload = load_checkpoint(restart)
@@ -174,7 +177,7 @@ class Trainer:
             settings = [{k: v for k, v in g.items() if k != "params"}
                         for g in self.optimizer.param_groups]
             self.optimizer.load_state_dict(optimizer_state)
-            for group, setting in zip(self.optimizer.param_groups, settings):
+            for group, setting in zip(self.optimizer.param_groups, settings, strict=True):
                 group.update(setting)
         if self.sampler_state is not None:
             self.sampler.load_state_dict(self.sampler_state)
@@ -236,7 +239,7 @@ class Trainer:
                 log.info("statistics computed and saved to %s", cache.path)
         return model
 
-    def _stat_file(self, model: EnergyModel) -> Optional[StatFile]:
+    def _stat_file(self, model: EnergyModel) -> StatFile | None:
         """The ``training.stat_file`` cache for ``model`` (relative to the output directory),
         or None."""
         tcfg = self.config["training"]
@@ -291,7 +294,7 @@ class Trainer:
         return model
 
     def _input_network(self, weights: EnergyModel, path: Path, mode: str,
-                       saved: Optional[dict]) -> EnergyModel:
+                       saved: dict | None) -> EnergyModel:
         """The input's network (it defines what is trained and what out.json records) with
         the parameters and statistics of ``weights``; they must have the same shapes."""
         desc = self.config["model"]["descriptor"]
@@ -316,7 +319,7 @@ class Trainer:
         return model
 
     # === the loop =============================================================================
-    def _validate(self, lr: float) -> Optional[dict[str, float]]:
+    def _validate(self, lr: float) -> dict[str, float] | None:
         if self.valid_sampler is None:
             return None
         self.model.eval()
@@ -439,7 +442,7 @@ def _log_scalars(board: Any, step: int, values: dict[str, float]) -> None:
         board.add_scalar(f"Default/{key}", value, step)
 
 
-def _recorded_model_section(saved: dict) -> Optional[dict]:
+def _recorded_model_section(saved: dict) -> dict | None:
     """The normalised ``model`` section a checkpoint recorded, or None if it has none (or one
     this version cannot read)."""
     section = saved.get("model") if isinstance(saved, dict) else None
