@@ -297,7 +297,9 @@ def test_native_bookkeeping_equals_numpy(kind: str, monkeypatch: pytest.MonkeyPa
     from dpa1.model.native import native_ops
 
     if not native_ops():
-        pytest.skip("the C++ ops are not built here (test_tuned_paths requires them where a compiler is)")
+        pytest.skip(
+            "the C++ ops are not built here (test_tuned_paths requires them where a compiler is)"
+        )
     rng = np.random.default_rng(21)
     cases = [_random_frame(rng, kind, n, n_virtual=v) for n, v in ((40, 0), (25, 5))]
     if kind != "nopbc":  # equal distances everywhere: ties are kept in pair order
@@ -368,8 +370,14 @@ def test_pair_search_survives_grids_vesin_cannot_bin() -> None:
     elongated for the grid is a one-line error."""
     root = Path(__file__).resolve().parents[1]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(root)}
-    run = subprocess.run([sys.executable, "-c", _GRID_SCRIPT], cwd=root, env=env,
-                         capture_output=True, text=True, timeout=600)
+    run = subprocess.run(
+        [sys.executable, "-c", _GRID_SCRIPT],
+        cwd=root,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert run.returncode == 0, run.stderr[-2000:]
     out = json.loads(run.stdout)
     for name in ("far_1e6", "far_1e9", "sheet", "chain"):

@@ -42,7 +42,9 @@ def run(args: argparse.Namespace) -> int:
     axes[-1].set_xlabel("step")
     fig.tight_layout()
     with atomic_path(args.output) as tmp:
-        fig.savefig(tmp, format=args.output.rsplit(".", 1)[-1] if "." in args.output else "png", dpi=120)
+        fig.savefig(
+            tmp, format=args.output.rsplit(".", 1)[-1] if "." in args.output else "png", dpi=120
+        )
     plt.close(fig)
     print(f"wrote {args.output}")
     return 0

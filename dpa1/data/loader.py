@@ -291,19 +291,24 @@ class SystemSampler:
         then starts afresh (with a warning).
         """
         if len(state["streams"]) != len(self._streams):
-            raise ValueError(f"sampler state has {len(state['streams'])} systems, this run has "
-                             f"{len(self._streams)}: restart with the same training systems")
+            raise ValueError(
+                f"sampler state has {len(state['streams'])} systems, this run has "
+                f"{len(self._streams)}: restart with the same training systems"
+            )
         now = ([s.nframes for s in self.systems], list(self.batch_sizes))
         saved = (list(state.get("nframes", now[0])), list(state.get("batch_sizes", now[1])))
         if now != saved:
             raise ValueError(
                 f"the sampler state was saved for systems with nframes {saved[0]} and batch sizes "
-                f"{saved[1]}, but the data now give {now[0]} and {now[1]}")
+                f"{saved[1]}, but the data now give {now[0]} and {now[1]}"
+            )
         where = (state.get("rank", self.rank), state.get("world_size", self.world_size))
         if where != (self.rank, self.world_size):
             warnings.warn(
                 f"sampler state saved on rank {where[0]} of {where[1]}, restored on rank "
-                f"{self.rank} of {self.world_size}: sampling starts afresh", stacklevel=2)
+                f"{self.rank} of {self.world_size}: sampling starts afresh",
+                stacklevel=2,
+            )
             return
         _set_rng_state(self._choice_rng, state["choice_rng"])
         for stream, st in zip(self._streams, state["streams"], strict=True):
@@ -333,8 +338,11 @@ class _FrameStream:
         return idx
 
     def state_dict(self) -> dict[str, Any]:
-        return {"rng": _rng_state(self.rng), "order": torch.from_numpy(self.order.copy()),
-                "pos": self.pos}
+        return {
+            "rng": _rng_state(self.rng),
+            "order": torch.from_numpy(self.order.copy()),
+            "pos": self.pos,
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         _set_rng_state(self.rng, state["rng"])
@@ -359,14 +367,19 @@ def _seed_words(seed: int) -> list[int]:
 def _rng_state(rng: np.random.Generator) -> dict[str, Any]:
     # PCG64 state words exceed 64 bits: keep them as decimal strings (weights_only-safe).
     st = rng.bit_generator.state
-    return {"bit_generator": st["bit_generator"], "state": str(st["state"]["state"]),
-            "inc": str(st["state"]["inc"]), "has_uint32": int(st["has_uint32"]),
-            "uinteger": int(st["uinteger"])}
+    return {
+        "bit_generator": st["bit_generator"],
+        "state": str(st["state"]["state"]),
+        "inc": str(st["state"]["inc"]),
+        "has_uint32": int(st["has_uint32"]),
+        "uinteger": int(st["uinteger"]),
+    }
 
 
 def _set_rng_state(rng: np.random.Generator, saved: dict[str, Any]) -> None:
     rng.bit_generator.state = {
         "bit_generator": saved["bit_generator"],
         "state": {"state": int(saved["state"]), "inc": int(saved["inc"])},
-        "has_uint32": saved["has_uint32"], "uinteger": saved["uinteger"],
+        "has_uint32": saved["has_uint32"],
+        "uinteger": saved["uinteger"],
     }

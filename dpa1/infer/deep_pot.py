@@ -135,9 +135,16 @@ class DeepPot:
         outs: dict[str, list[np.ndarray]] = {}
         for start in range(0, nf, self.batch_frames):
             sl = slice(start, start + self.batch_frames)
-            res = self._eval_batch(coords[sl], atype[sl], None if box is None else box[sl],
-                                   None if fp is None else fp[sl],
-                                   None if ap is None else ap[sl], atomic, start, nf)
+            res = self._eval_batch(
+                coords[sl],
+                atype[sl],
+                None if box is None else box[sl],
+                None if fp is None else fp[sl],
+                None if ap is None else ap[sl],
+                atomic,
+                start,
+                nf,
+            )
             for k, v in res.items():
                 outs.setdefault(k, []).append(v)
         out = {k: np.concatenate(v) for k, v in outs.items()}
@@ -146,15 +153,17 @@ class DeepPot:
             result += (out["atom_energy"], out["atom_virial"])
         return result
 
-    def _eval_batch(self, coord, atype, box, fparam, aparam, atomic, first: int, nf: int
-                    ) -> dict[str, np.ndarray]:
+    def _eval_batch(
+        self, coord, atype, box, fparam, aparam, atomic, first: int, nf: int
+    ) -> dict[str, np.ndarray]:
         dev, dt = self.device, self._dtype
         coord_t = torch.as_tensor(coord, dtype=dt, device=dev)
         atype_t = torch.as_tensor(np.array(atype, dtype=np.int64), device=dev)
         box_t = None if box is None else torch.as_tensor(box, dtype=dt, device=dev)
         summary: list[PairSummary] = []
         ext_coord, ext_atype, mapping, nlist = build_extended_system(
-            coord_t, atype_t, box_t, self.get_rcut(), int(self.meta["sel"]), summary)
+            coord_t, atype_t, box_t, self.get_rcut(), int(self.meta["sel"]), summary
+        )
         self._check_pairs(summary, first, nf)
         fp_t = None if fparam is None else torch.as_tensor(fparam, dtype=dt, device=dev)
         ap_t = None if aparam is None else torch.as_tensor(aparam, dtype=dt, device=dev)
@@ -163,8 +172,9 @@ class DeepPot:
         return {k: out[k].detach().cpu().numpy() for k in keys}
 
     @contextlib.contextmanager
-    def naming(self, where: str, first_frame: int = 0,
-               atom_index: np.ndarray | None = None) -> Iterator[None]:
+    def naming(
+        self, where: str, first_frame: int = 0, atom_index: np.ndarray | None = None
+    ) -> Iterator[None]:
         """Within the block, overlap errors and geometry warnings name the source ``where``,
         count frames from ``first_frame`` and number atoms by ``atom_index`` (evaluated atom
         ``k`` is the caller's ``atom_index[k]``): for callers that evaluate a system in
@@ -190,23 +200,33 @@ class DeepPot:
             frame = f"frame {first_frame + f}" if nf > 1 or where else ""
             place = ", ".join(x for x in (where, frame) if x)
             place = f"{place}: " if place else ""
-            i, j, busiest = (s.i, s.j, s.busiest) if index is None else (
-                int(index[s.i]), int(index[s.j]), int(index[s.busiest]))
+            i, j, busiest = (
+                (s.i, s.j, s.busiest)
+                if index is None
+                else (int(index[s.i]), int(index[s.j]), int(index[s.busiest]))
+            )
             pair = f"atoms {min(i, j)} and {max(i, j)}" + (" (a periodic image)" if s.image else "")
             if overlap:
-                raise OverlapError(f"{place}{pair} are {s.d:.3g} Å apart, on one position: "
-                                   "energy and forces are undefined; remove the duplicated atom")
+                raise OverlapError(
+                    f"{place}{pair} are {s.d:.3g} Å apart, on one position: "
+                    "energy and forces are undefined; remove the duplicated atom"
+                )
             if close:
                 self._warned.add("close")
-                warnings.warn(f"{place}{pair} are {s.d:.4g} Å apart, closer than any pair in "
-                              f"the model's training data (min_nbor_dist {mnd:.4g} Å): the "
-                              "prediction is an extrapolation", stacklevel=4)
+                warnings.warn(
+                    f"{place}{pair} are {s.d:.4g} Å apart, closer than any pair in "
+                    f"the model's training data (min_nbor_dist {mnd:.4g} Å): the "
+                    "prediction is an extrapolation",
+                    stacklevel=4,
+                )
             if crowded:
                 self._warned.add("sel")
-                warnings.warn(f"{place}atom {busiest} has {s.count} neighbours within "
-                              f"rcut {rcut:g} Å, more than the model's sel {sel}: the farthest "
-                              f"{s.count - sel} are ignored, so energy and forces are approximate",
-                              stacklevel=4)
+                warnings.warn(
+                    f"{place}atom {busiest} has {s.count} neighbours within "
+                    f"rcut {rcut:g} Å, more than the model's sel {sel}: the farthest "
+                    f"{s.count - sel} are ignored, so energy and forces are approximate",
+                    stacklevel=4,
+                )
 
 
 class OverlapError(ValueError):

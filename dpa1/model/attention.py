@@ -101,17 +101,34 @@ class _AttentionStack(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, g: Tensor, w: Tensor, direction: Tensor, key_log_weight: Tensor | None,
-                stack: NeighborGatedAttention):
+    def forward(
+        ctx,
+        g: Tensor,
+        w: Tensor,
+        direction: Tensor,
+        key_log_weight: Tensor | None,
+        stack: NeighborGatedAttention,
+    ):
         layer0 = stack.layers[0]
         empty = g.new_empty(0)
         u = direction.detach().contiguous() if layer0.dotr else empty
-        lw = key_log_weight.detach().contiguous() if key_log_weight is not None and layer0.smooth else empty
+        lw = (
+            key_log_weight.detach().contiguous()
+            if key_log_weight is not None and layer0.smooth
+            else empty
+        )
         w = w.detach().contiguous()
         params = [t for layer in stack.layers for t in layer.native_params()]
         config = (layer0.scaling, layer0.normalize, layer0.smooth, layer0.do_mask)
         out, *saved = torch.ops.dpa1.attention_stack(
-            g.detach().contiguous(), w, u, lw, params, *config, layer0.layer_norm.eps, stack.native_group,
+            g.detach().contiguous(),
+            w,
+            u,
+            lw,
+            params,
+            *config,
+            layer0.layer_norm.eps,
+            stack.native_group,
         )
         ctx.save_for_backward(w, u, lw, *params, *saved)
         ctx.nparams = len(params)
@@ -122,8 +139,10 @@ class _AttentionStack(torch.autograd.Function):
     def backward(ctx, grad: Tensor):
         refuse_second_derivative("attention")
         w, u, lw, *rest = ctx.saved_tensors
-        params, saved = rest[: ctx.nparams], rest[ctx.nparams:]
-        dg, dw, du = torch.ops.dpa1.attention_stack_backward(grad, w, u, lw, params, saved, *ctx.config)
+        params, saved = rest[: ctx.nparams], rest[ctx.nparams :]
+        dg, dw, du = torch.ops.dpa1.attention_stack_backward(
+            grad, w, u, lw, params, saved, *ctx.config
+        )
         need = ctx.needs_input_grad
         smooth, dotr = ctx.config[2], u.numel() > 0
         return (
@@ -246,7 +265,12 @@ class NeighborGatedAttention(nn.Module):
         self.native_group = 8
 
     def forward(
-        self, g: Tensor, mask: Tensor, sw: Tensor, direction: Tensor, key_log_weight: Tensor | None = None
+        self,
+        g: Tensor,
+        mask: Tensor,
+        sw: Tensor,
+        direction: Tensor,
+        key_log_weight: Tensor | None = None,
     ) -> Tensor:
         """Apply all layers.
 

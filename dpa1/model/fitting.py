@@ -83,7 +83,9 @@ class EnergyFitting(nn.Module):
             x = torch.cat([x] + extra, dim=-1)
         return self.finish(self.net(x).squeeze(-1), extra, atype)
 
-    def extra_inputs(self, nf: int, nloc: int, fparam: Tensor | None, aparam: Tensor | None) -> list[Tensor]:
+    def extra_inputs(
+        self, nf: int, nloc: int, fparam: Tensor | None, aparam: Tensor | None
+    ) -> list[Tensor]:
         """The network's inputs after the descriptor: normalised ``fparam`` and ``aparam``,
         each ``(nf, nloc, width)`` (none of them depends on the coordinates)."""
         parts: list[Tensor] = []

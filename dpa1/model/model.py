@@ -199,7 +199,9 @@ class EnergyModel(nn.Module):
             slot = torch.arange(1, nnei + 1, device=nlist.device)
             order = torch.argsort(torch.where(mask, slot, 0).amax(dim=-1), dim=1)
             rij_b, mask_b, type_b = (
-                _take_centres(rij, order), _take_centres(mask, order), _take_centres(nei_type, order)
+                _take_centres(rij, order),
+                _take_centres(mask, order),
+                _take_centres(nei_type, order),
             )
             atype_b, real_b = _take_centres(atype, order), _take_centres(real, order)
             if aparam is not None:
@@ -211,12 +213,15 @@ class EnergyModel(nn.Module):
         starts = list(range(0, nloc, chunk))
         if workers > 1:
             if not torch.jit.is_scripting():  # (workers is 1 in TorchScript)
-                blocks = self._blocks_threaded(starts, chunk, workers, rij_b, mask_b, type_b, atype_b, real_b,
-                                               fparam, aparam)
+                blocks = self._blocks_threaded(
+                    starts, chunk, workers, rij_b, mask_b, type_b, atype_b, real_b, fparam, aparam
+                )
                 energies, grads = [b[0] for b in blocks], [b[1] for b in blocks]
         else:
             for start in starts:
-                e_c, g_c = self._block(start, chunk, rij_b, mask_b, type_b, atype_b, real_b, fparam, aparam)
+                e_c, g_c = self._block(
+                    start, chunk, rij_b, mask_b, type_b, atype_b, real_b, fparam, aparam
+                )
                 energies.append(e_c)
                 grads.append(g_c)
         atom_energy = torch.cat(energies, dim=1) if len(energies) > 1 else energies[0]
@@ -232,7 +237,9 @@ class EnergyModel(nn.Module):
         local_force = g.sum(dim=2)
         ext_force = torch.cat([ext_force[:, :nloc] + local_force, ext_force[:, nloc:]], dim=1)
         map3 = mapping.unsqueeze(-1).expand(-1, -1, 3)
-        force = torch.zeros(nf, nloc, 3, dtype=g.dtype, device=g.device).scatter_add(1, map3, ext_force)
+        force = torch.zeros(nf, nloc, 3, dtype=g.dtype, device=g.device).scatter_add(
+            1, map3, ext_force
+        )
 
         # V[3k+j] = −Σ g_k r_j, one (3 × nloc·nnei)·(nloc·nnei × 3) product per frame
         g_flat, r_flat = g.reshape(nf, -1, 3), rij.reshape(nf, -1, 3)
@@ -252,14 +259,22 @@ class EnergyModel(nn.Module):
                 1, idx.reshape(nf, -1, 1).expand(-1, -1, 9), pair_virial.reshape(nf, -1, 9)
             )
             out["extended_virial"] = ext_virial
-            out["atom_virial"] = torch.zeros(nf, nloc, 9, dtype=g.dtype, device=g.device).scatter_add(
-                1, map9, ext_virial
-            )
+            out["atom_virial"] = torch.zeros(
+                nf, nloc, 9, dtype=g.dtype, device=g.device
+            ).scatter_add(1, map9, ext_virial)
         return out
 
     def _block(
-        self, start: int, chunk: int, rij: Tensor, mask: Tensor, nei_type: Tensor, atype: Tensor, real: Tensor,
-        fparam: Tensor | None, aparam: Tensor | None,
+        self,
+        start: int,
+        chunk: int,
+        rij: Tensor,
+        mask: Tensor,
+        nei_type: Tensor,
+        atype: Tensor,
+        real: Tensor,
+        fparam: Tensor | None,
+        aparam: Tensor | None,
     ) -> tuple[Tensor, Tensor]:
         """:meth:`_energy_and_grad` of centres ``start : start + chunk`` (of every frame)."""
         end = start + chunk
@@ -267,27 +282,50 @@ class EnergyModel(nn.Module):
         if aparam is not None:
             ap = aparam[:, start:end]
         return self._energy_and_grad(
-            rij[:, start:end], mask[:, start:end], nei_type[:, start:end], atype[:, start:end], real[:, start:end],
-            fparam, ap,
+            rij[:, start:end],
+            mask[:, start:end],
+            nei_type[:, start:end],
+            atype[:, start:end],
+            real[:, start:end],
+            fparam,
+            ap,
         )
 
     @torch.jit.unused
     def _blocks_threaded(
-        self, starts: list[int], chunk: int, workers: int, rij: Tensor, mask: Tensor, nei_type: Tensor,
-        atype: Tensor, real: Tensor, fparam: Tensor | None, aparam: Tensor | None,
+        self,
+        starts: list[int],
+        chunk: int,
+        workers: int,
+        rij: Tensor,
+        mask: Tensor,
+        nei_type: Tensor,
+        atype: Tensor,
+        real: Tensor,
+        fparam: Tensor | None,
+        aparam: Tensor | None,
     ) -> list[tuple[Tensor, Tensor]]:
         """:meth:`_block` of every start in ``starts``, on ``workers`` threads (block_pool.py)."""
         # The blocks are in order of increasing width (cost ~ width²): handing out the widest
         # first lets the threads finish together (longest-processing-time-first scheduling).
         blocks = map_blocks(
-            lambda start: self._block(start, chunk, rij, mask, nei_type, atype, real, fparam, aparam),
-            starts[::-1], workers,
+            lambda start: self._block(
+                start, chunk, rij, mask, nei_type, atype, real, fparam, aparam
+            ),
+            starts[::-1],
+            workers,
         )
         return blocks[::-1]
 
     def _energy_and_grad(
-        self, rij: Tensor, mask: Tensor, nei_type: Tensor, atype: Tensor, real: Tensor,
-        fparam: Tensor | None, aparam: Tensor | None,
+        self,
+        rij: Tensor,
+        mask: Tensor,
+        nei_type: Tensor,
+        atype: Tensor,
+        real: Tensor,
+        fparam: Tensor | None,
+        aparam: Tensor | None,
     ) -> tuple[Tensor, Tensor]:
         """Atomic energies ``(nf, n)`` of a block of centres and ``g = ∂E/∂r_ij (nf, n, nnei, 3)``."""
         # Forces come from autograd: callers must not wrap the model in torch.no_grad()
@@ -298,7 +336,9 @@ class EnergyModel(nn.Module):
         atom_energy = torch.where(real, atom_energy, torch.zeros_like(atom_energy))
         esum = atom_energy.sum(dim=1, keepdim=True)
         if not esum.requires_grad:
-            raise RuntimeError("dpa1 computes forces by autograd: do not call it under torch.no_grad()")
+            raise RuntimeError(
+                "dpa1 computes forces by autograd: do not call it under torch.no_grad()"
+            )
         grad_out: list[Tensor | None] = [torch.ones_like(esum)]
         g = torch.autograd.grad(
             [esum], [rij], grad_outputs=grad_out, create_graph=self.training, allow_unused=True
@@ -315,8 +355,13 @@ class EnergyModel(nn.Module):
         return atom_energy, g
 
     def _fitted_energy(
-        self, rij: Tensor, mask: Tensor, nei_type: Tensor, atype: Tensor,
-        fparam: Tensor | None, aparam: Tensor | None,
+        self,
+        rij: Tensor,
+        mask: Tensor,
+        nei_type: Tensor,
+        atype: Tensor,
+        fparam: Tensor | None,
+        aparam: Tensor | None,
     ) -> Tensor:
         """``fitting(descriptor(rij))``: atomic energies ``(nf, n)`` before the output bias."""
         if not torch.jit.is_scripting():

@@ -174,7 +174,11 @@ def overlap_distance(rcut: float) -> float:
 
 
 def frame_neighbors(
-    coord: np.ndarray, atype: np.ndarray, box: np.ndarray | None, rcut: float, nnei: int,
+    coord: np.ndarray,
+    atype: np.ndarray,
+    box: np.ndarray | None,
+    rcut: float,
+    nnei: int,
     summary: list[PairSummary] | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Extended system of one frame.
@@ -240,7 +244,11 @@ def _summarize(
 
 
 def build_extended_system(
-    coord: Tensor, atype: Tensor, box: Tensor | None, rcut: float, nnei: int,
+    coord: Tensor,
+    atype: Tensor,
+    box: Tensor | None,
+    rcut: float,
+    nnei: int,
     summary: list[PairSummary] | None = None,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Extended coordinates, types, mapping and neighbour list of a batch.
@@ -290,7 +298,9 @@ def format_nlist(ext_coord: Tensor, nlist: Tensor, nnei: int, rcut: float) -> Te
         return torch.cat([nlist, pad], dim=-1)
     mask = nlist >= 0
     idx = nlist.clamp(min=0)
-    xn = torch.gather(ext_coord, 1, idx.reshape(nf, -1, 1).expand(-1, -1, 3)).reshape(nf, nloc, n, 3)
+    xn = torch.gather(ext_coord, 1, idx.reshape(nf, -1, 1).expand(-1, -1, 3)).reshape(
+        nf, nloc, n, 3
+    )
     r = torch.linalg.norm(xn - ext_coord[:, :nloc].unsqueeze(2), dim=-1)
     r = torch.where(mask, r, torch.full_like(r, float("inf")))
     if n > nnei:

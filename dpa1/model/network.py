@@ -267,7 +267,11 @@ class _EmbeddingTangent(torch.autograd.Function):
     def backward(ctx, grad: Tensor) -> tuple[Tensor | None, None, None]:
         refuse_second_derivative("embedding net")
         (dy,) = ctx.saved_tensors
-        d_first = torch.linalg.vecdot(grad.reshape(dy.shape), dy, dim=-1) if ctx.needs_input_grad[0] else None
+        d_first = (
+            torch.linalg.vecdot(grad.reshape(dy.shape), dy, dim=-1)
+            if ctx.needs_input_grad[0]
+            else None
+        )
         return (None if d_first is None else d_first.view(*grad.shape[:-1], 1)), None, None
 
 
@@ -287,15 +291,27 @@ class FittingNet(EmbeddingNet):
         trainable: bool = True,
     ) -> None:
         super().__init__(
-            in_dim, neuron, activation_function=activation_function, resnet_dt=resnet_dt,
-            dtype=dtype, generator=generator, trainable=trainable,
+            in_dim,
+            neuron,
+            activation_function=activation_function,
+            resnet_dt=resnet_dt,
+            dtype=dtype,
+            generator=generator,
+            trainable=trainable,
         )
         self.out_dim = out_dim
         last = neuron[-1] if neuron else in_dim
         self.layers.append(
             Layer(
-                last, out_dim, activation_function="none", bias=True, use_timestep=False,
-                resnet=False, dtype=dtype, generator=generator, trainable=trainable,
+                last,
+                out_dim,
+                activation_function="none",
+                bias=True,
+                use_timestep=False,
+                resnet=False,
+                dtype=dtype,
+                generator=generator,
+                trainable=trainable,
             )
         )
 
