@@ -189,7 +189,9 @@ def to_deepmd(model) -> torch.nn.Module:
     return dpm.to(deepmd_device())
 
 
-def deepmd_train_step(dpm: torch.nn.Module, loss_cfg: dict[str, Any], start_lr: float) -> Callable[..., float]:
+def deepmd_train_step(
+    dpm: torch.nn.Module, loss_cfg: dict[str, Any], start_lr: float
+) -> Callable[..., float]:
     """DeePMD-kit's training step as ``dp --pt train`` runs it: ``EnergyStdLoss`` and Adam
     (betas 0.9/0.999, ``zero_grad(set_to_none=True)``) at a given learning rate.
 
@@ -431,7 +433,8 @@ def gpu_description(dev: torch.device) -> str:
     p = torch.cuda.get_device_properties(dev)
     return (
         f"{torch.cuda.get_device_name(dev)} ({dev}; compute capability {p.major}.{p.minor}, "
-        f"{p.total_memory / 2**30:.1f} GiB, {p.multi_processor_count} SMs; CUDA {torch.version.cuda}; "
+        f"{p.total_memory / 2**30:.1f} GiB, {p.multi_processor_count} SMs; CUDA "
+        f"{torch.version.cuda}; "
         f"float32 matmul precision {torch.get_float32_matmul_precision()!r})"
     )
 
@@ -454,7 +457,8 @@ def machine(device: torch.device | None = None) -> dict[str, str]:
         pass
     out = {
         "cpu": f"{cpu} ({os.cpu_count()} cores visible; {flags})",
-        "threads": f"{torch.get_num_threads()} (OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS')})",
+        "threads": f"{torch.get_num_threads()} "
+        f"(OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS')})",
         "torch": torch.__version__,
         "python": platform.python_version(),
         "deepmd": deepmd_version(),

@@ -210,7 +210,8 @@ def main() -> None:
             ]
         )
     print(
-        f"\n## Model FLOPs per atom (example model; neighbours per atom: mean {cnt.float().mean():.1f}, "
+        "\n## Model FLOPs per atom (example model; neighbours per atom: mean "
+        f"{cnt.float().mean():.1f}, "
         f"max {int(cnt.max())}, sel {d['sel']})\n"
     )
     print(

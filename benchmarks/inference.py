@@ -160,7 +160,8 @@ def worker(argv: list[str]) -> None:
     p.add_argument("--mem-cap-gb", type=float, default=0.0)
     p.add_argument("--eval-chunk", type=int, default=0)
     p.add_argument("--device", default="cpu")
-    p.add_argument("--gpu-mem", action="store_true", help="cuda: peak GPU memory of each implementation")
+    p.add_argument("--gpu-mem", action="store_true",
+                   help="cuda: peak GPU memory of each implementation")
     a = p.parse_args(argv)
     dev = common.resolve_device(a.device)
     cuda = common.is_cuda(dev)
@@ -481,7 +482,8 @@ def main() -> None:
                     ]
                 )
             print(
-                f"# done {variant} {n} ({time.perf_counter() - t_start:.0f} s, load {r.get('load', 0):.1f})",
+                f"# done {variant} {n} ({time.perf_counter() - t_start:.0f} s, load "
+                f"{r.get('load', 0):.1f})",
                 file=sys.stderr,
                 flush=True,
             )
@@ -506,7 +508,8 @@ def main() -> None:
     )
     if par_rows:
         print(
-            "\n## Parity, same weights (max abs difference; energies in eV, forces eV/Å, virial eV)\n"
+            "\n## Parity, same weights (max abs difference; energies in eV, forces eV/Å, "
+            "virial eV)\n"
         )
         print(
             common.table(
@@ -575,9 +578,11 @@ def main() -> None:
             )
     print(common.table(["target", "goal", "measured", "met"], trows))
     print(
-        "\nNotes: 'ours (DeepPot)' is dpa1 as shipped (it blocks centres by EnergyModel.block_atoms "
+        "\nNotes: 'ours (DeepPot)' is dpa1 as shipped (it blocks centres by "
+        "EnergyModel.block_atoms "
         "where that exists; --eval-chunk overrides it); 'ours (chunked)' (--also-chunked) is the "
-        "benchmark's chunked_eval: forward_lower on --chunk centres with a small extended system each. "
+        "benchmark's chunked_eval: forward_lower on --chunk centres with a small extended "
+        "system each. "
         "Ratios use the faster DeePMD path. "
         + (
             "Peak GPU GB: torch.cuda.max_memory_allocated over one warm evaluation (model, inputs "

@@ -157,7 +157,8 @@ def report(workdir: Path, inputs: list[str]) -> bool:
             continue
         by = {(r["code"], r["seed"]): r for r in rows}
         seeds = sorted({r["seed"] for r in rows})
-        print(f"\n## {name} input: held-out data_2 (80 frames); force RMSE eV/Å, energy RMSE meV/atom")
+        print(f"\n## {name} input: held-out data_2 (80 frames); "
+              "force RMSE eV/Å, energy RMSE meV/atom")
         print(f"{'seed':>9s} | {'DeePMD-kit F':>12s} {'E':>7s} | {'dpa1 F':>8s} {'E':>7s}")
         for s in seeds:
             cells = []
@@ -176,7 +177,8 @@ def report(workdir: Path, inputs: list[str]) -> bool:
             e = np.array([by[(code, s)]["rmse_e_mev"] for s in seeds if (code, s) in by])
             stat[code] = (f, e)
             print(
-                f"{code:>10s}: n={f.size}  mean F {f.mean():.4f} (range {f.min():.4f}–{f.max():.4f})  "
+                f"{code:>10s}: n={f.size}  mean F {f.mean():.4f} (range "
+                f"{f.min():.4f}–{f.max():.4f})  "
                 f"mean E {e.mean():.3f} (range {e.min():.3f}–{e.max():.3f})"
             )
         (fo, eo), (fd, ed) = stat["dpa1"], stat["DeePMD-kit"]

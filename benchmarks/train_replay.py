@@ -1,4 +1,5 @@
-"""`dpa1 train` against `dp --pt train` on the very same run, both ways (not a test; needs DeePMD-kit).
+"""`dpa1 train` against `dp --pt train` on the very same run, both ways (not a test; needs
+DeePMD-kit).
 
 **ours → DeePMD-kit** (default): runs our :class:`~dpa1.train.trainer.Trainer` (the whole
 ``dpa1 train`` path: statistics, sampler, learning rate, loss, Adam, validation and

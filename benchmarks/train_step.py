@@ -1,4 +1,4 @@
-"""Training-step benchmark (not a test): seconds per step at batch 1 on 192-atom water.
+r"""Training-step benchmark (not a test): seconds per step at batch 1 on 192-atom water.
 
 One step = forward (energy and forces) + the example's energy/force loss + backward +
 Adam step, for the example model in float64 and float32 and its ``attn_layer 0``
@@ -23,7 +23,8 @@ output says if it is not on it.
 Usage::
 
     python benchmarks/train_step.py [--quick] [--steps 12] [--variants float64,float32,attn0]
-    python benchmarks/train_step.py --variants float64 --steps 100 --budget 1e9 --heldout 20 --no-plain
+    python benchmarks/train_step.py --variants float64 --steps 100 --budget 1e9 --heldout 20 \
+        --no-plain
     python benchmarks/train_step.py --device cuda --steps 30
 """
 
@@ -314,7 +315,8 @@ def main() -> None:
     )
     if cuda:
         print(
-            "\n(peak GPU GB: torch.cuda.max_memory_allocated during one step, the largest over the steps; "
+            "\n(peak GPU GB: torch.cuda.max_memory_allocated during one step, the largest over "
+            "the steps; "
             "each timed step is bracketed by torch.cuda.synchronize())"
         )
     if lrows:

@@ -153,18 +153,22 @@ def main() -> None:
             for name, sps, err in train_both(a, env, Path(tmp), seed):
                 table.append((seed, name, sps, err))
                 print(
-                    f"seed {seed}: {name:12s} {sps:8.3f} s/step  rmse_e/atom {err['rmse_energy_per_atom']:.4e}"
-                    f" (mean {err['mean_energy_per_atom']:+.2e}, std {err['std_energy_per_atom']:.3e})"
+                    f"seed {seed}: {name:12s} {sps:8.3f} s/step  rmse_e/atom "
+                    f"{err['rmse_energy_per_atom']:.4e}"
+                    f" (mean {err['mean_energy_per_atom']:+.2e}, std "
+                    f"{err['std_energy_per_atom']:.3e})"
                     f"  rmse_f {err['rmse_force']:.4e}",
                     flush=True,
                 )
     print(
-        f"\nwater, example model, {a.steps} steps, batch 1, float64, 2 threads; held-out: data_2 (40 frames)"
+        f"\nwater, example model, {a.steps} steps, batch 1, float64, 2 threads; held-out: "
+        "data_2 (40 frames)"
     )
     print(f"{'seed':>5s} {'code':12s} {'s/step':>8s} {'rmse_e/atom':>12s} {'rmse_f':>10s}")
     for seed, name, sps, err in table:
         print(
-            f"{str(seed):>5s} {name:12s} {sps:8.3f} {err['rmse_energy_per_atom']:12.4e} {err['rmse_force']:10.4e}"
+            f"{str(seed):>5s} {name:12s} {sps:8.3f} {err['rmse_energy_per_atom']:12.4e} "
+            f"{err['rmse_force']:10.4e}"
         )
     codes = sorted({name for _, name, _, _ in table})
     for name in codes:
@@ -215,8 +219,10 @@ def compare(rows: list[dict]) -> None:
         se = (se0**2 + se1**2) ** 0.5
         t = (m0 - m1) / se if se > 0 else float("nan")
         print(
-            f"  {key:22s} dpa1 {m0:.4e} ± {se0:.1e} (n={n['dpa1']})   DeePMD-kit {m1:.4e} ± {se1:.1e} "
-            f"(n={n['DeePMD-kit']})   ratio {m0 / m1:.3f}   difference {m0 - m1:+.2e} ± {se:.1e} (t = {t:+.2f})"
+            f"  {key:22s} dpa1 {m0:.4e} ± {se0:.1e} (n={n['dpa1']})   DeePMD-kit {m1:.4e} ± "
+            f"{se1:.1e} "
+            f"(n={n['DeePMD-kit']})   ratio {m0 / m1:.3f}   difference {m0 - m1:+.2e} ± "
+            f"{se:.1e} (t = {t:+.2f})"
         )
 
 

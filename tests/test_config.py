@@ -130,7 +130,8 @@ def test_se_atten_v2(tiny: dict[str, Any]) -> None:
     assert d["tebd_input_mode"] == "strip" and d["smooth_type_embedding"] is True
     for key, value in (("tebd_input_mode", "concat"), ("smooth_type_embedding", False),
                        ("stripped_type_embedding", True)):
-        msg = _error(_edit(tiny, lambda c, key=key, value=value: c["model"]["descriptor"].update({key: value})))
+        msg = _error(_edit(tiny, lambda c, key=key, value=value:
+                           c["model"]["descriptor"].update({key: value})))
         assert f"model.descriptor.{key}:" in msg and "se_atten_v2" in msg
 
 

@@ -199,7 +199,8 @@ def test_lammps_dump_types_follow_type_map(tmp_path: Path, model_files) -> None:
                   "ITEM: BOX BOUNDS pp pp pp", "0 6.3", "0 6.3", "0 6.5",
                   "ITEM: ATOMS id type x y z"]
         lines += [f"{i + 1} {1 if z == 8 else 2} {x:.10f} {y:.10f} {w:.10f}"
-                  for i, (z, (x, y, w)) in enumerate(zip(atoms.numbers, atoms.positions, strict=True))]
+                  for i, (z, (x, y, w))
+                  in enumerate(zip(atoms.numbers, atoms.positions, strict=True))]
     dump = tmp_path / "traj.dump"
     dump.write_text("\n".join(lines) + "\n")
     traj = tmp_path / "traj.traj"

@@ -271,7 +271,8 @@ def test_ghost_images_in_lexicographic_order(kind: str) -> None:
     assert rows.shape[0] > 0 and (shift[nloc:] != 0).any(axis=1).all()
     assert np.array_equal(rows, np.unique(rows, axis=0))
     used = np.unique(nlist[nlist >= nloc])
-    assert np.array_equal(used, np.arange(nloc, mapping.size))  # every ghost is somebody's neighbour
+    # every ghost is somebody's neighbour
+    assert np.array_equal(used, np.arange(nloc, mapping.size))
 
 
 @pytest.mark.parametrize("huge_shift", [False, True])

@@ -193,7 +193,8 @@ def write_standard(
         groups.setdefault((counts, f.box is None), []).append((f, order))
     names = {}
     for counts, nopbc in groups:
-        names[(counts, nopbc)] = "".join(f"{e}{n}" for e, n in zip(type_map, counts, strict=True) if n)
+        parts = zip(type_map, counts, strict=True)
+        names[(counts, nopbc)] = "".join(f"{e}{n}" for e, n in parts if n)
     out = []
     for (counts, nopbc), members in groups.items():
         name = names[(counts, nopbc)]

@@ -254,7 +254,8 @@ class SystemSampler:
         """Statistics sample (§9): per system, the first ``nbatch`` batches of a fresh
         shuffled pass (fewer if the system has fewer), merged into one dict per system."""
         out = []
-        for sid, (sys_, seq) in enumerate(zip(self.systems, self._stat_seq.spawn(self.nsystems), strict=True)):
+        seqs = self._stat_seq.spawn(self.nsystems)
+        for sid, (sys_, seq) in enumerate(zip(self.systems, seqs, strict=True)):
             perm = np.random.default_rng(seq).permutation(sys_.nframes)
             out.append(self._load(sid, perm[: nbatch * self.batch_sizes[sid]]))
         return out

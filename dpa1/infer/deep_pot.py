@@ -131,7 +131,8 @@ class DeepPot:
         atype = np.broadcast_to(atype.reshape(-1, natoms), (nf, natoms))
         box = None if cells is None else np.asarray(cells, dtype=np.float64).reshape(nf, 3, 3)
         fp = None if fparam is None else np.asarray(fparam, dtype=np.float64).reshape(nf, -1)
-        ap = None if aparam is None else np.asarray(aparam, dtype=np.float64).reshape(nf, natoms, -1)
+        ap = (None if aparam is None
+              else np.asarray(aparam, dtype=np.float64).reshape(nf, natoms, -1))
         outs: dict[str, list[np.ndarray]] = {}
         for start in range(0, nf, self.batch_frames):
             sl = slice(start, start + self.batch_frames)

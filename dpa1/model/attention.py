@@ -90,7 +90,8 @@ def _bmm_nt(a: Tensor, b: Tensor) -> Tensor:
 
 
 class _AttentionStack(torch.autograd.Function):
-    """Every layer of a :class:`NeighborGatedAttention` in one C++ op (``csrc/attention_stack.cpp``).
+    """Every layer of a :class:`NeighborGatedAttention` in one C++ op
+    (``csrc/attention_stack.cpp``).
 
     Evaluation only: the backward gives the gradients of ``g``, of the switches (smooth) and of
     the directions (``dotr``), what forces need, not of the parameters, and it is not

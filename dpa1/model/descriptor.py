@@ -21,7 +21,8 @@ from dpa1.model.type_embedding import TypeEmbedding
 
 
 def pair_keep_table(ntypes: int, exclude_types: list[list[int]]) -> Tensor:
-    """``(ntypes, ntypes + 1)`` bool table: pair (t_i, t_j) kept; column ``ntypes`` (padding) kept."""
+    """``(ntypes, ntypes + 1)`` bool table: pair (t_i, t_j) kept; column ``ntypes`` (padding)
+    kept."""
     keep = torch.ones(ntypes, ntypes + 1, dtype=torch.bool)
     for a, b in exclude_types:
         keep[a, b] = False

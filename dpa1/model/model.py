@@ -134,7 +134,9 @@ class EnergyModel(nn.Module):
             ext_coord, ext_atype, mapping, nlist = build_extended_system(
                 coord, atype, box, self.rcut, self.nnei
             )
-        return self.forward_lower(ext_coord, ext_atype, nlist, mapping, fparam, aparam, do_atomic_virial)
+        return self.forward_lower(
+            ext_coord, ext_atype, nlist, mapping, fparam, aparam, do_atomic_virial
+        )
 
     # === the lower interface: an extended system and its neighbour list =====================
     @torch.jit.export
@@ -327,7 +329,8 @@ class EnergyModel(nn.Module):
         fparam: Tensor | None,
         aparam: Tensor | None,
     ) -> tuple[Tensor, Tensor]:
-        """Atomic energies ``(nf, n)`` of a block of centres and ``g = ∂E/∂r_ij (nf, n, nnei, 3)``."""
+        """Atomic energies ``(nf, n)`` of a block of centres and
+        ``g = ∂E/∂r_ij (nf, n, nnei, 3)``."""
         # Forces come from autograd: callers must not wrap the model in torch.no_grad()
         # (TorchScript cannot re-enable gradients here).
         rij = rij.detach().requires_grad_(True)

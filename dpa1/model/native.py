@@ -2,7 +2,8 @@
 
 Four sources, one library (``torch.ops.dpa1``):
 
-- ``attention_stack.cpp``: the evaluation path of the attention layers (:mod:`dpa1.model.attention`);
+- ``attention_stack.cpp``: the evaluation path of the attention layers
+  (:mod:`dpa1.model.attention`);
 - ``embedding_net.cpp``: the evaluation path of the embedding net along s(r)
   (``EmbeddingNet.along_first`` in :mod:`dpa1.model.network`);
 - ``energy_block.cpp``: the evaluation path of a whole block of centres, descriptor and fitting

@@ -139,7 +139,8 @@ def _distinct_images(j: np.ndarray, s: np.ndarray) -> tuple[np.ndarray, np.ndarr
     lo = s.min(axis=0)
     radix = s.max(axis=0) - lo + 1
     if (int(j.max()) + 1) * int(np.prod(radix)) >= 2**62:  # would overflow: not seen in practice
-        uniq, inverse = np.unique(np.concatenate([j[:, None], s], axis=1), axis=0, return_inverse=True)
+        pairs = np.concatenate([j[:, None], s], axis=1)
+        uniq, inverse = np.unique(pairs, axis=0, return_inverse=True)
         return uniq[:, 0], uniq[:, 1:], inverse.reshape(-1)
     key = j
     for ax in range(3):

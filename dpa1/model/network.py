@@ -235,7 +235,8 @@ class EmbeddingNet(nn.Module):
 
     @torch.jit.unused
     def _use_native(self, x: Tensor) -> bool:
-        return self.activation_function == "tanh" and len(self.layers) > 0 and evaluates_natively(self, x)
+        return (self.activation_function == "tanh" and len(self.layers) > 0
+                and evaluates_natively(self, x))
 
 
 class _EmbeddingTangent(torch.autograd.Function):
