@@ -20,7 +20,8 @@ from dpa1.model.build import build_model
 from dpa1.model.native import native_ops
 
 repo, expect_native = Path(sys.argv[1]), sys.argv[2] == "1"
-assert repo.resolve() not in Path(dpa1.__file__).resolve().parents, f"dpa1 imported from the checkout: {dpa1.__file__}"
+installed = Path(dpa1.__file__).resolve()
+assert repo.resolve() not in installed.parents, f"dpa1 imported from the checkout: {installed}"
 assert native_ops() == expect_native, f"C++ ops loaded: {native_ops()}, expected {expect_native}"
 if expect_native:
     assert hasattr(torch.ops.dpa1, "energy_block")
@@ -28,7 +29,8 @@ raw = json.loads((repo / "examples" / "water" / "input.json").read_text())
 raw["training"]["training_data"]["systems"] = ["unused"]
 raw["training"].pop("validation_data", None)
 model = build_model(normalize_config(raw)["model"]).eval()
-frames = DeepmdSystem(repo / "examples" / "water" / "data" / "data_0", ["O", "H"]).get_frames(np.arange(1))
+water = repo / "examples" / "water" / "data" / "data_0"
+frames = DeepmdSystem(water, ["O", "H"]).get_frames(np.arange(1))
 coord = torch.tensor(frames["coord"]).reshape(1, -1, 3)
 atype = torch.tensor(frames["atype"]).reshape(1, -1)
 box = torch.tensor(frames["box"]).reshape(1, 3, 3)

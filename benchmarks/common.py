@@ -28,8 +28,9 @@ import subprocess
 import sys
 import time
 import warnings
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any
 
 NUM_THREADS = int(os.environ.get("DPA1_BENCH_THREADS", "2"))  # 2: the reference machine's cores
 os.environ.setdefault("OMP_NUM_THREADS", str(NUM_THREADS))
@@ -97,7 +98,7 @@ def same_device(a: torch.device, b: torch.device) -> bool:
     return norm(torch.device(a)) == norm(torch.device(b))
 
 
-def deepmd_device() -> Optional[torch.device]:
+def deepmd_device() -> torch.device | None:
     """The device DeePMD-kit put itself on, or None without DeePMD-kit."""
     if not have_deepmd():
         return None
@@ -147,7 +148,7 @@ def model_device(net: torch.nn.Module) -> torch.device:
 
 
 # === DeePMD-kit ============================================================================
-_DEEPMD: Optional[bool] = None
+_DEEPMD: bool | None = None
 
 
 def have_deepmd() -> bool:
@@ -188,7 +189,9 @@ def to_deepmd(model) -> torch.nn.Module:
     return dpm.to(deepmd_device())
 
 
-def deepmd_train_step(dpm: torch.nn.Module, loss_cfg: dict[str, Any], start_lr: float) -> Callable[..., float]:
+def deepmd_train_step(
+    dpm: torch.nn.Module, loss_cfg: dict[str, Any], start_lr: float
+) -> Callable[..., float]:
     """DeePMD-kit's training step as ``dp --pt train`` runs it: ``EnergyStdLoss`` and Adam
     (betas 0.9/0.999, ``zero_grad(set_to_none=True)``) at a given learning rate.
 
@@ -199,7 +202,9 @@ def deepmd_train_step(dpm: torch.nn.Module, loss_cfg: dict[str, Any], start_lr: 
 
     dpm.train()
     loss_fn = EnergyStdLoss(starter_learning_rate=start_lr, **loss_cfg)
-    opt = torch.optim.Adam([q for q in dpm.parameters() if q.requires_grad], lr=start_lr, betas=(0.9, 0.999))
+    opt = torch.optim.Adam(
+        [q for q in dpm.parameters() if q.requires_grad], lr=start_lr, betas=(0.9, 0.999)
+    )
 
     dev = deepmd_device()
 
@@ -229,14 +234,25 @@ def heldout_errors(models: dict[str, torch.nn.Module], nframes: int) -> dict[str
         de, df = [], []
         for k in range(nframes):
             d = water_frame(1, frame=k, system=system)
-            pred = net(torch.from_numpy(d["coord"]).to(dev), torch.from_numpy(d["atype"]).reshape(1, -1).to(dev),
-                       torch.from_numpy(d["box"]).reshape(1, 9).to(dev))
+            pred = net(
+                torch.from_numpy(d["coord"]).to(dev),
+                torch.from_numpy(d["atype"]).reshape(1, -1).to(dev),
+                torch.from_numpy(d["box"]).reshape(1, 9).to(dev),
+            )
             n = d["atype"].size
-            de.append((float(pred["energy"].detach().reshape(-1)[0]) - float(d["energy"][0, 0])) / n)
-            df.append((pred["force"].detach().cpu().numpy().reshape(-1, 3) - d["force"].reshape(-1, 3)).ravel())
-        out[name] = {"rmse_e_atom": float(np.sqrt(np.mean(np.square(de)))),
-                     "rmse_f": float(np.sqrt(np.mean(np.square(np.concatenate(df))))),
-                     "mean_e_atom": float(np.mean(de))}
+            de.append(
+                (float(pred["energy"].detach().reshape(-1)[0]) - float(d["energy"][0, 0])) / n
+            )
+            df.append(
+                (
+                    pred["force"].detach().cpu().numpy().reshape(-1, 3) - d["force"].reshape(-1, 3)
+                ).ravel()
+            )
+        out[name] = {
+            "rmse_e_atom": float(np.sqrt(np.mean(np.square(de)))),
+            "rmse_f": float(np.sqrt(np.mean(np.square(np.concatenate(df))))),
+            "mean_e_atom": float(np.mean(de)),
+        }
     return out
 
 
@@ -250,7 +266,9 @@ def water_frame(rep: int = 1, frame: int = 0, system: Path = WATER) -> dict[str,
     atype = np.loadtxt(system / "type.raw", dtype=np.int64).reshape(-1)
     energy = float(np.load(sd / "energy.npy")[frame])
     force = np.load(sd / "force.npy")[frame].reshape(-1, 3)
-    shifts = np.array([[i, j, k] for i in range(rep) for j in range(rep) for k in range(rep)], dtype=float)
+    shifts = np.array(
+        [[i, j, k] for i in range(rep) for j in range(rep) for k in range(rep)], dtype=float
+    )
     disp = shifts @ box
     return {
         "coord": (coord[None] + disp[:, None]).reshape(1, -1, 3),
@@ -269,7 +287,7 @@ def rep_for(natoms: int) -> int:
 
 
 # === models ================================================================================
-def example_config(precision: str = "float64", attn_layer: Optional[int] = None) -> dict[str, Any]:
+def example_config(precision: str = "float64", attn_layer: int | None = None) -> dict[str, Any]:
     """The normalised example input (``examples/water/input.json``) with overrides."""
     from dpa1.io.config import normalize_config
 
@@ -281,11 +299,10 @@ def example_config(precision: str = "float64", attn_layer: Optional[int] = None)
     return normalize_config(raw)
 
 
-def build_ours(precision: str = "float64", attn_layer: Optional[int] = None):
+def build_ours(precision: str = "float64", attn_layer: int | None = None):
     """Our model: random (seeded) weights, statistics (davg/dstd, out_bias) from the data."""
-    from dpa1.model.build import build_model
-
     from dpa1.data.stats import apply_statistics
+    from dpa1.model.build import build_model
 
     torch.manual_seed(0)
     model = build_model(example_config(precision, attn_layer)["model"])
@@ -298,13 +315,16 @@ def stat_batches(nframes: int = 5) -> list[dict]:
     fr = [water_frame(1, frame=k * 16) for k in range(nframes)]
     n = fr[0]["atype"].size
     counts = [int((fr[0]["atype"] == t).sum()) for t in range(2)]
-    return [{
-        "coord": torch.from_numpy(np.concatenate([f["coord"] for f in fr])),
-        "atype": torch.from_numpy(np.stack([f["atype"] for f in fr])),
-        "box": torch.from_numpy(np.concatenate([f["box"] for f in fr])).reshape(-1, 3, 3),
-        "natoms_vec": torch.tensor([[n, n, *counts]] * nframes),
-        "energy": torch.from_numpy(np.concatenate([f["energy"] for f in fr])), "find_energy": 1.0,
-    }]
+    return [
+        {
+            "coord": torch.from_numpy(np.concatenate([f["coord"] for f in fr])),
+            "atype": torch.from_numpy(np.stack([f["atype"] for f in fr])),
+            "box": torch.from_numpy(np.concatenate([f["box"] for f in fr])).reshape(-1, 3, 3),
+            "natoms_vec": torch.tensor([[n, n, *counts]] * nframes),
+            "energy": torch.from_numpy(np.concatenate([f["energy"] for f in fr])),
+            "find_energy": 1.0,
+        }
+    ]
 
 
 VARIANTS = {
@@ -315,9 +335,13 @@ VARIANTS = {
 
 
 # === timing ================================================================================
-def interleaved(fns: dict[str, Callable[[], Any]], repeat: int, warmup: int = 1,
-                budget_s: Optional[float] = None,
-                sync: Optional[Callable[[], None]] = None) -> dict[str, dict[str, float]]:
+def interleaved(
+    fns: dict[str, Callable[[], Any]],
+    repeat: int,
+    warmup: int = 1,
+    budget_s: float | None = None,
+    sync: Callable[[], None] | None = None,
+) -> dict[str, dict[str, float]]:
     """Call every function in turn ``repeat`` times (after ``warmup`` rounds); best/median.
 
     With ``budget_s``, stops early (after at least 2 timed rounds) when the budget is spent.
@@ -338,7 +362,9 @@ def interleaved(fns: dict[str, Callable[[], Any]], repeat: int, warmup: int = 1,
             times[k].append(time.perf_counter() - t0)
         if budget_s is not None and i >= 1 and time.perf_counter() - start > budget_s:
             break
-    return {k: {"best": min(v), "median": statistics.median(v), "n": len(v)} for k, v in times.items()}
+    return {
+        k: {"best": min(v), "median": statistics.median(v), "n": len(v)} for k, v in times.items()
+    }
 
 
 # === processes and memory ==================================================================
@@ -377,15 +403,22 @@ def run_child(script: Path, args: list[str], timeout: float) -> dict[str, Any]:
     """Run ``python script --worker ARGS`` and return the JSON of its last stdout line."""
     cmd = [sys.executable, str(script), "--worker", *args]
     try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=os.environ.copy())
+        proc = subprocess.run(
+            cmd, capture_output=True, text=True, timeout=timeout, env=os.environ.copy()
+        )
     except subprocess.TimeoutExpired:
         return {"error": f"timeout > {timeout:.0f} s"}
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
     if proc.returncode != 0 or not lines:
         text = (proc.stderr or proc.stdout).strip().splitlines()
         tail = text[-1:] or ["?"]
-        print(f"# child {' '.join(args)} failed (rc={proc.returncode}); its last lines:", *text[-15:],
-              sep="\n#   ", file=sys.stderr, flush=True)
+        print(
+            f"# child {' '.join(args)} failed (rc={proc.returncode}); its last lines:",
+            *text[-15:],
+            sep="\n#   ",
+            file=sys.stderr,
+            flush=True,
+        )
         return {"error": f"rc={proc.returncode}: {tail[0][:160]}"}
     return json.loads(lines[-1])
 
@@ -398,12 +431,15 @@ def emit(result: dict[str, Any]) -> None:
 # === reporting =============================================================================
 def gpu_description(dev: torch.device) -> str:
     p = torch.cuda.get_device_properties(dev)
-    return (f"{torch.cuda.get_device_name(dev)} ({dev}; compute capability {p.major}.{p.minor}, "
-            f"{p.total_memory / 2**30:.1f} GiB, {p.multi_processor_count} SMs; CUDA {torch.version.cuda}; "
-            f"float32 matmul precision {torch.get_float32_matmul_precision()!r})")
+    return (
+        f"{torch.cuda.get_device_name(dev)} ({dev}; compute capability {p.major}.{p.minor}, "
+        f"{p.total_memory / 2**30:.1f} GiB, {p.multi_processor_count} SMs; CUDA "
+        f"{torch.version.cuda}; "
+        f"float32 matmul precision {torch.get_float32_matmul_precision()!r})"
+    )
 
 
-def machine(device: Optional[torch.device] = None) -> dict[str, str]:
+def machine(device: torch.device | None = None) -> dict[str, str]:
     cpu = "?"
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -421,10 +457,12 @@ def machine(device: Optional[torch.device] = None) -> dict[str, str]:
         pass
     out = {
         "cpu": f"{cpu} ({os.cpu_count()} cores visible; {flags})",
-        "threads": f"{torch.get_num_threads()} (OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS')})",
-        "torch": torch.__version__, "python": platform.python_version(),
+        "threads": f"{torch.get_num_threads()} "
+        f"(OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS')})",
+        "torch": torch.__version__,
+        "python": platform.python_version(),
         "deepmd": deepmd_version(),
-        "load": "loadavg %.1f %.1f %.1f" % os.getloadavg(),
+        "load": "loadavg {:.1f} {:.1f} {:.1f}".format(*os.getloadavg()),
         "date": datetime.date.today().isoformat(),
     }
     if device is not None and (is_cuda(device) or deepmd_device_note(device)):
@@ -433,18 +471,20 @@ def machine(device: Optional[torch.device] = None) -> dict[str, str]:
             out["gpu"] = gpu_description(device)
         if have_deepmd():
             dd = deepmd_device()
-            out["deepmd device"] = f"{dd}" + (" (same as ours)" if same_device(dd, device) else
-                                              f" (NOT ours: {device})")
+            out["deepmd device"] = f"{dd}" + (
+                " (same as ours)" if same_device(dd, device) else f" (NOT ours: {device})"
+            )
     return out
 
 
-def print_machine(device: Optional[torch.device] = None) -> None:
+def print_machine(device: torch.device | None = None) -> None:
     for k, v in machine(device).items():
         print(f"# {k}: {v}")
 
 
 def table(headers: list[str], rows: list[list[Any]]) -> str:
     """A GitHub-markdown table."""
+
     def cell(x: Any) -> str:
         if isinstance(x, float):
             if x != x:
@@ -453,14 +493,18 @@ def table(headers: list[str], rows: list[list[Any]]) -> str:
         return "–" if x is None else str(x)
 
     cells = [[cell(x) for x in r] for r in rows]
-    w = [max(len(h), *(len(r[i]) for r in cells)) if cells else len(h) for i, h in enumerate(headers)]
-    out = ["| " + " | ".join(h.ljust(w[i]) for i, h in enumerate(headers)) + " |",
-           "|" + "|".join("-" * (x + 2) for x in w) + "|"]
+    w = [
+        max(len(h), *(len(r[i]) for r in cells)) if cells else len(h) for i, h in enumerate(headers)
+    ]
+    out = [
+        "| " + " | ".join(h.ljust(w[i]) for i, h in enumerate(headers)) + " |",
+        "|" + "|".join("-" * (x + 2) for x in w) + "|",
+    ]
     out += ["| " + " | ".join(c.ljust(w[i]) for i, c in enumerate(r)) + " |" for r in cells]
     return "\n".join(out)
 
 
-def ratio(a: Optional[float], b: Optional[float]) -> float:
+def ratio(a: float | None, b: float | None) -> float:
     """``a / b`` or nan."""
     if a is None or b is None or not b or a != a or b != b:
         return float("nan")

@@ -29,6 +29,8 @@ import sys
 import time
 
 import common  # sets the threads before torch is imported
+
+# isort: split
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
@@ -80,7 +82,9 @@ class MatmulFlops(TorchDispatchMode):
         return out
 
 
-def model_flops(d: dict, fit_neuron: list[int], n: int, attn_layer: int) -> dict[str, tuple[float, float]]:
+def model_flops(
+    d: dict, fit_neuron: list[int], n: int, attn_layer: int
+) -> dict[str, tuple[float, float]]:
     """Per atom: ``{part: (forward FLOPs, energy+force FLOPs)}`` with ``n`` slots."""
     ng = d["neuron"][-1]
     h = d["attn"]
@@ -105,12 +109,18 @@ def model_flops(d: dict, fit_neuron: list[int], n: int, attn_layer: int) -> dict
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--repeat", type=int, default=None)
-    ap.add_argument("--peak-float64", type=float, default=0.0,
-                    help="GFLOP/s: use this peak if it beats the measured one (a busy machine "
-                         "under-measures its peak)")
+    ap.add_argument(
+        "--peak-float64",
+        type=float,
+        default=0.0,
+        help="GFLOP/s: use this peak if it beats the measured one (a busy machine "
+        "under-measures its peak)",
+    )
     ap.add_argument("--peak-float32", type=float, default=0.0)
     a = ap.parse_args()
     repeat = a.repeat or (4 if a.quick else 8)
@@ -129,22 +139,41 @@ def main() -> None:
         nb, nn = 192, 102
         x = torch.randn(nb * nn, 100, dtype=dt)
         w = torch.randn(100, 384, dtype=dt)
-        prow.append([name, "in_proj shape (19584×100)·(100×384)",
-                     shaped_gflops(lambda: x @ w, 2 * nb * nn * 100 * 384, secs / 2)])
+        prow.append(
+            [
+                name,
+                "in_proj shape (19584×100)·(100×384)",
+                shaped_gflops(lambda x=x, w=w: x @ w, 2 * nb * nn * 100 * 384, secs / 2),
+            ]
+        )
         q = torch.randn(nb, nn, 128, dtype=dt)
         k = torch.randn(nb, 128, nn, dtype=dt)
-        prow.append([name, "QKᵀ shape bmm 192×(102×128)·(128×102)",
-                     shaped_gflops(lambda: torch.bmm(q, k), 2 * nb * nn * nn * 128, secs / 2)])
+        prow.append(
+            [
+                name,
+                "QKᵀ shape bmm 192×(102×128)·(128×102)",
+                shaped_gflops(lambda q=q, k=k: torch.bmm(q, k), 2 * nb * nn * nn * 128, secs / 2),
+            ]
+        )
         f = torch.randn(192, 1600, dtype=dt)
         fw = torch.randn(1600, 240, dtype=dt)
-        prow.append([name, "fitting shape (192×1600)·(1600×240)",
-                     shaped_gflops(lambda: f @ fw, 2 * 192 * 1600 * 240, secs / 2)])
+        prow.append(
+            [
+                name,
+                "fitting shape (192×1600)·(1600×240)",
+                shaped_gflops(lambda f=f, fw=fw: f @ fw, 2 * 192 * 1600 * 240, secs / 2),
+            ]
+        )
     for name in peak:  # a model-shaped GEMM may beat the squares when the machine is busy
-        peak[name] = max([peak[name], getattr(a, f"peak_{name}")] + [r[2] for r in prow if r[0] == name])
+        peak[name] = max(
+            [peak[name], getattr(a, f"peak_{name}")] + [r[2] for r in prow if r[0] == name]
+        )
     print("\n## Matmul throughput (GFLOP/s, best of a time window)\n")
     print(common.table(["dtype", "operation", "GFLOP/s"], prow))
-    print(f"\npeak used below: float64 {peak['float64']:.1f}, float32 {peak['float32']:.1f} GFLOP/s "
-          "(the best of the rows above and --peak-*)")
+    print(
+        f"\npeak used below: float64 {peak['float64']:.1f}, float32 {peak['float32']:.1f} GFLOP/s "
+        "(the best of the rows above and --peak-*)"
+    )
 
     # === 2. FLOP count ===
     cfg = common.example_config()
@@ -154,8 +183,13 @@ def main() -> None:
     from dpa1.infer.deep_pot import DeepPot
     from dpa1.model.neighbor import build_extended_system
 
-    _, _, _, nlist = build_extended_system(torch.from_numpy(w["coord"]), torch.from_numpy(w["atype"])[None],
-                                           torch.from_numpy(w["box"]), d["rcut"], d["sel"])
+    _, _, _, nlist = build_extended_system(
+        torch.from_numpy(w["coord"]),
+        torch.from_numpy(w["atype"])[None],
+        torch.from_numpy(w["box"]),
+        d["rcut"],
+        d["sel"],
+    )
     cnt = (nlist >= 0).sum(-1)
     n_eff = int(cnt.max()) + 1
     natoms = w["atype"].size
@@ -167,12 +201,25 @@ def main() -> None:
         if label == "nominal":
             for part, (fwd, tot) in parts.items():
                 rows.append([part, fwd / 1e6, tot / 1e6, None])
-        rows.append([f"total, {label} (N = {n})", sum(v[0] for v in parts.values()) / 1e6,
-                     sum(v[1] for v in parts.values()) / 1e6, totals[label] / 1e9])
-    print(f"\n## Model FLOPs per atom (example model; neighbours per atom: mean {cnt.float().mean():.1f}, "
-          f"max {int(cnt.max())}, sel {d['sel']})\n")
-    print(common.table(["part", "forward MFLOP/atom", "energy+force MFLOP/atom", "GFLOP per 192-atom frame"],
-                       rows))
+        rows.append(
+            [
+                f"total, {label} (N = {n})",
+                sum(v[0] for v in parts.values()) / 1e6,
+                sum(v[1] for v in parts.values()) / 1e6,
+                totals[label] / 1e9,
+            ]
+        )
+    print(
+        "\n## Model FLOPs per atom (example model; neighbours per atom: mean "
+        f"{cnt.float().mean():.1f}, "
+        f"max {int(cnt.max())}, sel {d['sel']})\n"
+    )
+    print(
+        common.table(
+            ["part", "forward MFLOP/atom", "energy+force MFLOP/atom", "GFLOP per 192-atom frame"],
+            rows,
+        )
+    )
     dp = DeepPot(model, device="cpu")
     # The count sees PyTorch ops of the calling thread only: one block after another, and the
     # modules as PyTorch layers (the C++ ops perform the same products, the embedding's as a
@@ -183,8 +230,10 @@ def main() -> None:
     with MatmulFlops() as fc:
         dp.eval(w["coord"], w["box"], w["atype"])
     model.thread_blocks, model.native, desc.attention.native, desc.embedding.native = switches
-    print(f"\nmatmul FLOPs counted on our 192-atom evaluation (torch.utils.flop_counter formulas): "
-          f"{fc.total / 1e9:.2f} GFLOP (analytic effective: {totals['effective'] / 1e9:.2f} GFLOP)")
+    print(
+        f"\nmatmul FLOPs counted on our 192-atom evaluation (torch.utils.flop_counter formulas): "
+        f"{fc.total / 1e9:.2f} GFLOP (analytic effective: {totals['effective'] / 1e9:.2f} GFLOP)"
+    )
 
     # === 3. achieved ===
     fns = {}
@@ -193,12 +242,12 @@ def main() -> None:
         m = common.build_ours(precision=prec)
         models[prec] = m
         dpo = DeepPot(m, device="cpu")
-        fns[f"ours {prec}"] = (lambda dpo=dpo: dpo.eval(w["coord"], w["box"], w["atype"]))
+        fns[f"ours {prec}"] = lambda dpo=dpo: dpo.eval(w["coord"], w["box"], w["atype"])
         if common.have_deepmd():
             dpm = common.to_deepmd(m).eval()
             ct, bt = torch.from_numpy(w["coord"]), torch.from_numpy(w["box"]).reshape(1, 3, 3)
             tt = torch.from_numpy(w["atype"]).reshape(1, -1)
-            fns[f"DeePMD {prec}"] = (lambda dpm=dpm, ct=ct, tt=tt, bt=bt: dpm(ct, tt, box=bt))
+            fns[f"DeePMD {prec}"] = lambda dpm=dpm, ct=ct, tt=tt, bt=bt: dpm(ct, tt, box=bt)
     times = common.interleaved(fns, repeat=repeat, warmup=1, budget_s=60 if a.quick else 240)
     rows = []
     for name, t in times.items():
@@ -206,19 +255,51 @@ def main() -> None:
         s = t["best"]
         ours = name.startswith("ours")
         eff = totals["effective"] if ours else totals["nominal"]
-        rows.append([name, s, totals["nominal"] / s / 1e9, totals["nominal"] / s / 1e9 / peak[prec],
-                     eff / s / 1e9, eff / s / 1e9 / peak[prec]])
+        rows.append(
+            [
+                name,
+                s,
+                totals["nominal"] / s / 1e9,
+                totals["nominal"] / s / 1e9 / peak[prec],
+                eff / s / 1e9,
+                eff / s / 1e9 / peak[prec],
+            ]
+        )
     if not common.have_deepmd():
         for prec in ("float64", "float32"):
             s = common.REFERENCE["infer_192_s"][prec]
-            rows.append([f"DeePMD {prec} reference", s, totals["nominal"] / s / 1e9,
-                         totals["nominal"] / s / 1e9 / peak[prec], None, None])
+            rows.append(
+                [
+                    f"DeePMD {prec} reference",
+                    s,
+                    totals["nominal"] / s / 1e9,
+                    totals["nominal"] / s / 1e9 / peak[prec],
+                    None,
+                    None,
+                ]
+            )
     print("\n## Achieved, 192-atom energy + force + virial (neighbour list included)\n")
-    print(common.table(["implementation", "best s", "GFLOP/s (nominal FLOPs)", "fraction of peak",
-                        "GFLOP/s (FLOPs computed)", "fraction of peak (computed)"], rows))
-    print("\n'nominal' = the architecture's FLOPs with N = sel slots (the same for both codes); "
-          "'computed' = the FLOPs each code actually performs (ours trims padding slots).")
-    print(f"# total {time.perf_counter() - t_start:.0f} s; load {os.getloadavg()[0]:.1f}", file=sys.stderr)
+    print(
+        common.table(
+            [
+                "implementation",
+                "best s",
+                "GFLOP/s (nominal FLOPs)",
+                "fraction of peak",
+                "GFLOP/s (FLOPs computed)",
+                "fraction of peak (computed)",
+            ],
+            rows,
+        )
+    )
+    print(
+        "\n'nominal' = the architecture's FLOPs with N = sel slots (the same for both codes); "
+        "'computed' = the FLOPs each code actually performs (ours trims padding slots)."
+    )
+    print(
+        f"# total {time.perf_counter() - t_start:.0f} s; load {os.getloadavg()[0]:.1f}",
+        file=sys.stderr,
+    )
 
 
 if __name__ == "__main__":

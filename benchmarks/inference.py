@@ -43,6 +43,8 @@ import time
 from pathlib import Path
 
 import common  # sets the threads before torch is imported
+
+# isort: split
 import numpy as np
 import torch
 
@@ -158,7 +160,8 @@ def worker(argv: list[str]) -> None:
     p.add_argument("--mem-cap-gb", type=float, default=0.0)
     p.add_argument("--eval-chunk", type=int, default=0)
     p.add_argument("--device", default="cpu")
-    p.add_argument("--gpu-mem", action="store_true", help="cuda: peak GPU memory of each implementation")
+    p.add_argument("--gpu-mem", action="store_true",
+                   help="cuda: peak GPU memory of each implementation")
     a = p.parse_args(argv)
     dev = common.resolve_device(a.device)
     cuda = common.is_cuda(dev)
@@ -168,13 +171,21 @@ def worker(argv: list[str]) -> None:
     sync = common.make_sync(dev)
     impls = a.impls.split(",")
     with tempfile.TemporaryDirectory() as tmp:
-        fns = make_evaluators(a.variant, a.natoms, impls, a.chunk, tmp, a.eval_chunk, device=str(dev))
+        fns = make_evaluators(
+            a.variant, a.natoms, impls, a.chunk, tmp, a.eval_chunk, device=str(dev)
+        )
         if a.mode == "mem":
             (fn,) = fns.values()
             base = common.rss_gb()  # host memory only: on cuda the timing child measures the GPU's
             t0 = time.perf_counter()
             fn()
-            common.emit({"peak_gb": common.peak_rss_gb(), "base_gb": base, "first_s": time.perf_counter() - t0})
+            common.emit(
+                {
+                    "peak_gb": common.peak_rss_gb(),
+                    "base_gb": base,
+                    "first_s": time.perf_counter() - t0,
+                }
+            )
             return
         t_calls = time.perf_counter()
         results = {k: fn() for k, fn in fns.items()}  # also the warm-up round (numpy out: synced)
@@ -187,55 +198,111 @@ def worker(argv: list[str]) -> None:
                 fn()
                 gpu_mem[k] = common.gpu_peak_gb(dev)
         times = common.interleaved(fns, repeat=a.repeat, warmup=0, budget_s=a.budget, sync=sync)
-        common.emit({"times": times, "parity": par, "load": os.getloadavg()[0], "gpu_mem": gpu_mem,
-                     "calls_s": time.perf_counter() - t_calls,
-                     "device": str(dev),
-                     "deepmd_device": str(common.deepmd_device()) if any(k.startswith("dp_") for k in fns)
-                     else None})
+        common.emit(
+            {
+                "times": times,
+                "parity": par,
+                "load": os.getloadavg()[0],
+                "gpu_mem": gpu_mem,
+                "calls_s": time.perf_counter() - t_calls,
+                "device": str(dev),
+                "deepmd_device": str(common.deepmd_device())
+                if any(k.startswith("dp_") for k in fns)
+                else None,
+            }
+        )
 
 
 # === driver ================================================================================
-LABEL = {"ours": "ours (DeepPot)", "ours_chunked": "ours (chunked)",
-         "dp_pth": "DeePMD DeepPot(.pth)", "dp_eager": "DeePMD eager"}
+LABEL = {
+    "ours": "ours (DeepPot)",
+    "ours_chunked": "ours (chunked)",
+    "dp_pth": "DeePMD DeepPot(.pth)",
+    "dp_eager": "DeePMD eager",
+}
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--quick", action="store_true",
-                    help="3 repeats; float64/float32 at 192 atoms, attn0 up to 12,288; DeePMD eager only; "
-                         "memory for attn0 only")
-    ap.add_argument("--sizes", default=None, help="comma list (192·n³); default 192,1536,12288,98304")
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument(
+        "--quick",
+        action="store_true",
+        help="3 repeats; float64/float32 at 192 atoms, attn0 up to 12,288; DeePMD eager only; "
+        "memory for attn0 only",
+    )
+    ap.add_argument(
+        "--sizes", default=None, help="comma list (192·n³); default 192,1536,12288,98304"
+    )
     ap.add_argument("--variants", default="float64,float32,attn0")
-    ap.add_argument("--large-variants", default="attn0,float64",
-                    help="variants also run above --small-max atoms (scaling)")
+    ap.add_argument(
+        "--large-variants",
+        default="attn0,float64",
+        help="variants also run above --small-max atoms (scaling)",
+    )
     ap.add_argument("--small-max", type=int, default=1536)
-    ap.add_argument("--deepmd-max-atoms", type=int, default=1536,
-                    help="largest size DeePMD runs at (its O(N²) neighbour search needs 23.6 GB at 5,184)")
-    ap.add_argument("--chunk", type=int, default=192, help="centre atoms per chunk for 'ours (chunked)'")
-    ap.add_argument("--also-chunked", action="store_true",
-                    help="also time the benchmark's own chunked_eval (above 192 atoms)")
-    ap.add_argument("--eval-chunk", type=int, default=0,
-                    help="set EnergyModel.block_atoms (dpa1's own centre blocks); 0 = dpa1's default")
+    ap.add_argument(
+        "--deepmd-max-atoms",
+        type=int,
+        default=1536,
+        help="largest size DeePMD runs at (its O(N²) neighbour search needs 23.6 GB at 5,184)",
+    )
+    ap.add_argument(
+        "--chunk", type=int, default=192, help="centre atoms per chunk for 'ours (chunked)'"
+    )
+    ap.add_argument(
+        "--also-chunked",
+        action="store_true",
+        help="also time the benchmark's own chunked_eval (above 192 atoms)",
+    )
+    ap.add_argument(
+        "--eval-chunk",
+        type=int,
+        default=0,
+        help="set EnergyModel.block_atoms (dpa1's own centre blocks); 0 = dpa1's default",
+    )
     ap.add_argument("--repeat", type=int, default=None)
     ap.add_argument("--no-mem", action="store_true", help="skip the peak-memory children")
-    ap.add_argument("--mem-cap-gb", type=float, default=None,
-                    help="address-space cap of each child (default: 80%% of MemAvailable, ≤ 20 GB; "
-                         "not applied on cuda)")
+    ap.add_argument(
+        "--mem-cap-gb",
+        type=float,
+        default=None,
+        help="address-space cap of each child (default: 80%% of MemAvailable, ≤ 20 GB; "
+        "not applied on cuda)",
+    )
     ap.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:1 ...")
-    ap.add_argument("--no-deepmd", action="store_true", help="ours only, even if DeePMD-kit imports")
-    ap.add_argument("--budget", type=float, default=None,
-                    help="seconds of timed rounds per child (at least 2 rounds; default 30 quick / 120)")
-    ap.add_argument("--total-budget", type=float, default=0.0,
-                    help="seconds for the whole run: skip sizes whose estimate does not fit (0: no limit)")
-    ap.add_argument("--child-timeout", type=float, default=None,
-                    help="seconds per child process (default 600 up to 12,288 atoms, else 1800)")
+    ap.add_argument(
+        "--no-deepmd", action="store_true", help="ours only, even if DeePMD-kit imports"
+    )
+    ap.add_argument(
+        "--budget",
+        type=float,
+        default=None,
+        help="seconds of timed rounds per child (at least 2 rounds; default 30 quick / 120)",
+    )
+    ap.add_argument(
+        "--total-budget",
+        type=float,
+        default=0.0,
+        help="seconds for the whole run: skip sizes whose estimate does not fit (0: no limit)",
+    )
+    ap.add_argument(
+        "--child-timeout",
+        type=float,
+        default=None,
+        help="seconds per child process (default 600 up to 12,288 atoms, else 1800)",
+    )
     a = ap.parse_args()
     dev = common.resolve_device(a.device)
     cuda = common.is_cuda(dev)
     if a.no_deepmd:
         os.environ["DPA1_BENCH_NO_DEEPMD"] = "1"  # children too
     common.set_deepmd_device(dev)  # before DeePMD-kit is first imported (children inherit it)
-    sizes = [int(s) for s in (a.sizes or ("192,1536,12288" if a.quick else "192,1536,12288,98304")).split(",")]
+    sizes = [
+        int(s)
+        for s in (a.sizes or ("192,1536,12288" if a.quick else "192,1536,12288,98304")).split(",")
+    ]
     repeat = a.repeat or (3 if a.quick else 7)
     variants = a.variants.split(",")
     large = set(a.large_variants.split(","))
@@ -245,11 +312,16 @@ def main() -> None:
     dp_ok = common.have_deepmd()
     common.print_machine(dev)
     if cuda:
-        mem_txt = "peak GPU memory per implementation: " + ("no" if a.no_mem else "max_memory_allocated, one warm call")
+        mem_txt = "peak GPU memory per implementation: " + (
+            "no" if a.no_mem else "max_memory_allocated, one warm call"
+        )
     else:
         mem_txt = f"memory cap per child {cap:.1f} GB"
-    print(f"# DeePMD side by side: {'yes' if dp_ok else 'no (DeePMD-kit reference numbers)'}; "
-          f"repeat {repeat}, {mem_txt}" + (f"; total budget {a.total_budget:.0f} s" if a.total_budget else ""))
+    print(
+        f"# DeePMD side by side: {'yes' if dp_ok else 'no (DeePMD-kit reference numbers)'}; "
+        f"repeat {repeat}, {mem_txt}"
+        + (f"; total budget {a.total_budget:.0f} s" if a.total_budget else "")
+    )
     t_start = time.perf_counter()
     budget = a.budget or (30.0 if a.quick else 120.0)
     skipped: list[str] = []
@@ -279,15 +351,33 @@ def main() -> None:
                 left = a.total_budget - (time.perf_counter() - t_start)
                 est = estimate_child_s(prev, n, repeat, budget, cuda and not a.no_mem)
                 if prev is None and left < 15 or est is not None and est > left:
-                    why = (f"estimated {est:.0f} s > {max(left, 0):.0f} s left of --total-budget"
-                           if est is not None else f"{max(left, 0):.0f} s left of --total-budget (< 15 s)")
+                    why = (
+                        f"estimated {est:.0f} s > {max(left, 0):.0f} s left of --total-budget"
+                        if est is not None
+                        else f"{max(left, 0):.0f} s left of --total-budget (< 15 s)"
+                    )
                     skipped.append(f"{variant} {n}: {why}")
                     rows.append([variant, n, "ours", f"skipped: {why}"] + [None] * 5)
                     continue
                 timeout = min(timeout, max(left, 30.0))
-            args = ["time", variant, str(n), ",".join(impls), "--repeat", str(repeat),
-                    "--budget", str(budget), "--chunk", str(a.chunk), "--mem-cap-gb", f"{cap:.2f}",
-                    "--eval-chunk", str(a.eval_chunk), "--device", str(dev)]
+            args = [
+                "time",
+                variant,
+                str(n),
+                ",".join(impls),
+                "--repeat",
+                str(repeat),
+                "--budget",
+                str(budget),
+                "--chunk",
+                str(a.chunk),
+                "--mem-cap-gb",
+                f"{cap:.2f}",
+                "--eval-chunk",
+                str(a.eval_chunk),
+                "--device",
+                str(dev),
+            ]
             if cuda and not a.no_mem:
                 args.append("--gpu-mem")
             t_child = time.perf_counter()
@@ -305,9 +395,24 @@ def main() -> None:
                 for impl in impls:
                     if impl == "dp_eager":
                         continue
-                    m = common.run_child(SCRIPT, ["mem", variant, str(n), impl, "--chunk", str(a.chunk),
-                                                  "--mem-cap-gb", f"{cap:.2f}", "--eval-chunk",
-                                                  str(a.eval_chunk), "--device", str(dev)], timeout)
+                    m = common.run_child(
+                        SCRIPT,
+                        [
+                            "mem",
+                            variant,
+                            str(n),
+                            impl,
+                            "--chunk",
+                            str(a.chunk),
+                            "--mem-cap-gb",
+                            f"{cap:.2f}",
+                            "--eval-chunk",
+                            str(a.eval_chunk),
+                            "--device",
+                            str(dev),
+                        ],
+                        timeout,
+                    )
                     mem[impl] = m
                     if impl == "ours" and "peak_gb" in m:
                         mem_ours[n] = m["peak_gb"] - m["base_gb"]
@@ -331,52 +436,131 @@ def main() -> None:
                 peak = mi.get("peak_gb")
                 if impl == "dp_eager" and not cuda:
                     peak = None
-                rows.append([variant, n, LABEL[impl], ti["best"], ti["median"], ti["n"],
-                             1e3 * ti["best"] / n, peak if peak is not None else mi.get("error"),
-                             common.ratio(dp_best, ours_s) if impl == ours_key and dp_best else None])
+                rows.append(
+                    [
+                        variant,
+                        n,
+                        LABEL[impl],
+                        ti["best"],
+                        ti["median"],
+                        ti["n"],
+                        1e3 * ti["best"] / n,
+                        peak if peak is not None else mi.get("error"),
+                        common.ratio(dp_best, ours_s) if impl == ours_key and dp_best else None,
+                    ]
+                )
             if ref is not None:
-                rp = common.REFERENCE["attn0_scaling"].get(n, (None, None))[1] if variant == "attn0" else None
-                rows.append([variant, n, "DeePMD reference", ref, None, None, 1e3 * ref / n, rp,
-                             None])
+                rp = (
+                    common.REFERENCE["attn0_scaling"].get(n, (None, None))[1]
+                    if variant == "attn0"
+                    else None
+                )
+                rows.append(
+                    [variant, n, "DeePMD reference", ref, None, None, 1e3 * ref / n, rp, None]
+                )
                 rows[-1 - len(impls)][-1] = f"{ref / ours_s:.2f} (vs reference)"
-            summary[(variant, n)] = {"ours_s": ours_s, "dp_s": dp_best, "ref_s": ref,
-                                     "ours_peak": mem.get("ours", {}).get("peak_gb"),
-                                     "chunk_peak": mem.get("ours_chunked", {}).get("peak_gb"),
-                                     "load": r.get("load")}
+            summary[(variant, n)] = {
+                "ours_s": ours_s,
+                "dp_s": dp_best,
+                "ref_s": ref,
+                "ours_peak": mem.get("ours", {}).get("peak_gb"),
+                "chunk_peak": mem.get("ours_chunked", {}).get("peak_gb"),
+                "load": r.get("load"),
+            }
             for k, p in r.get("parity", {}).items():
-                par_rows.append([variant, n, f"{LABEL[k]} − ours", p["e_ref"], p["e"], p["e"] / abs(p["e_ref"]),
-                                 p["f_rms"], p["f"], p["v"]])
-            print(f"# done {variant} {n} ({time.perf_counter() - t_start:.0f} s, load {r.get('load', 0):.1f})",
-                  file=sys.stderr, flush=True)
+                par_rows.append(
+                    [
+                        variant,
+                        n,
+                        f"{LABEL[k]} − ours",
+                        p["e_ref"],
+                        p["e"],
+                        p["e"] / abs(p["e_ref"]),
+                        p["f_rms"],
+                        p["f"],
+                        p["v"],
+                    ]
+                )
+            print(
+                f"# done {variant} {n} ({time.perf_counter() - t_start:.0f} s, load "
+                f"{r.get('load', 0):.1f})",
+                file=sys.stderr,
+                flush=True,
+            )
 
     where = f" on {torch.cuda.get_device_name(dev)}" if cuda else ""
     print(f"\n## Inference{where}: energy + force + virial, batch 1 (seconds per evaluation)\n")
-    print(common.table(["variant", "atoms", "implementation", "best s", "median s", "n", "ms/atom",
-                        "peak GPU GB" if cuda else "peak RSS GB", "DeePMD/ours"], rows))
+    print(
+        common.table(
+            [
+                "variant",
+                "atoms",
+                "implementation",
+                "best s",
+                "median s",
+                "n",
+                "ms/atom",
+                "peak GPU GB" if cuda else "peak RSS GB",
+                "DeePMD/ours",
+            ],
+            rows,
+        )
+    )
     if par_rows:
-        print("\n## Parity, same weights (max abs difference; energies in eV, forces eV/Å, virial eV)\n")
-        print(common.table(["variant", "atoms", "pair", "E (ours)", "|ΔE|", "|ΔE|/|E|", "rms F (ours)", "max|ΔF|",
-                            "max|ΔV|"],
-                           par_rows))
+        print(
+            "\n## Parity, same weights (max abs difference; energies in eV, forces eV/Å, "
+            "virial eV)\n"
+        )
+        print(
+            common.table(
+                [
+                    "variant",
+                    "atoms",
+                    "pair",
+                    "E (ours)",
+                    "|ΔE|",
+                    "|ΔE|/|E|",
+                    "rms F (ours)",
+                    "max|ΔF|",
+                    "max|ΔV|",
+                ],
+                par_rows,
+            )
+        )
     # === targets ===
     print("\n## Targets\n")
     trows = []
-    for variant, need in (("float64", common.TARGETS["infer_f64"]), ("float32", common.TARGETS["infer_f32"])):
+    for variant, need in (
+        ("float64", common.TARGETS["infer_f64"]),
+        ("float32", common.TARGETS["infer_f32"]),
+    ):
         s = summary.get((variant, 192))
         if s:
             base = s["dp_s"] or s["ref_s"]
             got = common.ratio(base, s["ours_s"])
             src = "measured" if s["dp_s"] else "reference"
-            trows.append([f"192-atom {variant} speed-up vs DeePMD ({src})", f"≥ {need}×", f"{got:.2f}×",
-                          "yes" if got >= need else "NO"])
+            trows.append(
+                [
+                    f"192-atom {variant} speed-up vs DeePMD ({src})",
+                    f"≥ {need}×",
+                    f"{got:.2f}×",
+                    "yes" if got >= need else "NO",
+                ]
+            )
     for variant in ("attn0", "float64"):
         s0 = summary.get((variant, 192))
         for n in (12288, 98304):
             s = summary.get((variant, n))
             if s0 and s:
                 q = (s["ours_s"] / n) / (s0["ours_s"] / 192)
-                trows.append([f"{variant}: ms/atom at {n} / at 192", f"≤ {common.TARGETS['linear']}",
-                              f"{q:.2f}", "yes" if q <= common.TARGETS["linear"] else "NO"])
+                trows.append(
+                    [
+                        f"{variant}: ms/atom at {n} / at 192",
+                        f"≤ {common.TARGETS['linear']}",
+                        f"{q:.2f}",
+                        "yes" if q <= common.TARGETS["linear"] else "NO",
+                    ]
+                )
         s = summary.get((variant, 12288))
         if s:
             pk = s["ours_peak"]
@@ -384,18 +568,31 @@ def main() -> None:
             met = "–" if pk is None else ("yes" if pk <= common.TARGETS["mem_12288_gb"] else "NO")
             if s["chunk_peak"] is not None:
                 txt += f" (benchmark chunks: {s['chunk_peak']:.2f} GB)"
-            trows.append([f"{variant}: peak {'GPU ' if cuda else ''}memory at 12,288 atoms (DeepPot)",
-                          f"≤ {common.TARGETS['mem_12288_gb']} GB", txt, met])
+            trows.append(
+                [
+                    f"{variant}: peak {'GPU ' if cuda else ''}memory at 12,288 atoms (DeepPot)",
+                    f"≤ {common.TARGETS['mem_12288_gb']} GB",
+                    txt,
+                    met,
+                ]
+            )
     print(common.table(["target", "goal", "measured", "met"], trows))
-    print("\nNotes: 'ours (DeepPot)' is dpa1 as shipped (it blocks centres by EnergyModel.block_atoms "
-          "where that exists; --eval-chunk overrides it); 'ours (chunked)' (--also-chunked) is the "
-          "benchmark's chunked_eval: forward_lower on --chunk centres with a small extended system each. "
-          "Ratios use the faster DeePMD path. " +
-          ("Peak GPU GB: torch.cuda.max_memory_allocated over one warm evaluation (model, inputs "
-           "and the call's tensors; not the allocator's cached reserve, nor the CUDA context). "
-           "Timed calls are bracketed by torch.cuda.synchronize(); the neighbour list is built on "
-           "the host (vesin) and included." if cuda else
-           "Peak RSS includes the interpreter and torch (~0.25–0.5 GB)."))
+    print(
+        "\nNotes: 'ours (DeepPot)' is dpa1 as shipped (it blocks centres by "
+        "EnergyModel.block_atoms "
+        "where that exists; --eval-chunk overrides it); 'ours (chunked)' (--also-chunked) is the "
+        "benchmark's chunked_eval: forward_lower on --chunk centres with a small extended "
+        "system each. "
+        "Ratios use the faster DeePMD path. "
+        + (
+            "Peak GPU GB: torch.cuda.max_memory_allocated over one warm evaluation (model, inputs "
+            "and the call's tensors; not the allocator's cached reserve, nor the CUDA context). "
+            "Timed calls are bracketed by torch.cuda.synchronize(); the neighbour list is built on "
+            "the host (vesin) and included."
+            if cuda
+            else "Peak RSS includes the interpreter and torch (~0.25–0.5 GB)."
+        )
+    )
     note = common.deepmd_device_note(dev)
     if note:
         print(note)

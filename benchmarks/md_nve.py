@@ -92,8 +92,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--temperature", type=float, default=300.0)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu")
-    p.add_argument("--threads", type=int, default=None,
-                   help="torch CPU threads (default: torch's choice; 1 is fastest on a busy machine)")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch CPU threads (default: torch's choice; 1 is fastest on a busy machine)",
+    )
     args = p.parse_args(argv)
 
     import torch
@@ -136,13 +140,17 @@ def main(argv: list[str] | None = None) -> int:
     slope = np.polyfit(time_fs, de, 1)[0]  # meV/atom/fs
     run_fs = args.steps * args.dt
     print(f"model          {args.model}")
-    print(f"system         {n} atoms, {args.steps} steps × {args.dt} fs = {run_fs / 1000:.3f} ps, "
-          f"T0 {args.temperature:g} K, device {args.device}, "
-          f"torch threads {torch.get_num_threads()}")
+    print(
+        f"system         {n} atoms, {args.steps} steps × {args.dt} fs = {run_fs / 1000:.3f} ps, "
+        f"T0 {args.temperature:g} K, device {args.device}, "
+        f"torch threads {torch.get_num_threads()}"
+    )
     print(f"temperature    mean {temp.mean():.1f} K (min {temp.min():.1f}, max {temp.max():.1f})")
     print(f"Epot range     {np.ptp(epot) / n * 1000:.3f} meV/atom")
-    print(f"drift (fit)    {slope * run_fs:+.4f} meV/atom over the run "
-          f"({slope * 1000:+.4f} meV/atom/ps)")
+    print(
+        f"drift (fit)    {slope * run_fs:+.4f} meV/atom over the run "
+        f"({slope * 1000:+.4f} meV/atom/ps)"
+    )
     print(f"max |ΔEtot|    {np.abs(de).max():.4f} meV/atom")
     print(f"speed          {1000 * wall / max(args.steps, 1):.2f} ms/step")
     return 0

@@ -27,13 +27,17 @@ import tempfile
 from pathlib import Path
 
 import common  # sets the threads before torch is imported
+
+# isort: split
 import numpy as np
 
 import train_water
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--seeds", default="1")
     ap.add_argument("--steps", type=int, default=200)
@@ -50,11 +54,18 @@ def main() -> None:
             trainer = Trainer(normalize_config(copy.deepcopy(raw)), wd, input_dir=wd)
             s = trainer.sampler
             seqs = np.random.SeedSequence([seed, 12345]).spawn(a.workers * s.nsystems)
-            streams = [[_FrameStream(sys_.nframes, np.random.default_rng(seqs[w * s.nsystems + i]), 0, 1)
-                        for i, sys_ in enumerate(s.systems)] for w in range(a.workers)]
+            streams = [
+                [
+                    _FrameStream(
+                        sys_.nframes, np.random.default_rng(seqs[w * s.nsystems + i]), 0, 1
+                    )
+                    for i, sys_ in enumerate(s.systems)
+                ]
+                for w in range(a.workers)
+            ]
             step = [0]
 
-            def draw():
+            def draw(s=s, streams=streams, step=step):
                 sid = int(s._choice_rng.choice(s.nsystems, p=s.probs))
                 worker = streams[step[0] % a.workers]
                 step[0] += 1
@@ -63,8 +74,11 @@ def main() -> None:
             s.next_batch = draw
             trainer.run()
             err = common.heldout_errors({"dpa1": trainer.model}, 40)["dpa1"]
-        print(f"workers {a.workers} seed {seed}: held-out rmse E/atom {err['rmse_e_atom']:.4e}  "
-              f"mean ΔE/atom {err['mean_e_atom']:+.3e}  rmse F {err['rmse_f']:.4e}", flush=True)
+        print(
+            f"workers {a.workers} seed {seed}: held-out rmse E/atom {err['rmse_e_atom']:.4e}  "
+            f"mean ΔE/atom {err['mean_e_atom']:+.3e}  rmse F {err['rmse_f']:.4e}",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

@@ -157,13 +157,16 @@ def report(workdir: Path, inputs: list[str]) -> bool:
             continue
         by = {(r["code"], r["seed"]): r for r in rows}
         seeds = sorted({r["seed"] for r in rows})
-        print(f"\n## {name} input: held-out data_2 (80 frames); force RMSE eV/Å, energy RMSE meV/atom")
+        print(f"\n## {name} input: held-out data_2 (80 frames); "
+              "force RMSE eV/Å, energy RMSE meV/atom")
         print(f"{'seed':>9s} | {'DeePMD-kit F':>12s} {'E':>7s} | {'dpa1 F':>8s} {'E':>7s}")
         for s in seeds:
             cells = []
             for code in ("DeePMD-kit", "dpa1"):
                 r = by.get((code, s))
-                cells.append(f"{r['rmse_f']:.4f} {r['rmse_e_mev']:7.3f}" if r else f"{'–':>6s} {'–':>7s}")
+                cells.append(
+                    f"{r['rmse_f']:.4f} {r['rmse_e_mev']:7.3f}" if r else f"{'–':>6s} {'–':>7s}"
+                )
             print(f"{9 + s:>6d}/{s:<2d} | {cells[0]:>20s} | {cells[1]:>16s}")
         both = [s for s in seeds if ("dpa1", s) in by and ("DeePMD-kit", s) in by]
         if not both:
@@ -173,8 +176,11 @@ def report(workdir: Path, inputs: list[str]) -> bool:
             f = np.array([by[(code, s)]["rmse_f"] for s in seeds if (code, s) in by])
             e = np.array([by[(code, s)]["rmse_e_mev"] for s in seeds if (code, s) in by])
             stat[code] = (f, e)
-            print(f"{code:>10s}: n={f.size}  mean F {f.mean():.4f} (range {f.min():.4f}–{f.max():.4f})  "
-                  f"mean E {e.mean():.3f} (range {e.min():.3f}–{e.max():.3f})")
+            print(
+                f"{code:>10s}: n={f.size}  mean F {f.mean():.4f} (range "
+                f"{f.min():.4f}–{f.max():.4f})  "
+                f"mean E {e.mean():.3f} (range {e.min():.3f}–{e.max():.3f})"
+            )
         (fo, eo), (fd, ed) = stat["dpa1"], stat["DeePMD-kit"]
         checks = {
             "mean force ratio": (fo.mean() / fd.mean(), TARGETS["force_ratio"]),
@@ -193,14 +199,20 @@ def report(workdir: Path, inputs: list[str]) -> bool:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--inputs", default="small,example", help="comma list of 'small', 'example'")
     ap.add_argument("--seeds", default="1-5", help="e.g. 1-5 or 1,3,7")
     ap.add_argument("--codes", default="dpa1,deepmd", help="comma list of 'dpa1', 'deepmd'")
-    ap.add_argument("--jobs", type=int, default=1, help="runs side by side (threads = 2 // jobs, at least 1)")
+    ap.add_argument(
+        "--jobs", type=int, default=1, help="runs side by side (threads = 2 // jobs, at least 1)"
+    )
     ap.add_argument("--dp", default=shutil.which("dp") or "/tmp/dpvenv/bin/dp")
     ap.add_argument("--workdir", default=str(DEFAULT_WORKDIR))
-    ap.add_argument("--rerun", action="store_true", help="train again even if a stored result exists")
+    ap.add_argument(
+        "--rerun", action="store_true", help="train again even if a stored result exists"
+    )
     ap.add_argument("--report", action="store_true", help="only print the table of the stored runs")
     a = ap.parse_args()
     inputs = [x for x in a.inputs.split(",") if x]
@@ -211,17 +223,27 @@ def main() -> None:
     if not a.report:
         codes = [{"dpa1": "dpa1", "deepmd": "DeePMD-kit"}[c] for c in a.codes.split(",") if c]
         if "DeePMD-kit" in codes and not Path(a.dp).exists() and not shutil.which(a.dp):
-            sys.exit(f"train_quality.py: no DeePMD-kit `dp` at {a.dp!r} (--dp PATH, or --codes dpa1)")
-        todo = [(n, c, s) for n in inputs for s in parse_seeds(a.seeds) for c in codes
-                if a.rerun or not result_path(workdir, n, c, s).exists()]
+            sys.exit(
+                f"train_quality.py: no DeePMD-kit `dp` at {a.dp!r} (--dp PATH, or --codes dpa1)"
+            )
+        todo = [
+            (n, c, s)
+            for n in inputs
+            for s in parse_seeds(a.seeds)
+            for c in codes
+            if a.rerun or not result_path(workdir, n, c, s).exists()
+        ]
         threads = max(1, 2 // max(1, a.jobs))
 
         def job(item: tuple[str, str, int]) -> None:
             name, code, seed = item
             res = train_one(name, code, seed, a, threads)
             result_path(workdir, name, code, seed).write_text(json.dumps(res, indent=1))
-            print(f"{name:8s} {code:10s} seed {seed}: rmse_f {res['rmse_f']:.4f} eV/Å  "
-                  f"rmse_e {res['rmse_e_mev']:.3f} meV/atom  ({res['s_per_step']:.2f} s/step)", flush=True)
+            print(
+                f"{name:8s} {code:10s} seed {seed}: rmse_f {res['rmse_f']:.4f} eV/Å  "
+                f"rmse_e {res['rmse_e_mev']:.3f} meV/atom  ({res['s_per_step']:.2f} s/step)",
+                flush=True,
+            )
 
         with ThreadPoolExecutor(max_workers=max(1, a.jobs)) as pool:
             for _ in pool.map(job, todo):

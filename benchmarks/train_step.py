@@ -1,4 +1,4 @@
-"""Training-step benchmark (not a test): seconds per step at batch 1 on 192-atom water.
+r"""Training-step benchmark (not a test): seconds per step at batch 1 on 192-atom water.
 
 One step = forward (energy and forces) + the example's energy/force loss + backward +
 Adam step, for the example model in float64 and float32 and its ``attn_layer 0``
@@ -23,7 +23,8 @@ output says if it is not on it.
 Usage::
 
     python benchmarks/train_step.py [--quick] [--steps 12] [--variants float64,float32,attn0]
-    python benchmarks/train_step.py --variants float64 --steps 100 --budget 1e9 --heldout 20 --no-plain
+    python benchmarks/train_step.py --variants float64 --steps 100 --budget 1e9 --heldout 20 \
+        --no-plain
     python benchmarks/train_step.py --device cuda --steps 30
 """
 
@@ -37,6 +38,8 @@ import time
 from pathlib import Path
 
 import common  # sets the threads before torch is imported
+
+# isort: split
 import numpy as np
 import torch
 
@@ -79,8 +82,11 @@ def worker(argv: list[str]) -> None:
     def make_step(net):
         net.train()
         loss_fn = EnerLoss.from_config(cfg["loss"], lr_sched.start_lr)
-        opt = torch.optim.Adam([q for q in net.parameters() if q.requires_grad], lr=lr_sched.start_lr,
-                               betas=(0.9, 0.999))
+        opt = torch.optim.Adam(
+            [q for q in net.parameters() if q.requires_grad],
+            lr=lr_sched.start_lr,
+            betas=(0.9, 0.999),
+        )
 
         def step(k: int) -> float:
             lr = lr_sched.value(k)
@@ -88,10 +94,18 @@ def worker(argv: list[str]) -> None:
                 g["lr"] = lr
             d = data[k]
             atype = torch.from_numpy(d["atype"]).reshape(1, -1).to(dev)
-            pred = net(torch.from_numpy(d["coord"]).to(dev), atype,
-                       torch.from_numpy(d["box"]).reshape(1, 3, 3).to(dev))
-            label = {"atype": atype, "energy": torch.from_numpy(d["energy"]).to(dev),
-                     "force": torch.from_numpy(d["force"]).to(dev), "find_energy": 1.0, "find_force": 1.0}
+            pred = net(
+                torch.from_numpy(d["coord"]).to(dev),
+                atype,
+                torch.from_numpy(d["box"]).reshape(1, 3, 3).to(dev),
+            )
+            label = {
+                "atype": atype,
+                "energy": torch.from_numpy(d["energy"]).to(dev),
+                "force": torch.from_numpy(d["force"]).to(dev),
+                "find_energy": 1.0,
+                "find_force": 1.0,
+            }
             loss, _ = loss_fn(pred, label, lr)
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -108,9 +122,14 @@ def worker(argv: list[str]) -> None:
 
         def dp_step(k: int) -> float:
             d = data[k]
-            return step_dp(torch.from_numpy(d["coord"]), torch.from_numpy(d["atype"]).reshape(1, -1),
-                           torch.from_numpy(d["box"]), torch.from_numpy(d["energy"]),
-                           torch.from_numpy(d["force"]), lr_sched.value(k))
+            return step_dp(
+                torch.from_numpy(d["coord"]),
+                torch.from_numpy(d["atype"]).reshape(1, -1),
+                torch.from_numpy(d["box"]),
+                torch.from_numpy(d["energy"]),
+                torch.from_numpy(d["force"]),
+                lr_sched.value(k),
+            )
 
         fns["deepmd"] = dp_step
 
@@ -131,13 +150,19 @@ def worker(argv: list[str]) -> None:
                 gpu_peak[name] = max(gpu_peak[name], common.gpu_peak_gb(dev))
         if k >= 3 and time.perf_counter() - start > a.budget:
             break
-    out = {"load": os.getloadavg()[0], "losses": losses, "times": {}, "device": str(dev),
-           "deepmd_device": str(common.deepmd_device()) if use_dp else None}
+    out = {
+        "load": os.getloadavg()[0],
+        "losses": losses,
+        "times": {},
+        "device": str(dev),
+        "deepmd_device": str(common.deepmd_device()) if use_dp else None,
+    }
     if cuda:
         out["gpu_peak_gb"] = gpu_peak
     if a.heldout:
         out["heldout"] = common.heldout_errors(
-            {"ours": model, **({"deepmd": dpm} if use_dp else {})}, a.heldout)
+            {"ours": model, **({"deepmd": dpm} if use_dp else {})}, a.heldout
+        )
     for name, ts in times.items():
         ts = ts[1:] or ts  # step 1 is the warm-up
         out["times"][name] = {"best": min(ts), "median": float(np.median(ts)), "n": len(ts)}
@@ -145,17 +170,29 @@ def worker(argv: list[str]) -> None:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--steps", type=int, default=None)
     ap.add_argument("--variants", default="float64,float32,attn0")
-    ap.add_argument("--no-deepmd", action="store_true", help="ours only (use DeePMD-kit's reference numbers)")
+    ap.add_argument(
+        "--no-deepmd", action="store_true", help="ours only (use DeePMD-kit's reference numbers)"
+    )
     ap.add_argument("--no-plain", action="store_true", help="skip our untuned path")
-    ap.add_argument("--heldout", type=int, default=0,
-                    help="after the steps, RMSE of each trained model on this many data_2 frames")
-    ap.add_argument("--budget", type=float, default=None, help="seconds per variant (default 40/240)")
+    ap.add_argument(
+        "--heldout",
+        type=int,
+        default=0,
+        help="after the steps, RMSE of each trained model on this many data_2 frames",
+    )
+    ap.add_argument(
+        "--budget", type=float, default=None, help="seconds per variant (default 40/240)"
+    )
     ap.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:1 ...")
-    ap.add_argument("--child-timeout", type=float, default=1200.0, help="seconds per variant's child process")
+    ap.add_argument(
+        "--child-timeout", type=float, default=1200.0, help="seconds per variant's child process"
+    )
     a = ap.parse_args()
     dev = common.resolve_device(a.device)
     cuda = common.is_cuda(dev)
@@ -166,13 +203,22 @@ def main() -> None:
     budget = a.budget or (40.0 if a.quick else 240.0)
     common.print_machine(dev)
     dp_ok = common.have_deepmd() and not a.no_deepmd
-    print(f"# DeePMD side by side: {'yes' if dp_ok else 'no (DeePMD-kit reference numbers)'}; "
-          f"{steps} steps per variant (first one is warm-up)")
+    print(
+        f"# DeePMD side by side: {'yes' if dp_ok else 'no (DeePMD-kit reference numbers)'}; "
+        f"{steps} steps per variant (first one is warm-up)"
+    )
     rows, lrows, trows, hrows = [], [], [], []
     t_start = time.perf_counter()
     for variant in a.variants.split(","):
-        args = [variant, "--steps", str(steps), "--budget", str(budget)] + (["--no-deepmd"] if a.no_deepmd else [])
-        args += (["--no-plain"] if a.no_plain else []) + ["--heldout", str(a.heldout), "--device", str(dev)]
+        args = [variant, "--steps", str(steps), "--budget", str(budget)] + (
+            ["--no-deepmd"] if a.no_deepmd else []
+        )
+        args += (["--no-plain"] if a.no_plain else []) + [
+            "--heldout",
+            str(a.heldout),
+            "--device",
+            str(dev),
+        ]
         r = common.run_child(SCRIPT, args, timeout=a.child_timeout)
         if "error" in r:
             rows.append([variant, "error", r["error"]] + [None] * (5 if cuda else 4))
@@ -185,52 +231,133 @@ def main() -> None:
             dp, src = t["deepmd"]["best"], "measured"
         else:
             dp, src = common.REFERENCE["train_step_s"][variant], "reference"
-        rows.append([variant, "ours", ours, t["ours"]["median"], t["ours"]["n"], common.ratio(dp, ours), ""])
+        rows.append(
+            [variant, "ours", ours, t["ours"]["median"], t["ours"]["n"], common.ratio(dp, ours), ""]
+        )
         if "deepmd" in t:
             rows.append([variant, "DeePMD", dp, t["deepmd"]["median"], t["deepmd"]["n"], None, ""])
-        rows.append([variant, "DeePMD reference", common.REFERENCE["train_step_s"][variant], None, None,
-                     common.ratio(common.REFERENCE["train_step_s"][variant], ours), ""])
+        rows.append(
+            [
+                variant,
+                "DeePMD reference",
+                common.REFERENCE["train_step_s"][variant],
+                None,
+                None,
+                common.ratio(common.REFERENCE["train_step_s"][variant], ours),
+                "",
+            ]
+        )
         got = common.ratio(dp, ours)
         if variant == "attn0":  # not the example model, which the speed target is about
-            trows.append([f"{variant} step speed-up vs DeePMD ({src})", "–", f"{got:.2f}×", "reported"])
+            trows.append(
+                [f"{variant} step speed-up vs DeePMD ({src})", "–", f"{got:.2f}×", "reported"]
+            )
         else:
-            trows.append([f"{variant} step speed-up vs DeePMD ({src})", f"≥ {common.TARGETS['train']}×",
-                          f"{got:.2f}×", "yes" if got >= common.TARGETS["train"] else "NO"])
+            trows.append(
+                [
+                    f"{variant} step speed-up vs DeePMD ({src})",
+                    f"≥ {common.TARGETS['train']}×",
+                    f"{got:.2f}×",
+                    "yes" if got >= common.TARGETS["train"] else "NO",
+                ]
+            )
         for other in ("plain", "deepmd"):
             if other in r["losses"]:
                 lo, ld = np.array(r["losses"]["ours"]), np.array(r["losses"][other])
                 rel = np.abs(lo - ld) / np.abs(ld)
-                lrows.append([variant, other, len(lo), lo[0], ld[0], rel[0], rel.max(), lo[-1], ld[-1]])
+                lrows.append(
+                    [variant, other, len(lo), lo[0], ld[0], rel[0], rel.max(), lo[-1], ld[-1]]
+                )
         if "plain" in t:
-            rows.append([variant, "ours, untuned path", t["plain"]["best"], t["plain"]["median"],
-                         t["plain"]["n"], None, ""])
+            rows.append(
+                [
+                    variant,
+                    "ours, untuned path",
+                    t["plain"]["best"],
+                    t["plain"]["median"],
+                    t["plain"]["n"],
+                    None,
+                    "",
+                ]
+            )
         if cuda:  # peak GPU GB column: ours, DeePMD, the reference (none), untuned
             peaks = r.get("gpu_peak_gb", {})
             for row in rows[nrow:]:
-                key = {"ours": "ours", "DeePMD": "deepmd", "ours, untuned path": "plain"}.get(row[1])
+                key = {"ours": "ours", "DeePMD": "deepmd", "ours, untuned path": "plain"}.get(
+                    row[1]
+                )
                 row.insert(6, peaks.get(key) if key else None)
         for name, err in r.get("heldout", {}).items():
-            hrows.append([variant, name, len(r["losses"][name]), err["rmse_e_atom"], err["mean_e_atom"],
-                          err["rmse_f"]])
-        print(f"# done {variant} ({time.perf_counter() - t_start:.0f} s, load {r['load']:.1f})",
-              file=sys.stderr, flush=True)
+            hrows.append(
+                [
+                    variant,
+                    name,
+                    len(r["losses"][name]),
+                    err["rmse_e_atom"],
+                    err["mean_e_atom"],
+                    err["rmse_f"],
+                ]
+            )
+        print(
+            f"# done {variant} ({time.perf_counter() - t_start:.0f} s, load {r['load']:.1f})",
+            file=sys.stderr,
+            flush=True,
+        )
     where = f" on {torch.cuda.get_device_name(dev)}" if cuda else ""
     print(f"\n## Training step{where}, batch 1, 192-atom water (seconds per step)\n")
-    print(common.table(["variant", "implementation", "best s", "median s", "n", "DeePMD/ours"]
-                       + (["peak GPU GB"] if cuda else []) + [""], rows))
+    print(
+        common.table(
+            ["variant", "implementation", "best s", "median s", "n", "DeePMD/ours"]
+            + (["peak GPU GB"] if cuda else [])
+            + [""],
+            rows,
+        )
+    )
     if cuda:
-        print("\n(peak GPU GB: torch.cuda.max_memory_allocated during one step, the largest over the steps; "
-              "each timed step is bracketed by torch.cuda.synchronize())")
+        print(
+            "\n(peak GPU GB: torch.cuda.max_memory_allocated during one step, the largest over "
+            "the steps; "
+            "each timed step is bracketed by torch.cuda.synchronize())"
+        )
     if lrows:
         print("\n## Loss curves, same initial weights / frames / learning rates\n")
-        print("(plain: our untuned path, all N_c slots in one block; the speed-ups "
-              "must not change the numbers beyond round-off)\n")
-        print(common.table(["variant", "against", "steps", "loss₁ ours", "loss₁ other", "rel. diff step 1",
-                            "max rel. diff", "loss_last ours", "loss_last other"], lrows))
+        print(
+            "(plain: our untuned path, all N_c slots in one block; the speed-ups "
+            "must not change the numbers beyond round-off)\n"
+        )
+        print(
+            common.table(
+                [
+                    "variant",
+                    "against",
+                    "steps",
+                    "loss₁ ours",
+                    "loss₁ other",
+                    "rel. diff step 1",
+                    "max rel. diff",
+                    "loss_last ours",
+                    "loss_last other",
+                ],
+                lrows,
+            )
+        )
     if hrows:
-        print("\n## Held-out errors after these steps (data_2; same initial weights, frames and lr)\n")
-        print(common.table(["variant", "model", "steps", "rmse E/atom (eV)", "mean ΔE/atom (eV)",
-                            "rmse F (eV/Å)"], hrows))
+        print(
+            "\n## Held-out errors after these steps (data_2; same initial weights, frames and lr)\n"
+        )
+        print(
+            common.table(
+                [
+                    "variant",
+                    "model",
+                    "steps",
+                    "rmse E/atom (eV)",
+                    "mean ΔE/atom (eV)",
+                    "rmse F (eV/Å)",
+                ],
+                hrows,
+            )
+        )
     print("\n## Targets\n")
     print(common.table(["target", "goal", "measured", "met"], trows))
     note = common.deepmd_device_note(dev)

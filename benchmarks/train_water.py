@@ -62,12 +62,33 @@ def held_out(model: Path, workdir: Path, env: dict) -> dict:
     (±2e-3) decides most of its RMSE."""
     out = workdir / f"{model.stem}_test.json"
     detail = workdir / f"{model.stem}_detail"
-    run([sys.executable, "-m", "dpa1", "test", "-m", str(model), "-s", str(EXAMPLE / "data" / "data_2"),
-         "-n", "40", "--json", str(out), "--detail-file", str(detail)], workdir, env)
+    run(
+        [
+            sys.executable,
+            "-m",
+            "dpa1",
+            "test",
+            "-m",
+            str(model),
+            "-s",
+            str(EXAMPLE / "data" / "data_2"),
+            "-n",
+            "40",
+            "--json",
+            str(out),
+            "--detail-file",
+            str(detail),
+        ],
+        workdir,
+        env,
+    )
     data_e, pred_e = np.loadtxt(f"{detail}.e_peratom.out", ndmin=2).T
     err = pred_e - data_e
-    return {**json.loads(out.read_text())["total"], "mean_energy_per_atom": float(err.mean()),
-            "std_energy_per_atom": float(err.std())}
+    return {
+        **json.loads(out.read_text())["total"],
+        "mean_energy_per_atom": float(err.mean()),
+        "std_energy_per_atom": float(err.std()),
+    }
 
 
 def train_both(a, env: dict, tmp: Path, seed: int | None) -> list[tuple[str, float, dict]]:
@@ -76,7 +97,21 @@ def train_both(a, env: dict, tmp: Path, seed: int | None) -> list[tuple[str, flo
     ours = tmp / f"ours_{seed}"
     ours.mkdir()
     inp = make_input(ours, a.steps, seed)
-    t = run([sys.executable, "-m", "dpa1", "train", str(inp), "-o", str(ours), "--log-level", "WARNING"], ours, env)
+    t = run(
+        [
+            sys.executable,
+            "-m",
+            "dpa1",
+            "train",
+            str(inp),
+            "-o",
+            str(ours),
+            "--log-level",
+            "WARNING",
+        ],
+        ours,
+        env,
+    )
     rows.append(("dpa1", t / a.steps, held_out(ours / "model.ckpt.pt", ours, env)))
     if not a.no_deepmd and a.dp and Path(a.dp).exists():
         dpdir = tmp / f"deepmd_{seed}"
@@ -90,37 +125,62 @@ def train_both(a, env: dict, tmp: Path, seed: int | None) -> list[tuple[str, flo
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--steps", type=int, default=200)
     ap.add_argument("--seeds", default="", help="comma list; default: the example's own seeds")
     ap.add_argument("--dp", default=shutil.which("dp") or "/tmp/dpvenv/bin/dp")
     ap.add_argument("--no-deepmd", action="store_true")
     ap.add_argument("--json", default=None, help="also write every row to this file")
-    ap.add_argument("--merge", nargs="*", default=[],
-                    help="earlier --json files: their runs join the comparison over seeds")
+    ap.add_argument(
+        "--merge",
+        nargs="*",
+        default=[],
+        help="earlier --json files: their runs join the comparison over seeds",
+    )
     a = ap.parse_args()
-    env = {**os.environ, "OMP_NUM_THREADS": "2", "DP_INTRA_OP_PARALLELISM_THREADS": "2",
-           "DP_INTER_OP_PARALLELISM_THREADS": "1"}
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": "2",
+        "DP_INTRA_OP_PARALLELISM_THREADS": "2",
+        "DP_INTER_OP_PARALLELISM_THREADS": "1",
+    }
     seeds: list[int | None] = [int(x) for x in a.seeds.split(",") if x] or [None]
     table: list[tuple[int | None, str, float, dict]] = []
     with tempfile.TemporaryDirectory() as tmp:
         for seed in seeds:
             for name, sps, err in train_both(a, env, Path(tmp), seed):
                 table.append((seed, name, sps, err))
-                print(f"seed {seed}: {name:12s} {sps:8.3f} s/step  rmse_e/atom {err['rmse_energy_per_atom']:.4e}"
-                      f" (mean {err['mean_energy_per_atom']:+.2e}, std {err['std_energy_per_atom']:.3e})"
-                      f"  rmse_f {err['rmse_force']:.4e}", flush=True)
-    print(f"\nwater, example model, {a.steps} steps, batch 1, float64, 2 threads; held-out: data_2 (40 frames)")
+                print(
+                    f"seed {seed}: {name:12s} {sps:8.3f} s/step  rmse_e/atom "
+                    f"{err['rmse_energy_per_atom']:.4e}"
+                    f" (mean {err['mean_energy_per_atom']:+.2e}, std "
+                    f"{err['std_energy_per_atom']:.3e})"
+                    f"  rmse_f {err['rmse_force']:.4e}",
+                    flush=True,
+                )
+    print(
+        f"\nwater, example model, {a.steps} steps, batch 1, float64, 2 threads; held-out: "
+        "data_2 (40 frames)"
+    )
     print(f"{'seed':>5s} {'code':12s} {'s/step':>8s} {'rmse_e/atom':>12s} {'rmse_f':>10s}")
     for seed, name, sps, err in table:
-        print(f"{str(seed):>5s} {name:12s} {sps:8.3f} {err['rmse_energy_per_atom']:12.4e} {err['rmse_force']:10.4e}")
+        print(
+            f"{str(seed):>5s} {name:12s} {sps:8.3f} {err['rmse_energy_per_atom']:12.4e} "
+            f"{err['rmse_force']:10.4e}"
+        )
     codes = sorted({name for _, name, _, _ in table})
     for name in codes:
-        errs = [(e["rmse_energy_per_atom"], e["rmse_force"], s) for _, n, s, e in table if n == name]
+        errs = [
+            (e["rmse_energy_per_atom"], e["rmse_force"], s) for _, n, s, e in table if n == name
+        ]
         me, mf, ms = (sum(x[i] for x in errs) / len(errs) for i in range(3))
-        print(f"{'mean':>5s} {name:12s} {ms:8.3f} {me:12.4e} {mf:10.4e}   "
-              f"(range e {min(x[0] for x in errs):.3e}–{max(x[0] for x in errs):.3e}, "
-              f"f {min(x[1] for x in errs):.4f}–{max(x[1] for x in errs):.4f})")
+        print(
+            f"{'mean':>5s} {name:12s} {ms:8.3f} {me:12.4e} {mf:10.4e}   "
+            f"(range e {min(x[0] for x in errs):.3e}–{max(x[0] for x in errs):.3e}, "
+            f"f {min(x[1] for x in errs):.4f}–{max(x[1] for x in errs):.4f})"
+        )
     rows = [{"seed": sd, "code": n, "s_per_step": s, **e} for sd, n, s, e in table]
     if a.json:
         Path(a.json).write_text(json.dumps(rows, indent=1))
@@ -150,13 +210,20 @@ def compare(rows: list[dict]) -> None:
     for key in ("rmse_energy_per_atom", "rmse_force", "std_energy_per_atom"):
         if not all(any(key in r for r in rows if r["code"] == c) for c in ("dpa1", "DeePMD-kit")):
             continue
-        stats = {c: _mean_se([r[key] for r in rows if r["code"] == c and key in r]) for c in ("dpa1", "DeePMD-kit")}
+        stats = {
+            c: _mean_se([r[key] for r in rows if r["code"] == c and key in r])
+            for c in ("dpa1", "DeePMD-kit")
+        }
         n = {c: sum(r["code"] == c and key in r for r in rows) for c in stats}
         (m0, se0), (m1, se1) = stats["dpa1"], stats["DeePMD-kit"]
-        se = (se0 ** 2 + se1 ** 2) ** 0.5
+        se = (se0**2 + se1**2) ** 0.5
         t = (m0 - m1) / se if se > 0 else float("nan")
-        print(f"  {key:22s} dpa1 {m0:.4e} ± {se0:.1e} (n={n['dpa1']})   DeePMD-kit {m1:.4e} ± {se1:.1e} "
-              f"(n={n['DeePMD-kit']})   ratio {m0 / m1:.3f}   difference {m0 - m1:+.2e} ± {se:.1e} (t = {t:+.2f})")
+        print(
+            f"  {key:22s} dpa1 {m0:.4e} ± {se0:.1e} (n={n['dpa1']})   DeePMD-kit {m1:.4e} ± "
+            f"{se1:.1e} "
+            f"(n={n['DeePMD-kit']})   ratio {m0 / m1:.3f}   difference {m0 - m1:+.2e} ± "
+            f"{se:.1e} (t = {t:+.2f})"
+        )
 
 
 if __name__ == "__main__":

@@ -8,7 +8,7 @@ are the lattice vectors, and ``virial[3k + j] = Σ F_k x_j``.
 from __future__ import annotations
 
 import copy
-from typing import Any, Optional
+from typing import Any
 
 import numpy as np
 import pytest
@@ -41,7 +41,7 @@ def single_thread():
 
 # === configurations ========================================================================
 def small_model_config(
-    descriptor: Optional[dict] = None, fitting: Optional[dict] = None, **model: Any
+    descriptor: dict | None = None, fitting: dict | None = None, **model: Any
 ) -> dict:
     """The normalised ``model`` section of a small 3-type DPA-1 model.
 
@@ -124,7 +124,7 @@ def random_cell(rng: np.random.Generator, lengths=(6.0, 6.5, 7.0), tilt: float =
     return h
 
 
-def min_image_distances(coord: np.ndarray, box: Optional[np.ndarray], reach: int = 2) -> np.ndarray:
+def min_image_distances(coord: np.ndarray, box: np.ndarray | None, reach: int = 2) -> np.ndarray:
     """Distances between all pairs over lattice shifts in ``[-reach, reach]³`` (self excluded)."""
     n = coord.shape[0]
     if box is None:
@@ -140,7 +140,7 @@ def min_image_distances(coord: np.ndarray, box: Optional[np.ndarray], reach: int
 
 
 def random_positions(
-    rng: np.random.Generator, n: int, box: Optional[np.ndarray], min_dist: float = 0.9,
+    rng: np.random.Generator, n: int, box: np.ndarray | None, min_dist: float = 0.9,
     cluster_size: float = 4.5,
 ) -> np.ndarray:
     """``n`` positions at least ``min_dist`` apart (over periodic images), by rejection.
@@ -166,7 +166,7 @@ def random_positions(
     raise RuntimeError("could not place the atoms")
 
 
-def make_system(kind: str, seed: int, n_virtual: int = 0, natoms: Optional[int] = None):
+def make_system(kind: str, seed: int, n_virtual: int = 0, natoms: int | None = None):
     """A small random system: ``coord (nloc, 3)``, ``atype (nloc,)``, ``box (3, 3)`` or None.
 
     Kinds: ``pbc`` (triclinic, ~12 atoms), ``nopbc`` (a cluster), ``thin`` (a cell whose

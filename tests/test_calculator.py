@@ -7,12 +7,12 @@ import warnings
 import numpy as np
 import pytest
 from ase import Atoms, units
-from ase.build import molecule
 from ase.calculators.calculator import PropertyNotImplementedError
 
 from dpa1.calculator import DP
 from dpa1.cli.md import set_velocities
 from dpa1.infer.deep_pot import DeepPot
+
 from data_paths import TINY_DP, TINY_REFERENCE, WATER
 
 try:  # ASE ≥ 3.23; the Calculator methods of the same names are deprecated

@@ -17,8 +17,8 @@ from dpa1.infer.deep_pot import DeepPot
 from dpa1.io.model_file import freeze, load_checkpoint, save_checkpoint
 from dpa1.io.serialize import load_dp_model, save_dp_model
 from dpa1.model.build import build_model
-from data_paths import TINY_DP, WATER
 
+from data_paths import TINY_DP, WATER
 from train_utils import water_input
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -272,7 +272,7 @@ def test_change_bias_refits_out_bias(tiny_model_config, tmp_path) -> None:
              "-o", str(out_dp)])
     new_dp, _ = load_dp_model(out_dp)
     np.testing.assert_allclose(new_dp.out_bias.numpy(), new.out_bias.numpy(), rtol=1e-12)
-    for (k, a), b in zip(new_dp.state_dict().items(), new.state_dict().values()):
+    for (k, a), b in zip(new_dp.state_dict().items(), new.state_dict().values(), strict=True):
         if k != "out_bias":  # out_std is the residual std in both
             assert torch.equal(a, b), k
 
@@ -290,7 +290,7 @@ def test_freeze_checkpoint(tiny_model_config, tmp_path, capsys) -> None:
     frozen = DeepPot(pth, device="cpu")
     assert frozen.get_type_map() == ["O", "H"]
     got = frozen.eval(fr["coord"], fr["box"], fr["symbols"])
-    for a, b in zip(got, ref):
+    for a, b in zip(got, ref, strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)
 
     # a directory holding model.ckpt.pt works too

@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 from dpa1.io.config import ConfigError, load_config, model_defaults_doc, normalize_config
+
 from data_paths import ROOT, TINY_INPUT
 
 
@@ -95,7 +96,7 @@ def test_aliases_and_comments(tiny: dict[str, Any]) -> None:
     text = json.dumps(cfg)
     assert "_comment" not in text and "n_axis_neuron" not in text and "stop_batch" not in text
     for alias in ("num_epoch", "num_epochs", "numb_epochs"):
-        d = _edit(tiny, lambda d: d["training"].update({alias: 3}))
+        d = _edit(tiny, lambda d, alias=alias: d["training"].update({alias: 3}))
         del d["training"]["stop_batch"]
         assert normalize_config(d)["training"]["numb_epoch"] == 3
 
@@ -129,7 +130,8 @@ def test_se_atten_v2(tiny: dict[str, Any]) -> None:
     assert d["tebd_input_mode"] == "strip" and d["smooth_type_embedding"] is True
     for key, value in (("tebd_input_mode", "concat"), ("smooth_type_embedding", False),
                        ("stripped_type_embedding", True)):
-        msg = _error(_edit(tiny, lambda c: c["model"]["descriptor"].update({key: value})))
+        msg = _error(_edit(tiny, lambda c, key=key, value=value:
+                           c["model"]["descriptor"].update({key: value})))
         assert f"model.descriptor.{key}:" in msg and "se_atten_v2" in msg
 
 
@@ -150,21 +152,49 @@ def test_type_and_range_errors(tiny: dict[str, Any]) -> None:
     assert msg.startswith("model.descriptor.rcut_smth:") and "rcut" in msg
     msg = _error(_edit(tiny, lambda d: d["model"]["descriptor"].update(axis_neuron=33)))
     assert msg.startswith("model.descriptor.axis_neuron:") and "neuron[-1]" in msg
-    bad = {"neuron": [8, 0], "attn": 0, "attn_layer": -1, "tebd_dim": 0, "sel": 0,
-           "activation_function": "swish", "precision": "float16", "temperature": "hot"}
+    bad = {
+        "neuron": [8, 0],
+        "attn": 0,
+        "attn_layer": -1,
+        "tebd_dim": 0,
+        "sel": 0,
+        "activation_function": "swish",
+        "precision": "float16",
+        "temperature": "hot",
+    }
     lines = _error(_edit(tiny, lambda d: d["model"]["descriptor"].update(bad)))
-    for key in ("neuron[1]", "attn", "attn_layer", "tebd_dim", "sel", "activation_function",
-                "precision", "temperature"):
+    for key in (
+        "neuron[1]",
+        "attn",
+        "attn_layer",
+        "tebd_dim",
+        "sel",
+        "activation_function",
+        "precision",
+        "temperature",
+    ):
         assert f"\nmodel.descriptor.{key}:" in "\n" + lines
     bad_training = {"numb_steps": -1, "disp_freq": 0, "save_freq": -1, "max_ckpt_keep": 0}
     lines = _error(_edit(tiny, lambda d: d["training"].update(bad_training)))
     assert len(lines.splitlines()) == 4
 
 
-@pytest.mark.parametrize("batch_size, ok", [
-    (4, True), ([1, 2, 3], True), ("auto", True), ("auto:64", True), ("max:100", True),
-    ("filter:50", True), ("mixed:4", False), ("auto:", False), (0, False), ([1, 2], False),
-    (True, False)])
+@pytest.mark.parametrize(
+    "batch_size, ok",
+    [
+        (4, True),
+        ([1, 2, 3], True),
+        ("auto", True),
+        ("auto:64", True),
+        ("max:100", True),
+        ("filter:50", True),
+        ("mixed:4", False),
+        ("auto:", False),
+        (0, False),
+        ([1, 2], False),
+        (True, False),
+    ],
+)
 def test_batch_size(tiny: dict[str, Any], batch_size: Any, ok: bool) -> None:
     tiny["training"]["training_data"]["batch_size"] = batch_size
     if ok:
@@ -175,15 +205,18 @@ def test_batch_size(tiny: dict[str, Any], batch_size: Any, ok: bool) -> None:
 
 def test_learning_rate_errors(tiny: dict[str, Any]) -> None:
     lr = tiny["learning_rate"]
-    assert "not both" in _error(_edit(tiny, lambda d: d["learning_rate"].update(
-        stop_lr_ratio=0.01)))
-    assert "not both" in _error(_edit(tiny, lambda d: d["learning_rate"].update(
-        warmup_steps=5, warmup_ratio=0.1)))
+    assert "not both" in _error(
+        _edit(tiny, lambda d: d["learning_rate"].update(stop_lr_ratio=0.01))
+    )
+    assert "not both" in _error(
+        _edit(tiny, lambda d: d["learning_rate"].update(warmup_steps=5, warmup_ratio=0.1))
+    )
     for kind in ("cosine", "wsd"):
-        msg = _error(_edit(tiny, lambda d: d["learning_rate"].update(type=kind)))
+        msg = _error(_edit(tiny, lambda d, kind=kind: d["learning_rate"].update(type=kind)))
         assert msg.startswith("learning_rate.type:") and "not supported" in msg
-    assert "learning_rate.decay_rate:" in _error(_edit(tiny, lambda d: d[
-        "learning_rate"].update(decay_rate=1.5)))
+    assert "learning_rate.decay_rate:" in _error(
+        _edit(tiny, lambda d: d["learning_rate"].update(decay_rate=1.5))
+    )
     del lr["start_lr"]
     assert "learning_rate.start_lr: required key is missing" in _error(tiny)
 
@@ -194,19 +227,30 @@ def test_missing_length_of_training(tiny: dict[str, Any]) -> None:
 
 
 def test_unsupported_features(tiny: dict[str, Any]) -> None:
-    cases = {("model", "type_embedding"): ({"neuron": [8]}, "TensorFlow only"),
-             ("model", "spin"): ({}, "not supported"),
-             ("model", "use_srtab"): ("table.txt", "not supported"),
-             ("training", "mixed_precision"): ({}, "TensorFlow only"),
-             ("training", "zero_stage"): (1, "not supported"),
-             ("loss", "type"): ("ener_hess", "not supported"),
-             ("optimizer", "type"): ("LKF", "not supported")}
+    cases = {
+        ("model", "type_embedding"): ({"neuron": [8]}, "TensorFlow only"),
+        ("model", "spin"): ({}, "not supported"),
+        ("model", "use_srtab"): ("table.txt", "not supported"),
+        ("training", "mixed_precision"): ({}, "TensorFlow only"),
+        ("training", "zero_stage"): (1, "not supported"),
+        ("loss", "type"): ("ener_hess", "not supported"),
+        ("optimizer", "type"): ("LKF", "not supported"),
+    }
     tiny["optimizer"] = {}
     for (section, key), (value, words) in cases.items():
-        msg = _error(_edit(tiny, lambda d: d[section].update({key: value})))
+        msg = _error(
+            _edit(
+                tiny,
+                lambda d, section=section, key=key, value=value: d[section].update({key: value}),
+            )
+        )
         assert msg.startswith(f"{section}.{key}:") and words in msg
-    assert normalize_config(_edit(tiny, lambda d: d["model"]["descriptor"].update(
-        attn_mask=True)))["model"]["descriptor"]["attn_mask"] is True
+    assert (
+        normalize_config(_edit(tiny, lambda d: d["model"]["descriptor"].update(attn_mask=True)))[
+            "model"
+        ]["descriptor"]["attn_mask"]
+        is True
+    )
     msg = _error(_edit(tiny, lambda d: d["model"]["descriptor"].update(type="se_e2_a")))
     assert msg.startswith("model.descriptor.type:") and "se_atten_v2" in msg
 
@@ -214,8 +258,10 @@ def test_unsupported_features(tiny: dict[str, Any]) -> None:
 def test_type_indices_checked(tiny: dict[str, Any]) -> None:
     tiny["model"].update(pair_exclude_types=[[0, 2]], preset_out_bias={"energy": [None]})
     lines = _error(tiny).splitlines()
-    assert lines == ["model.pair_exclude_types: type index 2 is out of range for 2 types",
-                     "model.preset_out_bias.energy: needs 2 entries (one per type)"]
+    assert lines == [
+        "model.pair_exclude_types: type index 2 is out of range for 2 types",
+        "model.preset_out_bias.energy: needs 2 entries (one per type)",
+    ]
 
 
 def test_several_errors_one_per_line(tiny: dict[str, Any]) -> None:
@@ -223,7 +269,10 @@ def test_several_errors_one_per_line(tiny: dict[str, Any]) -> None:
     tiny["loss"]["start_pref_f"] = -1
     lines = _error(tiny).splitlines()
     assert sorted(line.split(":")[0] for line in lines) == [
-        "loss.start_pref_f", "model.descriptor.neuron", "model.descriptor.rcut"]
+        "loss.start_pref_f",
+        "model.descriptor.neuron",
+        "model.descriptor.rcut",
+    ]
 
 
 def test_load_config_formats(tmp_path: Path, tiny: dict[str, Any]) -> None:
@@ -237,12 +286,20 @@ def test_load_config_formats(tmp_path: Path, tiny: dict[str, Any]) -> None:
 
 def test_reference_doc_lists_every_key() -> None:
     doc = model_defaults_doc()
-    for key in ("`axis_neuron`", "`n_axis_neuron`", "`numb_btch`", "`stop_batch`",
-                "`smooth_type_embdding`", "`stop_lr_ratio`", "`start_pref_h`"):
+    for key in (
+        "`axis_neuron`",
+        "`n_axis_neuron`",
+        "`numb_btch`",
+        "`stop_batch`",
+        "`smooth_type_embdding`",
+        "`stop_lr_ratio`",
+        "`start_pref_h`",
+    ):
         assert key in doc
     committed = ROOT / "docs" / "input_reference.md"
-    assert committed.read_text() == doc, "regenerate: python -m dpa1.io.config_doc > " \
-                                         "docs/input_reference.md"
+    assert committed.read_text() == doc, (
+        "regenerate: python -m dpa1.io.config_doc > docs/input_reference.md"
+    )
 
 
 def test_keys_of_unsupported_features_are_refused(tiny: dict[str, Any]) -> None:
@@ -265,7 +322,8 @@ def test_keys_of_unsupported_features_are_refused(tiny: dict[str, Any]) -> None:
         ("loss", "limit_pref_h"): (0.0, 1.0),
     }
     for (*section, key), (default, other) in cases.items():
-        def put(value: Any) -> dict[str, Any]:
+
+        def put(value: Any, section=section, key=key) -> dict[str, Any]:
             data = copy.deepcopy(tiny)
             target = data
             for name in section:
@@ -278,24 +336,34 @@ def test_keys_of_unsupported_features_are_refused(tiny: dict[str, Any]) -> None:
         assert len(lines) == 1, lines
         assert lines[0].startswith(f"{'.'.join(section)}.{key}: not supported by dpa1"), lines
         assert "remove the key or set it to" in lines[0]
-    msg = _error(_edit(tiny, lambda d: d["model"]["fitting_net"].update(
-        trainable=[True, False, True, True])))
+    msg = _error(
+        _edit(tiny, lambda d: d["model"]["fitting_net"].update(trainable=[True, False, True, True]))
+    )
     assert msg.startswith("model.fitting_net.trainable: per-layer flags are not supported")
-    assert normalize_config(_edit(tiny, lambda d: d["model"]["fitting_net"].update(
-        trainable=[False] * 4)))["model"]["fitting_net"]["trainable"] == [False] * 4
+    assert (
+        normalize_config(
+            _edit(tiny, lambda d: d["model"]["fitting_net"].update(trainable=[False] * 4))
+        )["model"]["fitting_net"]["trainable"]
+        == [False] * 4
+    )
 
 
 def test_stat_file_and_tensorboard_keys(tiny: dict[str, Any], monkeypatch) -> None:
     # the reference input (DeePMD-kit's se_atten example) names a statistics cache
     training = load_config(TINY_INPUT)["training"]
     assert (training["stat_file"], training["stat_file_mode"]) == ("./dpa1.hdf5", "update")
-    assert (training["tensorboard"], training["tensorboard_log_dir"],
-            training["tensorboard_freq"]) == (False, "log", 1)
+    assert (
+        training["tensorboard"],
+        training["tensorboard_log_dir"],
+        training["tensorboard_freq"],
+    ) == (False, "log", 1)
     no_file = _edit(tiny, lambda d: d["training"].update(stat_file=None, stat_file_mode="read"))
     assert _error(no_file) == "training.stat_file_mode: 'read' needs a stat_file"
     assert _error(_edit(tiny, lambda d: d["training"].update(tensorboard_freq=0))).startswith(
-        "training.tensorboard_freq: ")
+        "training.tensorboard_freq: "
+    )
     monkeypatch.setitem(sys.modules, "tensorboard", None)  # not installed
     assert _error(_edit(tiny, lambda d: d["training"].update(tensorboard=True))) == (
         "training.tensorboard: TensorBoard logging needs the tensorboard package, which is not "
-        "installed: pip install tensorboard (or set it to false)")
+        "installed: pip install tensorboard (or set it to false)"
+    )

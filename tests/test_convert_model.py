@@ -17,6 +17,7 @@ from dpa1.io.config import normalize_config
 from dpa1.io.model_file import load_checkpoint, save_checkpoint
 from dpa1.io.serialize import load_dp_model
 from dpa1.model.build import build_model
+
 from data_paths import TINY_DP, TINY_INPUT
 
 pytestmark = [

@@ -14,6 +14,7 @@ import torch
 from dpa1.data.loader import SystemSampler, resolve_batch_sizes, system_probabilities
 from dpa1.data.system import DeepmdSystem, Label, expand_systems, labels_for_model
 from dpa1.model.build import build_model
+
 from data_paths import NOPBC, WATER
 
 
@@ -306,7 +307,8 @@ def test_sampler_frequencies_follow_probabilities(alloy_systems) -> None:
     np.testing.assert_allclose(
         s.probs, [0.4, 0.3, 0.3 * 3 / 8, 0.3 * 3 / 8, 0.3 * 2 / 8], rtol=1e-14
     )
-    assert s.steps_per_epoch == math.ceil(max(nb / p for nb, p in zip(s.nbatches, s.probs)))
+    ratios = [nb / p for nb, p in zip(s.nbatches, s.probs, strict=True)]
+    assert s.steps_per_epoch == math.ceil(max(ratios))
 
 
 def test_sampler_seed_and_rank(alloy_systems) -> None:

@@ -23,9 +23,25 @@ def test_two_process_cpu_ddp(tmp_path):
     with socket.socket() as sock:  # a free port: a fixed one may be taken on a shared machine
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-           "--master_addr", "127.0.0.1", "--master_port", str(port), "-m", "dpa1", "train", str(inp), "-o", str(tmp_path / "run"),
-           "--device", "cpu"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--master_addr",
+        "127.0.0.1",
+        "--master_port",
+        str(port),
+        "-m",
+        "dpa1",
+        "train",
+        str(inp),
+        "-o",
+        str(tmp_path / "run"),
+        "--device",
+        "cpu",
+    ]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     names, data = read_lcurve(tmp_path / "run" / "lcurve.out")

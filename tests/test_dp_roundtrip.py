@@ -13,10 +13,16 @@ import pytest
 
 from dpa1.io.dp_file import load_dp
 from dpa1.io.serialize import load_dp_model, save_dp_model
-from data_paths import TINY_DP
-from model_utils import evaluate, make_model, make_system, params_for, small_model_config
-from model_utils import single_thread  # noqa: F401  (autouse fixture)
 
+from data_paths import TINY_DP
+from model_utils import (
+    evaluate,
+    make_model,
+    make_system,
+    params_for,
+    single_thread,  # noqa: F401  (autouse fixture)
+    small_model_config,
+)
 
 CONFIGS = {
     # The case that matters: se_atten_v2 with davg ≠ 0, random dstd, out_bias and bias_atom_e.

@@ -15,6 +15,7 @@ import pytest
 import torch
 
 from dpa1.model.econf import CONFIGURATIONS, econf_inputs
+
 from data_paths import TINY_INPUT
 
 # sha256 of DeePMD-kit 3.2.0's `normalized_electronic_configuration_embedding`, rows H..Og

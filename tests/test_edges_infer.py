@@ -25,9 +25,11 @@ from dpa1.infer.deep_pot import DeepPot, OverlapError
 from dpa1.io.model_file import freeze, load_checkpoint, save_checkpoint
 from dpa1.io.serialize import load_dp_model, save_dp_model
 
-from model_utils import single_thread  # noqa: F401  (autouse fixture)
-from model_utils import water_box
 from data_paths import ROOT, TINY_DP, WATER  # tiny.dp: O/H, rcut 4, sel 40
+from model_utils import (
+    single_thread,  # noqa: F401  (autouse fixture)
+    water_box,
+)
 from train_utils import water_input
 
 TINY_MIN_DIST = 0.8854385688525499  # its min_nbor_dist

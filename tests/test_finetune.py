@@ -36,7 +36,9 @@ def alloy_frames(symbols: list[str], n: int, seed: int) -> list:
     for _ in range(n):
         atoms = bulk("Cu", "fcc", a=3.7, cubic=True).repeat((2, 2, 1))  # 16 atoms
         atoms.set_chemical_symbols(list(rng.choice(symbols, size=len(atoms))))
-        atoms.set_cell(atoms.cell.array @ (np.eye(3) + rng.normal(0, 0.02, (3, 3))), scale_atoms=True)
+        atoms.set_cell(
+            atoms.cell.array @ (np.eye(3) + rng.normal(0, 0.02, (3, 3))), scale_atoms=True
+        )
         atoms.rattle(0.08, seed=int(rng.integers(1 << 30)))
         atoms.calc = EMT()
         atoms.info["energy"] = atoms.get_potential_energy()
@@ -50,16 +52,30 @@ def _input(tmp: Path, type_map, train, valid, steps, lr=2e-3) -> Path:
     cfg = {
         "model": {
             "type_map": type_map,
-            "descriptor": {"type": "se_atten", "sel": 60, "rcut": 4.5, "rcut_smth": 1.0,
-                           "neuron": [8, 16], "axis_neuron": 4, "attn": 16, "attn_layer": 1,
-                           "tebd_dim": 5, "seed": 3},
+            "descriptor": {
+                "type": "se_atten",
+                "sel": 60,
+                "rcut": 4.5,
+                "rcut_smth": 1.0,
+                "neuron": [8, 16],
+                "axis_neuron": 4,
+                "attn": 16,
+                "attn_layer": 1,
+                "tebd_dim": 5,
+                "seed": 3,
+            },
             "fitting_net": {"neuron": [24, 24], "seed": 3},
         },
         "learning_rate": {"start_lr": lr, "stop_lr": 2e-4, "decay_steps": 20},
         "loss": {"start_pref_e": 0.2, "limit_pref_e": 1, "start_pref_f": 100, "limit_pref_f": 1},
-        "training": {"training_data": {"systems": train, "batch_size": 2},
-                     "validation_data": {"systems": valid, "batch_size": 5, "numb_btch": 1},
-                     "numb_steps": steps, "disp_freq": steps, "save_freq": steps, "seed": 5},
+        "training": {
+            "training_data": {"systems": train, "batch_size": 2},
+            "validation_data": {"systems": valid, "batch_size": 5, "numb_btch": 1},
+            "numb_steps": steps,
+            "disp_freq": steps,
+            "save_freq": steps,
+            "seed": 5,
+        },
     }
     path = tmp / "input.json"
     tmp.mkdir(parents=True, exist_ok=True)
@@ -83,14 +99,27 @@ def test_finetune_beats_scratch(tmp_path):
     write_system(tmp_path / "ft_train", alloy_frames(small, 10, seed=21), small)
     write_system(tmp_path / "ft_test", alloy_frames(small, 10, seed=22), small)
 
-    pre_in = _input(tmp_path / "pretrain", big, [str(p) for p in pre], [str(tmp_path / "pre_valid")], 300)
+    pre_in = _input(
+        tmp_path / "pretrain", big, [str(p) for p in pre], [str(tmp_path / "pre_valid")], 300
+    )
     assert main(["train", str(pre_in), "-o", str(tmp_path / "pretrain")]) == 0
     pretrained = tmp_path / "pretrain" / "model.ckpt.pt"
 
     steps = 40
-    ft_in = _input(tmp_path / "ft", small, [str(tmp_path / "ft_train")], [str(tmp_path / "ft_train")], steps, lr=5e-4)
-    assert main(["train", str(ft_in), "-o", str(tmp_path / "ft"), "--finetune", str(pretrained)]) == 0
-    sc_in = _input(tmp_path / "sc", small, [str(tmp_path / "ft_train")], [str(tmp_path / "ft_train")], steps)
+    ft_in = _input(
+        tmp_path / "ft",
+        small,
+        [str(tmp_path / "ft_train")],
+        [str(tmp_path / "ft_train")],
+        steps,
+        lr=5e-4,
+    )
+    assert (
+        main(["train", str(ft_in), "-o", str(tmp_path / "ft"), "--finetune", str(pretrained)]) == 0
+    )
+    sc_in = _input(
+        tmp_path / "sc", small, [str(tmp_path / "ft_train")], [str(tmp_path / "ft_train")], steps
+    )
     assert main(["train", str(sc_in), "-o", str(tmp_path / "sc")]) == 0
 
     ft = _test_rmse(tmp_path / "ft" / "model.ckpt.pt", tmp_path / "ft_test", tmp_path / "ft.json")
@@ -108,12 +137,16 @@ def test_change_type_map_keeps_known_types_exactly(tmp_path):
     from dpa1.model.build import build_model
     from dpa1.train.finetune import change_type_map
 
-    cfg = normalize_config(json.loads(_input(tmp_path, ["Cu", "Ag", "Au", "Ni"], ["x"], ["x"], 1).read_text()))
+    cfg = normalize_config(
+        json.loads(_input(tmp_path, ["Cu", "Ag", "Au", "Ni"], ["x"], ["x"], 1).read_text())
+    )
     model = build_model(cfg["model"])
     with torch.no_grad():
         model.out_bias.copy_(torch.tensor([[[1.0], [2.0], [3.0], [4.0]]]))
-        model.descriptor.set_stat(torch.zeros(4, 60, 4, dtype=torch.float64),
-                                  1.0 + torch.arange(4, dtype=torch.float64).reshape(4, 1, 1).expand(4, 60, 4) / 10)
+        model.descriptor.set_stat(
+            torch.zeros(4, 60, 4, dtype=torch.float64),
+            1.0 + torch.arange(4, dtype=torch.float64).reshape(4, 1, 1).expand(4, 60, 4) / 10,
+        )
     new, new_types = change_type_map(model_to_dict(model), ["Au", "Cu", "Zn"])
     assert new_types == [2]
     adapted = model_from_dict(new)
@@ -121,7 +154,9 @@ def test_change_type_map_keeps_known_types_exactly(tmp_path):
     a = frames[0]
     coord = torch.tensor(a.get_positions())[None]
     box = torch.tensor(a.get_cell().array)[None]
-    old_t = torch.tensor([["Cu", "Ag", "Au", "Ni"].index(s) for s in a.get_chemical_symbols()])[None]
+    old_t = torch.tensor([["Cu", "Ag", "Au", "Ni"].index(s) for s in a.get_chemical_symbols()])[
+        None
+    ]
     new_t = torch.tensor([["Au", "Cu", "Zn"].index(s) for s in a.get_chemical_symbols()])[None]
     e_old = model(coord, old_t, box)
     e_new = adapted(coord, new_t, box)

@@ -74,8 +74,8 @@ def test_read_lcurve_round_trip(tmp_path: Path) -> None:
     rows = []
     with LCurveWriter(path, keys, has_validation=True) as w:
         for step in (1, 100, 200):
-            trn = dict(zip(keys, rng.uniform(0.01, 10, 3)))
-            val = dict(zip(keys, rng.uniform(0.01, 10, 3)))
+            trn = dict(zip(keys, rng.uniform(0.01, 10, 3), strict=True))
+            val = dict(zip(keys, rng.uniform(0.01, 10, 3), strict=True))
             val["rmse_e"] = float("nan")
             lr = 1e-3 * 0.9 ** (step // 100)
             w.write(step, trn, val, lr)

@@ -6,10 +6,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from ase.io import read, write
 
 from dpa1.cli.main import main
+
 from data_paths import TINY_DP
 
 pytestmark = pytest.mark.filterwarnings("ignore:The given NumPy array is not writable")

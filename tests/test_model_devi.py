@@ -13,9 +13,14 @@ from ase.io import write
 
 from dpa1.cli.main import main
 from dpa1.infer.deep_pot import DeepPot
-from dpa1.infer.model_devi import (calc_model_devi, format_model_devi, make_model_devi,
-                                   write_model_devi_out)
+from dpa1.infer.model_devi import (
+    calc_model_devi,
+    format_model_devi,
+    make_model_devi,
+    write_model_devi_out,
+)
 from dpa1.io.serialize import load_dp_model, save_dp_model
+
 from data_paths import TINY_DP
 
 NFRAMES = 3
@@ -157,7 +162,7 @@ def test_trajectory_input_equals_system_input(tmp_path: Path, model_files, frame
     traj = tmp_path / "traj.traj"  # ASE's binary format keeps float64 coordinates exactly
     symbols = np.array(["O", "H"])[frames["atype"]]
     write(traj, [Atoms(symbols, positions=c, cell=b.reshape(3, 3), pbc=True)
-                 for c, b in zip(frames["coord"], frames["box"])])
+                 for c, b in zip(frames["coord"], frames["box"], strict=True)])
     sysdir = _write_system(tmp_path, frames, swap_types=False)
     from_traj = make_model_devi(model_files, traj, tmp_path / "a.out", atomic=True)[0]
     from_sys = make_model_devi(model_files, sysdir, tmp_path / "b.out", atomic=True)[0]
@@ -194,7 +199,8 @@ def test_lammps_dump_types_follow_type_map(tmp_path: Path, model_files) -> None:
                   "ITEM: BOX BOUNDS pp pp pp", "0 6.3", "0 6.3", "0 6.5",
                   "ITEM: ATOMS id type x y z"]
         lines += [f"{i + 1} {1 if z == 8 else 2} {x:.10f} {y:.10f} {w:.10f}"
-                  for i, (z, (x, y, w)) in enumerate(zip(atoms.numbers, atoms.positions))]
+                  for i, (z, (x, y, w))
+                  in enumerate(zip(atoms.numbers, atoms.positions, strict=True))]
     dump = tmp_path / "traj.dump"
     dump.write_text("\n".join(lines) + "\n")
     traj = tmp_path / "traj.traj"

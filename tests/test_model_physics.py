@@ -26,9 +26,20 @@ import pytest
 import torch
 
 from dpa1.model.neighbor import build_extended_system, format_nlist
-from model_utils import (RCUT, evaluate, fd_forces, fd_virial, make_model, make_system,
-                         params_for, random_positions, random_rotation, small_model_config)
-from model_utils import single_thread  # noqa: F401  (autouse fixture)
+
+from model_utils import (
+    RCUT,
+    evaluate,
+    fd_forces,
+    fd_virial,
+    make_model,
+    make_system,
+    params_for,
+    random_positions,
+    random_rotation,
+    single_thread,  # noqa: F401  (autouse fixture)
+    small_model_config,
+)
 
 # name -> (descriptor overrides, fitting overrides, model-level overrides)
 CONFIGS: dict[str, tuple[dict, dict, dict]] = {
@@ -82,7 +93,7 @@ def config(name: str) -> dict:
     return small_model_config(desc, fit, **model)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def model_for(name: str):
     """One model per configuration (tests must not modify it)."""
     torch.manual_seed(0)

@@ -8,7 +8,6 @@ import os
 import subprocess
 import sys
 from pathlib import Path
-from typing import Optional
 
 import numpy as np
 import pytest
@@ -22,8 +21,11 @@ from dpa1.model.neighbor import (
     format_nlist,
     frame_neighbors,
 )
-from model_utils import random_cell
-from model_utils import single_thread  # noqa: F401  (autouse fixture)
+
+from model_utils import (
+    random_cell,
+    single_thread,  # noqa: F401  (autouse fixture)
+)
 
 RCUT = 3.0
 
@@ -183,7 +185,7 @@ def test_ghost_coordinates_are_differentiable_in_coord_and_box() -> None:
 
 
 # === format_nlist (§2.6) ====================================================================
-def _raw_list(seed: int, width: Optional[int] = None):
+def _raw_list(seed: int, width: int | None = None):
     """An extended system and a shuffled, over-long list that includes atoms beyond rcut."""
     rng = np.random.default_rng(seed)
     coord, atype, box = _random_frame(rng, "triclinic", 15)
@@ -269,7 +271,8 @@ def test_ghost_images_in_lexicographic_order(kind: str) -> None:
     assert rows.shape[0] > 0 and (shift[nloc:] != 0).any(axis=1).all()
     assert np.array_equal(rows, np.unique(rows, axis=0))
     used = np.unique(nlist[nlist >= nloc])
-    assert np.array_equal(used, np.arange(nloc, mapping.size))  # every ghost is somebody's neighbour
+    # every ghost is somebody's neighbour
+    assert np.array_equal(used, np.arange(nloc, mapping.size))
 
 
 @pytest.mark.parametrize("huge_shift", [False, True])
@@ -295,7 +298,9 @@ def test_native_bookkeeping_equals_numpy(kind: str, monkeypatch: pytest.MonkeyPa
     from dpa1.model.native import native_ops
 
     if not native_ops():
-        pytest.skip("the C++ ops are not built here (test_tuned_paths requires them where a compiler is)")
+        pytest.skip(
+            "the C++ ops are not built here (test_tuned_paths requires them where a compiler is)"
+        )
     rng = np.random.default_rng(21)
     cases = [_random_frame(rng, kind, n, n_virtual=v) for n, v in ((40, 0), (25, 5))]
     if kind != "nopbc":  # equal distances everywhere: ties are kept in pair order
@@ -312,7 +317,7 @@ def test_native_bookkeeping_equals_numpy(kind: str, monkeypatch: pytest.MonkeyPa
             with monkeypatch.context() as m:
                 m.setattr(neighbor, "native_ops", lambda: False)
                 want = neighbor.frame_neighbors(coord, atype, box, RCUT, nnei)
-            for name, a, b in zip(("mapping", "shift", "nlist"), got, want):
+            for name, a, b in zip(("mapping", "shift", "nlist"), got, want, strict=True):
                 assert a.dtype == b.dtype and np.array_equal(a, b), f"{kind}, nnei {nnei}: {name}"
 
 
@@ -366,8 +371,14 @@ def test_pair_search_survives_grids_vesin_cannot_bin() -> None:
     elongated for the grid is a one-line error."""
     root = Path(__file__).resolve().parents[1]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(root)}
-    run = subprocess.run([sys.executable, "-c", _GRID_SCRIPT], cwd=root, env=env,
-                         capture_output=True, text=True, timeout=600)
+    run = subprocess.run(
+        [sys.executable, "-c", _GRID_SCRIPT],
+        cwd=root,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert run.returncode == 0, run.stderr[-2000:]
     out = json.loads(run.stdout)
     for name in ("far_1e6", "far_1e9", "sheet", "chain"):

@@ -8,20 +8,23 @@ import functools
 import numpy as np
 
 from dpa1.io.serialize import load_dp_model
+
 from data_paths import TINY_DP, TINY_REFERENCE
-from model_utils import evaluate
-from model_utils import single_thread  # noqa: F401  (autouse fixture)
+from model_utils import (
+    evaluate,
+    single_thread,  # noqa: F401  (autouse fixture)
+)
 
 TOL = 1e-10
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _model():
     model, _ = load_dp_model(TINY_DP)
     return model.eval()
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _reference() -> dict[str, np.ndarray]:
     ref = dict(np.load(TINY_REFERENCE))
     nf, natoms = ref["coord"].shape[0], ref["atype"].shape[0]

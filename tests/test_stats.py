@@ -21,6 +21,7 @@ from dpa1.data.stats import (
 )
 from dpa1.data.system import DeepmdSystem, Label
 from dpa1.model.build import build_model
+
 from data_paths import NOPBC, WATER
 
 
@@ -259,7 +260,7 @@ def test_statistics_identical_between_layouts(alloy, tiny_model_config) -> None:
     ref = results.pop("standard")
     assert (ref[1] != 0.1).all()  # every type present
     for name, got in results.items():
-        for x, y in zip(got, ref):
+        for x, y in zip(got, ref, strict=True):
             np.testing.assert_allclose(x, y, rtol=1e-12, atol=1e-14, err_msg=name)
 
 

@@ -117,7 +117,7 @@ def test_restart_continues_like_an_uninterrupted_run(tmp_path, monkeypatch):
     np.testing.assert_allclose(b, a, rtol=1e-10, atol=0)
     ma, _ = load_checkpoint(tmp_path / "full" / "run" / "model.ckpt.pt")
     mb, _ = load_checkpoint(run / "model.ckpt.pt")
-    for (ka, va), (_, vb) in zip(ma.state_dict().items(), mb.state_dict().items()):
+    for (ka, va), (_, vb) in zip(ma.state_dict().items(), mb.state_dict().items(), strict=True):
         torch.testing.assert_close(va, vb, rtol=1e-10, atol=1e-12, msg=ka)
 
 

@@ -33,8 +33,12 @@ from dpa1.data.stats import apply_statistics
 from dpa1.io.config import normalize_config
 from dpa1.model.build import build_model
 from dpa1.model.env_mat import smooth_switch
-from model_utils import make_system, params_for
-from model_utils import single_thread  # noqa: F401  (autouse fixture)
+
+from model_utils import (
+    make_system,
+    params_for,
+    single_thread,  # noqa: F401  (autouse fixture)
+)
 from test_model_physics import NAMES, _compare, evaluate, model_for, tol
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "water"
@@ -89,7 +93,9 @@ def test_smooth_switch_is_accurate_up_to_rcut(dtype: torch.dtype, rtol: float) -
     assert np.all(want > 0)
     rel = np.abs(got - want) / want
     # the expanded polynomial has relative errors of 1e-3 (float64) and 1 (float32) here
-    assert rel.max() <= rtol, f"worst relative error {rel.max():.2e} at rcut − r = {gaps[rel.argmax()]:.1e}"
+    assert rel.max() <= rtol, (
+        f"worst relative error {rel.max():.2e} at rcut − r = {gaps[rel.argmax()]:.1e}"
+    )
     assert float(smooth_switch(torch.tensor(rcut, dtype=dtype), rcut_smth, rcut)) == 0.0
     assert float(smooth_switch(torch.tensor(rcut_smth, dtype=dtype), rcut_smth, rcut)) == 1.0
 
@@ -116,11 +122,16 @@ def test_float32_water_example_forces_match_float64() -> None:
     """The example model (attention with dotr, non-smooth, sel 120) is usable in float32."""
     coord, box, atype, energy = water_frames(3)
     counts = [int((atype == t).sum()) for t in range(2)]
-    stat = [{
-        "coord": torch.tensor(coord), "atype": torch.tensor(np.tile(atype, (3, 1))),
-        "box": torch.tensor(box), "energy": torch.tensor(energy), "find_energy": 1.0,
-        "natoms_vec": torch.tensor([[atype.size, atype.size, *counts]] * 3),
-    }]
+    stat = [
+        {
+            "coord": torch.tensor(coord),
+            "atype": torch.tensor(np.tile(atype, (3, 1))),
+            "box": torch.tensor(box),
+            "energy": torch.tensor(energy),
+            "find_energy": 1.0,
+            "natoms_vec": torch.tensor([[atype.size, atype.size, *counts]] * 3),
+        }
+    ]
     m64 = water_example_model("float64")
     apply_statistics(m64, stat)
     m32 = water_example_model("float32")
@@ -153,10 +164,14 @@ def test_blocked_training_gradients_equal_plain(name: str) -> None:
     grads = []
     for net in (model, plain):
         out = net(coord, atype_t, box, fparam=fp, aparam=ap)
-        loss = out["energy"].square().sum() + 10.0 * out["force"].square().sum() + out["virial"].square().sum()
+        loss = (
+            out["energy"].square().sum()
+            + 10.0 * out["force"].square().sum()
+            + out["virial"].square().sum()
+        )
         params = [p for p in net.parameters() if p.requires_grad]
         grads.append(torch.autograd.grad(loss, params, allow_unused=True))
-    for (pname, _), g_blocked, g_plain in zip(model.named_parameters(), *grads):
+    for (pname, _), g_blocked, g_plain in zip(model.named_parameters(), *grads, strict=False):
         if g_plain is None:
             assert g_blocked is None, pname
             continue
@@ -185,7 +200,9 @@ def test_scaled_unit_rows_fast_backward_is_the_formulas_gradient() -> None:
     (y0, g0), (y1, g1) = results
     assert torch.equal(y0, y1)
     assert torch.allclose(g1, g0, rtol=1e-12, atol=0.0)
-    assert torch.autograd.gradcheck(lambda t: _scaled_unit_rows(t, 0.3, True), (x[2:, :2].clone().requires_grad_(),))
+    assert torch.autograd.gradcheck(
+        lambda t: _scaled_unit_rows(t, 0.3, True), (x[2:, :2].clone().requires_grad_(),)
+    )
     xi = x.clone().requires_grad_()
     with pytest.raises(RuntimeError, match="differentiable once"):
         torch.autograd.grad(_scaled_unit_rows(xi, 0.3, True), xi, g, create_graph=True)
@@ -205,8 +222,13 @@ def test_threaded_blocks_equal_sequential(name: str, monkeypatch: pytest.MonkeyP
     coords, a, boxes, fp, ap = pbc_frames(model, (5, 6))
     calls = []
     real_map = model_module.map_blocks
-    monkeypatch.setattr(model_module, "map_blocks",
-                        lambda fn, starts, workers: calls.append((len(starts), workers)) or real_map(fn, starts, workers))
+    monkeypatch.setattr(
+        model_module,
+        "map_blocks",
+        lambda fn, starts, workers: (
+            calls.append((len(starts), workers)) or real_map(fn, starts, workers)
+        ),
+    )
     before = torch.get_num_threads()
     torch.set_num_threads(2)
     try:
@@ -240,7 +262,9 @@ def test_contiguous_gradient_products_are_exact_and_twice_differentiable() -> No
     b = torch.randn(2, 4, 3, generator=gen, dtype=torch.float64, requires_grad=True)
     assert torch.autograd.gradcheck(_BmmNT.apply, (a, b))
     assert torch.autograd.gradgradcheck(_BmmNT.apply, (a, b))
-    ga, gb = torch.autograd.grad(_BmmNT.apply(a, b), (a, b), torch.randn(2, 5, 4, dtype=torch.float64))
+    ga, gb = torch.autograd.grad(
+        _BmmNT.apply(a, b), (a, b), torch.randn(2, 5, 4, dtype=torch.float64)
+    )
     assert ga.is_contiguous() and gb.is_contiguous()
     y = torch.randn(3, 6, generator=gen, dtype=torch.float64, requires_grad=True)
     x = torch.randn(3, 3, generator=gen, dtype=torch.float64, requires_grad=True)
@@ -281,7 +305,9 @@ def test_evaluation_frees_each_block_graph() -> None:
 
     def run():
         return model(
-            torch.tensor(coord)[None], torch.tensor(atype)[None], torch.tensor(box)[None],
+            torch.tensor(coord)[None],
+            torch.tensor(atype)[None],
+            torch.tensor(box)[None],
             fparam=None if fp is None else torch.tensor(fp),
             aparam=None if ap is None else torch.tensor(ap)[None],
         )
@@ -312,7 +338,9 @@ def require_native() -> None:
     fails here instead of passing silently on the PyTorch fallback."""
     from dpa1.model.native import native_ops
 
-    if os.environ.get("DPA1_NATIVE", "1") == "0" or not (shutil.which("c++") or shutil.which("g++")):
+    if os.environ.get("DPA1_NATIVE", "1") == "0" or not (
+        shutil.which("c++") or shutil.which("g++")
+    ):
         pytest.skip("the C++ op is switched off (DPA1_NATIVE=0) or there is no C++ compiler")
     assert native_ops(), "the C++ attention op did not build (see the RuntimeWarning)"
 
@@ -325,7 +353,9 @@ def _attention_inputs(nb: int, n: int, embed: int, dtype: torch.dtype, seed: int
     mask = torch.rand(nb, n, generator=gen) < 0.75
     mask[1] = False
     sw = torch.rand(nb, n, generator=gen, dtype=dtype) * mask
-    direction = F.normalize(torch.randn(nb, n, 3, generator=gen, dtype=dtype), dim=-1) * mask.unsqueeze(-1)
+    direction = F.normalize(
+        torch.randn(nb, n, 3, generator=gen, dtype=dtype), dim=-1
+    ) * mask.unsqueeze(-1)
     klw = torch.zeros(n, dtype=dtype)
     klw[-1] = math.log(4.0)
     return g, mask, sw, direction, klw
@@ -334,10 +364,26 @@ def _attention_inputs(nb: int, n: int, embed: int, dtype: torch.dtype, seed: int
 ATTENTION_CASES = {
     # name: (NeighborGatedAttention kwargs, embed_dim, hidden_dim)
     "smooth": (dict(smooth=True, dotr=True, do_mask=False, normalize=True, temperature=None), 6, 8),
-    "smooth_wide": (dict(smooth=True, dotr=False, do_mask=True, normalize=True, temperature=None), 8, 12),
-    "masked": (dict(smooth=False, dotr=True, do_mask=False, normalize=True, temperature=None), 12, 8),
-    "masked_wide": (dict(smooth=False, dotr=True, do_mask=True, normalize=True, temperature=None), 8, 16),
-    "unnormalized": (dict(smooth=True, dotr=True, do_mask=False, normalize=False, temperature=0.7), 8, 8),
+    "smooth_wide": (
+        dict(smooth=True, dotr=False, do_mask=True, normalize=True, temperature=None),
+        8,
+        12,
+    ),
+    "masked": (
+        dict(smooth=False, dotr=True, do_mask=False, normalize=True, temperature=None),
+        12,
+        8,
+    ),
+    "masked_wide": (
+        dict(smooth=False, dotr=True, do_mask=True, normalize=True, temperature=None),
+        8,
+        16,
+    ),
+    "unnormalized": (
+        dict(smooth=True, dotr=True, do_mask=False, normalize=False, temperature=0.7),
+        8,
+        8,
+    ),
 }
 
 
@@ -355,7 +401,15 @@ def test_native_attention_stack_equals_pytorch_layers(case: str, dtype: torch.dt
     kwargs, embed, hidden = ATTENTION_CASES[case]
     gen = torch.Generator().manual_seed(3)
     stack = NeighborGatedAttention(
-        3, embed, hidden, scaling_factor=1.0, trainable_ln=True, ln_eps=1e-5, dtype=dtype, generator=gen, **kwargs
+        3,
+        embed,
+        hidden,
+        scaling_factor=1.0,
+        trainable_ln=True,
+        ln_eps=1e-5,
+        dtype=dtype,
+        generator=gen,
+        **kwargs,
     ).eval()
     with torch.no_grad():  # LayerNorm away from its initial identity
         for layer in stack.layers:
@@ -373,7 +427,7 @@ def test_native_attention_stack_equals_pytorch_layers(case: str, dtype: torch.dt
     rtol = 1e-12 if dtype == torch.float64 else 2e-5
     want = results[0]
     for got in results[1:]:
-        for label, a, b in zip(("out", "d/dg", "d/dsw", "d/ddirection"), got, want):
+        for label, a, b in zip(("out", "d/dg", "d/dsw", "d/ddirection"), got, want, strict=True):
             if b is None:
                 assert a is None, label
                 continue
@@ -416,8 +470,11 @@ def test_native_ops_run_in_evaluation_not_training(monkeypatch: pytest.MonkeyPat
     model.native = model.descriptor.attention.native = model.descriptor.embedding.native = True
     model.train()
     out = model(torch.tensor(coord[:1]), torch.tensor(atype).reshape(1, -1), torch.tensor(box[:1]))
-    torch.autograd.grad(out["force"].square().sum(), [p for p in model.parameters() if p.requires_grad],
-                        allow_unused=True)
+    torch.autograd.grad(
+        out["force"].square().sum(),
+        [p for p in model.parameters() if p.requires_grad],
+        allow_unused=True,
+    )
     assert not calls
 
 
@@ -438,7 +495,9 @@ def test_native_block_equals_modules(name: str, monkeypatch: pytest.MonkeyPatch)
     coords, atype, boxes, fp, ap = pbc_frames(model, (3, 4))
     got = evaluate(model, coords, atype, boxes, fp, ap)
     d, f = model.descriptor, model.fitting
-    covered = d.tebd_input_mode == "concat" and d.activation_function == f.activation_function == "tanh"
+    covered = (
+        d.tebd_input_mode == "concat" and d.activation_function == f.activation_function == "tanh"
+    )
     assert bool(used) == covered, (name, len(used))
     model.native = False
     want = evaluate(model, coords, atype, boxes, fp, ap)
@@ -448,8 +507,13 @@ def test_native_block_equals_modules(name: str, monkeypatch: pytest.MonkeyPatch)
         nei = 8
         rij = torch.randn(1, 3, nei, 3, dtype=torch.float64, requires_grad=True)
         mask = torch.ones(1, 3, nei, dtype=torch.bool)
-        e = model._fitted_energy(rij, mask, torch.full((1, 3, nei), 2),  # type 2: in no exclusion
-                                 torch.full((1, 3), 2), *params_or_none(fp, ap, 3))
+        e = model._fitted_energy(
+            rij,
+            mask,
+            torch.full((1, 3, nei), 2),  # type 2: in no exclusion
+            torch.full((1, 3), 2),
+            *params_or_none(fp, ap, 3),
+        )
         assert torch.autograd.grad(e.sum(), rij, retain_graph=True)[0].abs().sum() > 0
         with pytest.raises(RuntimeError, match="differentiable once"):
             torch.autograd.grad(e.sum(), rij, create_graph=True)
@@ -482,8 +546,9 @@ def test_native_embedding_equals_pytorch_layers(case: str, dtype: torch.dtype) -
     require_native()
     in_dim, neuron, resnet_dt = EMBEDDING_CASES[case]
     gen = torch.Generator().manual_seed(5)
-    net = EmbeddingNet(in_dim, neuron, activation_function="tanh", resnet_dt=resnet_dt, dtype=dtype,
-                       generator=gen).eval()
+    net = EmbeddingNet(
+        in_dim, neuron, activation_function="tanh", resnet_dt=resnet_dt, dtype=dtype, generator=gen
+    ).eval()
     sigma = torch.rand(3, 17, 1, generator=gen, dtype=dtype) * 4 - 2
     rest = torch.randn(3, 17, in_dim - 1, generator=gen, dtype=dtype) if in_dim > 1 else None
     weights = torch.randn(3, 17, neuron[-1], generator=gen, dtype=dtype)
@@ -495,7 +560,7 @@ def test_native_embedding_equals_pytorch_layers(case: str, dtype: torch.dtype) -
         results.append((y.detach(), torch.autograd.grad((y * weights).sum(), s)[0]))
     rtol = 1e-12 if dtype == torch.float64 else 2e-5
     for got in results[1:]:
-        for label, a, b in zip(("y", "d/dsigma"), got, results[0]):
+        for label, a, b in zip(("y", "d/dsigma"), got, results[0], strict=True):
             err = (a - b).abs().max().item()
             assert err <= rtol * max(b.abs().max().item(), 1.0), f"{case} {label}: {err:.2e}"
     net.native = True
@@ -515,22 +580,31 @@ def test_failed_native_build_falls_back_to_pytorch(tmp_path: Path) -> None:
         "    warnings.simplefilter('always')\n"
         "    assert not native_ops() and not native_ops()\n"
         "    from dpa1.model.attention import NeighborGatedAttention\n"
-        "    st = NeighborGatedAttention(2, 4, 4, dotr=True, do_mask=False, scaling_factor=1.0, normalize=True,\n"
-        "        temperature=None, smooth=True, trainable_ln=True, ln_eps=1e-5, dtype=torch.float64).eval()\n"
+        "    st = NeighborGatedAttention(2, 4, 4, dotr=True, do_mask=False, "
+        "scaling_factor=1.0, normalize=True,\n"
+        "        temperature=None, smooth=True, trainable_ln=True, ln_eps=1e-5, "
+        "dtype=torch.float64).eval()\n"
         "    g = torch.randn(2, 3, 4, dtype=torch.float64, requires_grad=True)\n"
         "    d = torch.nn.functional.normalize(torch.randn(2, 3, 3, dtype=torch.float64), dim=-1)\n"
-        "    out = st(g, torch.ones(2, 3, dtype=torch.bool), torch.rand(2, 3, dtype=torch.float64), d)\n"
+        "    out = st(g, torch.ones(2, 3, dtype=torch.bool), torch.rand(2, 3, "
+        "dtype=torch.float64), d)\n"
         "    assert torch.autograd.grad(out.sum(), g)[0].shape == g.shape\n"
         "assert len(w) == 1 and 'not available' in str(w[0].message), [str(x.message) for x in w]\n"
         "print('fallback ok:', w[0].message)\n"
     )
     env = {**os.environ, "TORCH_EXTENSIONS_DIR": str(tmp_path), "CXX": "false"}
     env.pop("DPA1_NATIVE", None)
-    first = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120)
+    first = subprocess.run(
+        [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120
+    )
     assert first.returncode == 0 and "fallback ok" in first.stdout, first.stderr[-2000:]
     assert "recorded in" not in first.stdout
     # The failure is recorded: a second process warns the same way without building again.
     assert list(tmp_path.rglob("dpa1_build_failed_*.txt"))
-    second = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120)
-    assert second.returncode == 0 and "recorded in" in second.stdout, second.stdout + second.stderr[-2000:]
+    second = subprocess.run(
+        [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert second.returncode == 0 and "recorded in" in second.stdout, (
+        second.stdout + second.stderr[-2000:]
+    )
     assert "building the C++ ops" not in second.stderr

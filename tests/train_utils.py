@@ -5,7 +5,7 @@ from __future__ import annotations
 import copy
 import json
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 from data_paths import WATER
 
@@ -21,7 +21,7 @@ TINY_MODEL: dict[str, Any] = {
 
 def water_input(
     tmp: Path, *, numb_steps: int = 20, disp_freq: int = 5, save_freq: int = 10,
-    train: Optional[list[str]] = None, valid: Optional[list[str]] = None, **training: Any,
+    train: list[str] | None = None, valid: list[str] | None = None, **training: Any,
 ) -> Path:
     """Write a tiny water input.json in ``tmp`` and return its path."""
     cfg = {

@@ -12,7 +12,9 @@ def add_parser(sub) -> None:
     p = sub.add_parser("change-bias", help="re-fit a model's energy bias on labelled systems")
     p.add_argument("model", help="checkpoint .pt or DeePMD-kit .dp")
     p.add_argument("-s", "--systems", nargs="+", required=True)
-    p.add_argument("-n", "--numb-batch", type=int, default=10, help="batches per system (data_stat_nbatch)")
+    p.add_argument(
+        "-n", "--numb-batch", type=int, default=10, help="batches per system (data_stat_nbatch)"
+    )
     p.add_argument("-b", "--batch-size", default="auto")
     p.add_argument("-o", "--output", help="output file (default: MODEL with suffix _updated)")
     p.set_defaults(func=run)
@@ -38,13 +40,15 @@ def run(args: argparse.Namespace) -> int:
     systems = [DeepmdSystem(p, model.type_map) for p in expand_systems(args.systems)]
     bs = int(args.batch_size) if str(args.batch_size).isdigit() else args.batch_size
     before = model.out_bias.detach().reshape(-1).clone()
-    stats.change_energy_bias(model, SystemSampler(systems, bs, seed=0).stat_batches(args.numb_batch))
+    stats.change_energy_bias(
+        model, SystemSampler(systems, bs, seed=0).stat_batches(args.numb_batch)
+    )
     after = model.out_bias.detach().reshape(-1)
     if is_dp:
         save_dp_model(out, model, model_def_script=data.get("model_def_script"))
     else:
         save_checkpoint(out, model, config=payload.get("config"), step=payload.get("step", 0))
-    for name, b0, b1 in zip(model.type_map, before.tolist(), after.tolist()):
+    for name, b0, b1 in zip(model.type_map, before.tolist(), after.tolist(), strict=True):
         print(f"  {name:4s} out_bias {b0: .6f} -> {b1: .6f}")
     print(f"wrote {out}")
     return 0

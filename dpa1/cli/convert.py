@@ -16,7 +16,7 @@ from __future__ import annotations
 import argparse
 import copy
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 DP_SUFFIXES = (".dp", ".yaml", ".yml")
 
@@ -57,7 +57,7 @@ def read_model(path: Path) -> tuple[Any, dict[str, Any]]:
                    "min_nbor_dist": payload.get("min_nbor_dist")}
 
 
-def _resolved_model_section(section: Optional[dict], model) -> dict:
+def _resolved_model_section(section: dict | None, model) -> dict:
     """The input's ``model`` section with ``sel`` replaced by the model's actual neighbour
     count (``"auto"`` means nothing without the training data)."""
     if not section:

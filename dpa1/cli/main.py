@@ -14,7 +14,8 @@ import importlib
 import os
 import sys
 import warnings
-from typing import Callable, Optional, TextIO
+from collections.abc import Callable
+from typing import TextIO
 
 # verb modules, in the order shown by --help
 VERBS = (
@@ -45,13 +46,13 @@ def _one_line_warning(command: str) -> Callable[..., None]:
     """Warnings as ``dpa1 VERB: warning: ...`` lines, like the errors (no source line)."""
 
     def show(message: Warning | str, category: type[Warning], filename: str, lineno: int,
-             file: Optional[TextIO] = None, line: Optional[str] = None) -> None:
+             file: TextIO | None = None, line: str | None = None) -> None:
         print(f"dpa1 {command}: warning: {message}", file=sys.stderr if file is None else file)
 
     return show
 
 
-def main(argv: Optional[list[str]] = None) -> int:
+def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):

@@ -170,7 +170,7 @@ def make_dynamics(atoms, args: argparse.Namespace, rng: np.random.Generator):
                 "but does not sample the NPT ensemble (fluctuations are wrong); use it to "
                 "equilibrate, then --barostat mtk for production")
         return dyn, note
-    from ase.md.nose_hoover_chain import IsotropicMTKNPT, MTKNPT
+    from ase.md.nose_hoover_chain import MTKNPT, IsotropicMTKNPT
 
     cls = IsotropicMTKNPT if args.barostat == "mtk" else MTKNPT
     dyn = cls(atoms, timestep=dt, temperature_K=T, pressure_au=p_au, tdamp=tdamp, pdamp=pdamp)
@@ -271,8 +271,14 @@ def thermo(atoms, step: int, dt_fs: float) -> tuple[str, dict[str, float]]:
 
 
 def _progress(disable: bool):
-    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
-                               TimeElapsedColumn, TimeRemainingColumn)
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
 
     return Progress(TextColumn("[bold]MD[/]"), BarColumn(), MofNCompleteColumn(),
                     TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TimeRemainingColumn(),

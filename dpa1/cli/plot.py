@@ -28,7 +28,7 @@ def run(args: argparse.Namespace) -> int:
     step = data[:, 0]
     metrics = sorted({n.rsplit("_", 1)[0] for n in names[1:] if n.endswith(("_trn", "_val"))})
     fig, axes = plt.subplots(1, len(metrics) + 1, figsize=(4 * (len(metrics) + 1), 3.2))
-    for ax, m in zip(axes, metrics):
+    for ax, m in zip(axes, metrics, strict=False):  # the last axes is the learning rate's
         for suffix, style in (("_trn", "-"), ("_val", "--")):
             if m + suffix in names:
                 ax.plot(step, data[:, names.index(m + suffix)], style, label=suffix[1:])
@@ -42,7 +42,9 @@ def run(args: argparse.Namespace) -> int:
     axes[-1].set_xlabel("step")
     fig.tight_layout()
     with atomic_path(args.output) as tmp:
-        fig.savefig(tmp, format=args.output.rsplit(".", 1)[-1] if "." in args.output else "png", dpi=120)
+        fig.savefig(
+            tmp, format=args.output.rsplit(".", 1)[-1] if "." in args.output else "png", dpi=120
+        )
     plt.close(fig)
     print(f"wrote {args.output}")
     return 0

@@ -16,9 +16,16 @@ UNITS = {"energy": "eV", "energy_per_atom": "eV/atom", "force": "eV/Å", "virial
 
 def add_parser(sub) -> None:
     p = sub.add_parser("test", help="energy/force/virial errors of a model on labelled systems")
-    p.add_argument("-m", "--model", required=True, help="frozen .pth, checkpoint .pt or DeePMD-kit .dp")
-    p.add_argument("-s", "--systems", nargs="+", required=True,
-                   help="system directories, a root directory searched recursively, or globs")
+    p.add_argument(
+        "-m", "--model", required=True, help="frozen .pth, checkpoint .pt or DeePMD-kit .dp"
+    )
+    p.add_argument(
+        "-s",
+        "--systems",
+        nargs="+",
+        required=True,
+        help="system directories, a root directory searched recursively, or globs",
+    )
     p.add_argument("-n", "--numb-test", type=int, default=0, help="frames per system (0 = all)")
     p.add_argument("--detail-file", help="prefix for per-frame/per-atom label vs prediction files")
     p.add_argument("--json", help="write the errors as JSON")
@@ -29,17 +36,23 @@ def add_parser(sub) -> None:
 
 def _write_detail(prefix: str, results) -> None:
     """``PREFIX.{e,e_peratom,f,v}.out``: label and prediction columns, one block per system."""
-    spec = {"energy": ("e", 1, "data_e pred_e"), "energy_per_atom": ("e_peratom", 1, "data_e pred_e"),
-            "force": ("f", 3, "data_fx data_fy data_fz pred_fx pred_fy pred_fz"),
-            "virial": ("v", 9, "data_v[9] pred_v[9]")}
+    spec = {
+        "energy": ("e", 1, "data_e pred_e"),
+        "energy_per_atom": ("e_peratom", 1, "data_e pred_e"),
+        "force": ("f", 3, "data_fx data_fy data_fz pred_fx pred_fy pred_fz"),
+        "virial": ("v", 9, "data_v[9] pred_v[9]"),
+    }
     for name, (suffix, k, cols) in spec.items():
         blocks = [(r.path, r.pairs[name]) for r in results if name in r.pairs]
         if not blocks:
             continue
         with atomic_path(f"{prefix}.{suffix}.out") as tmp, open(tmp, "w") as f:
             for path, (lab, pred) in blocks:
-                np.savetxt(f, np.concatenate([lab.reshape(-1, k), pred.reshape(-1, k)], axis=1),
-                           header=f"{path}: {cols}")
+                np.savetxt(
+                    f,
+                    np.concatenate([lab.reshape(-1, k), pred.reshape(-1, k)], axis=1),
+                    header=f"{path}: {cols}",
+                )
 
 
 def _plot(path: str, results) -> None:
@@ -49,11 +62,15 @@ def _plot(path: str, results) -> None:
     import matplotlib.pyplot as plt
     from matplotlib.ticker import MaxNLocator, ScalarFormatter
 
-    names = [n for n in ("energy_per_atom", "force", "virial_per_atom") if any(n in r.pairs for r in results)]
+    names = [
+        n
+        for n in ("energy_per_atom", "force", "virial_per_atom")
+        if any(n in r.pairs for r in results)
+    ]
     if not names:
         raise ValueError("nothing to plot: the systems have no energy, force or virial labels")
     fig, axes = plt.subplots(1, len(names), figsize=(4.2 * len(names), 4), squeeze=False)
-    for ax, name in zip(axes[0], names):
+    for ax, name in zip(axes[0], names, strict=True):
         lo, hi = np.inf, -np.inf
         for r in results:
             if name in r.pairs:
@@ -110,7 +127,9 @@ def run(args: argparse.Namespace) -> int:
     print(f"# weighted total over {len(results)} systems, {total['nframes']} frames")
     for key in sorted(total):
         if key.startswith("rmse_"):
-            print(f"  {key:28s} {total[key]:.6e} {UNITS[key[5:]]}   mae {total['mae_' + key[5:]]:.6e}")
+            print(
+                f"  {key:28s} {total[key]:.6e} {UNITS[key[5:]]}   mae {total['mae_' + key[5:]]:.6e}"
+            )
     if args.detail_file:
         _write_detail(args.detail_file, results)
     if args.json:

@@ -21,13 +21,23 @@ def add_parser(sub) -> None:
     p.add_argument("input", help="input.json (DeePMD-kit format)")
     start = p.add_mutually_exclusive_group()
     start.add_argument("--restart", metavar="CKPT", help="continue a run from its checkpoint")
-    start.add_argument("--init-model", metavar="CKPT", help="start from a checkpoint's weights only")
-    start.add_argument("--finetune", metavar="MODEL",
-                       help="fine-tune a pretrained model (.pt or .dp) on this input's data")
+    start.add_argument(
+        "--init-model", metavar="CKPT", help="start from a checkpoint's weights only"
+    )
+    start.add_argument(
+        "--finetune",
+        metavar="MODEL",
+        help="fine-tune a pretrained model (.pt or .dp) on this input's data",
+    )
     p.add_argument("-o", "--output", default=".", help="output directory (default: current)")
-    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)")
-    p.add_argument("--skip-neighbor-stat", action="store_true",
-                   help="do not scan the data for sel (requires an integer sel)")
+    p.add_argument(
+        "--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)"
+    )
+    p.add_argument(
+        "--skip-neighbor-stat",
+        action="store_true",
+        help="do not scan the data for sel (requires an integer sel)",
+    )
     p.add_argument("--log-level", default="INFO")
     p.set_defaults(func=run)
 
@@ -68,8 +78,9 @@ def check_outputs(config: dict, out_dir: Path) -> Path:
         stat_file = out_dir / tcfg["stat_file"]
         check_output_path(stat_file, "training.stat_file", directory=not is_hdf5(stat_file))
     if tcfg.get("tensorboard"):
-        check_output_path(out_dir / tcfg["tensorboard_log_dir"], "training.tensorboard_log_dir",
-                          directory=True)
+        check_output_path(
+            out_dir / tcfg["tensorboard_log_dir"], "training.tensorboard_log_dir", directory=True
+        )
     return out_dir
 
 
@@ -84,11 +95,15 @@ def run(args: argparse.Namespace) -> int:
     setup_logging(out_dir, args.log_level, info.is_main)
     try:
         trainer = Trainer(
-            config, out_dir, input_dir=Path(args.input).resolve().parent,
+            config,
+            out_dir,
+            input_dir=Path(args.input).resolve().parent,
             restart=Path(args.restart) if args.restart else None,
             init_model=Path(args.init_model) if args.init_model else None,
             finetune=Path(args.finetune) if args.finetune else None,
-            device=device, dist_info=info, skip_neighbor_stat=args.skip_neighbor_stat,
+            device=device,
+            dist_info=info,
+            skip_neighbor_stat=args.skip_neighbor_stat,
         )
         if info.is_main:
             write_out_json(trainer.config, out_dir)

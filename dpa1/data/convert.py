@@ -193,7 +193,8 @@ def write_standard(
         groups.setdefault((counts, f.box is None), []).append((f, order))
     names = {}
     for counts, nopbc in groups:
-        names[(counts, nopbc)] = "".join(f"{e}{n}" for e, n in zip(type_map, counts) if n)
+        parts = zip(type_map, counts, strict=True)
+        names[(counts, nopbc)] = "".join(f"{e}{n}" for e, n in parts if n)
     out = []
     for (counts, nopbc), members in groups.items():
         name = names[(counts, nopbc)]
@@ -205,21 +206,34 @@ def write_standard(
         labels = _stack_labels(fs, orders, name)
         coord = np.stack([f.coord[o] for f, o in members])
         box = None if nopbc else np.stack([f.box for f in fs])
-        out.append(write_system(Path(out_dir) / name, type_map=type_map, atom_types=types,
-                                coord=coord, box=box, set_size=set_size, **labels))
+        out.append(
+            write_system(
+                Path(out_dir) / name,
+                type_map=type_map,
+                atom_types=types,
+                coord=coord,
+                box=box,
+                set_size=set_size,
+                **labels,
+            )
+        )
     return out
 
 
 def write_mixed(
-    frames: Sequence[Frame], out_dir: str | os.PathLike, type_map: Sequence[str],
+    frames: Sequence[Frame],
+    out_dir: str | os.PathLike,
+    type_map: Sequence[str],
     set_size: int = DEFAULT_SET_SIZE,
 ) -> Path:
     """One mixed-type system: atoms sorted by type in every frame, frames padded to the
     largest atom count with virtual atoms."""
     periodic = {f.box is not None for f in frames}
     if len(periodic) > 1:
-        raise DataError("a mixed-type system needs all frames periodic or all non-periodic; "
-                        "convert the two kinds separately")
+        raise DataError(
+            "a mixed-type system needs all frames periodic or all non-periodic; "
+            "convert the two kinds separately"
+        )
     nmax = max(len(f.symbols) for f in frames)
     nf = len(frames)
     real = np.full((nf, nmax), -1, dtype=np.int64)
@@ -237,12 +251,21 @@ def write_mixed(
     labels = _stack_labels(frames, orders, str(out_dir), pad_to=nmax)
     box = np.stack([f.box for f in frames]) if periodic == {True} else None
     placeholder = np.zeros(nmax, dtype=np.int64)  # type.raw of a mixed-type system
-    return write_system(out_dir, type_map=type_map, atom_types=placeholder, coord=coord, box=box,
-                        real_atom_types=real, set_size=set_size, **labels)
+    return write_system(
+        out_dir,
+        type_map=type_map,
+        atom_types=placeholder,
+        coord=coord,
+        box=box,
+        real_atom_types=real,
+        set_size=set_size,
+        **labels,
+    )
 
 
-def _stack_labels(frames: Sequence[Frame], orders: Sequence[np.ndarray], name: str,
-                  pad_to: int | None = None) -> dict[str, np.ndarray | None]:
+def _stack_labels(
+    frames: Sequence[Frame], orders: Sequence[np.ndarray], name: str, pad_to: int | None = None
+) -> dict[str, np.ndarray | None]:
     """energy/force/virial arrays of a group; a label must be on all frames or none."""
     out: dict[str, np.ndarray | None] = {}
     for key in ("energy", "force", "virial"):
@@ -251,16 +274,18 @@ def _stack_labels(frames: Sequence[Frame], orders: Sequence[np.ndarray], name: s
             out[key] = None
             continue
         if not all(have):
-            lacking = [f.source for f, h in zip(frames, have) if not h]
-            raise DataError(f"{name}: {len(lacking)} frames have no {key} while others do "
-                            f"(first: {lacking[0]}); a label must be on every frame of a system")
+            lacking = [f.source for f, h in zip(frames, have, strict=True) if not h]
+            raise DataError(
+                f"{name}: {len(lacking)} frames have no {key} while others do "
+                f"(first: {lacking[0]}); a label must be on every frame of a system"
+            )
         if key == "energy":
             out[key] = np.array([f.energy for f in frames])
         elif key == "virial":
             out[key] = np.stack([f.virial for f in frames])
         else:
             rows = []
-            for f, o in zip(frames, orders):
+            for f, o in zip(frames, orders, strict=True):
                 r = f.force[o]
                 if pad_to is not None:
                     r = np.concatenate([r, np.zeros((pad_to - r.shape[0], 3))])

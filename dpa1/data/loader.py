@@ -68,7 +68,7 @@ def resolve_batch_sizes(batch_size: BatchSize, natoms: Sequence[int]) -> list[in
         return [-(-limit // na) for na in natoms]  # ceil: the smallest bs with bs*natoms >= N
     sizes: list[int | None] = [max(1, limit // na) for na in natoms]
     if rule == "filter":
-        sizes = [None if na > limit else bs for na, bs in zip(natoms, sizes)]
+        sizes = [None if na > limit else bs for na, bs in zip(natoms, sizes, strict=True)]
         if all(s is None for s in sizes):
             raise ValueError(f"batch_size {batch_size!r}: every system has more than {limit} atoms")
     return sizes
@@ -200,17 +200,17 @@ class SystemSampler:
         if not opened:
             raise ValueError("no systems to sample from")
         sizes = resolve_batch_sizes(batch_size, [s.natoms for s in opened])
-        dropped = [s.path for s, b in zip(opened, sizes) if b is None]
+        dropped = [s.path for s, b in zip(opened, sizes, strict=True) if b is None]
         if dropped:
             warnings.warn(f"batch_size {batch_size!r} drops {len(dropped)} systems with too many "
                           "atoms: " + ", ".join(dropped), stacklevel=2)
-        self.systems = [s for s, b in zip(opened, sizes) if b is not None]
+        self.systems = [s for s, b in zip(opened, sizes, strict=True) if b is not None]
         self.batch_sizes = [b for b in sizes if b is not None]
         self.rank, self.world_size = rank, world_size
         self.labels = list(labels)
         self.dtype = dtype
         self.nbatches = [math.ceil(self._shard_len(s.nframes) / b)
-                         for s, b in zip(self.systems, self.batch_sizes)]
+                         for s, b in zip(self.systems, self.batch_sizes, strict=True)]
         self.probs = system_probabilities(self.nbatches, auto_prob, sys_probs)
 
         # Shuffles are common to all ranks (disjoint shards); the choice of system is not.
@@ -223,7 +223,7 @@ class SystemSampler:
         self._stat_seq = np.random.SeedSequence(root.entropy, spawn_key=(2,))
         self._streams = [
             _FrameStream(s.nframes, np.random.default_rng(seq), rank, world_size)
-            for s, seq in zip(self.systems, common.spawn(len(self.systems)))
+            for s, seq in zip(self.systems, common.spawn(len(self.systems)), strict=True)
         ]
 
     def _shard_len(self, nframes: int) -> int:
@@ -237,7 +237,7 @@ class SystemSampler:
     def steps_per_epoch(self) -> int:
         """``ceil(max_i nbatch_i / p_i)``: steps for one expected pass over the data
         (used to turn ``numb_epoch`` into steps, spec §12)."""
-        ratios = [nb / p for nb, p in zip(self.nbatches, self.probs) if p > 0]
+        ratios = [nb / p for nb, p in zip(self.nbatches, self.probs, strict=True) if p > 0]
         return math.ceil(max(ratios))
 
     def next_batch(self) -> dict[str, Any]:
@@ -254,7 +254,8 @@ class SystemSampler:
         """Statistics sample (§9): per system, the first ``nbatch`` batches of a fresh
         shuffled pass (fewer if the system has fewer), merged into one dict per system."""
         out = []
-        for sid, (sys_, seq) in enumerate(zip(self.systems, self._stat_seq.spawn(self.nsystems))):
+        seqs = self._stat_seq.spawn(self.nsystems)
+        for sid, (sys_, seq) in enumerate(zip(self.systems, seqs, strict=True)):
             perm = np.random.default_rng(seq).permutation(sys_.nframes)
             out.append(self._load(sid, perm[: nbatch * self.batch_sizes[sid]]))
         return out
@@ -291,22 +292,27 @@ class SystemSampler:
         then starts afresh (with a warning).
         """
         if len(state["streams"]) != len(self._streams):
-            raise ValueError(f"sampler state has {len(state['streams'])} systems, this run has "
-                             f"{len(self._streams)}: restart with the same training systems")
+            raise ValueError(
+                f"sampler state has {len(state['streams'])} systems, this run has "
+                f"{len(self._streams)}: restart with the same training systems"
+            )
         now = ([s.nframes for s in self.systems], list(self.batch_sizes))
         saved = (list(state.get("nframes", now[0])), list(state.get("batch_sizes", now[1])))
         if now != saved:
             raise ValueError(
                 f"the sampler state was saved for systems with nframes {saved[0]} and batch sizes "
-                f"{saved[1]}, but the data now give {now[0]} and {now[1]}")
+                f"{saved[1]}, but the data now give {now[0]} and {now[1]}"
+            )
         where = (state.get("rank", self.rank), state.get("world_size", self.world_size))
         if where != (self.rank, self.world_size):
             warnings.warn(
                 f"sampler state saved on rank {where[0]} of {where[1]}, restored on rank "
-                f"{self.rank} of {self.world_size}: sampling starts afresh", stacklevel=2)
+                f"{self.rank} of {self.world_size}: sampling starts afresh",
+                stacklevel=2,
+            )
             return
         _set_rng_state(self._choice_rng, state["choice_rng"])
-        for stream, st in zip(self._streams, state["streams"]):
+        for stream, st in zip(self._streams, state["streams"], strict=True):
             stream.load_state_dict(st)
 
     def _load(self, sid: int, idx: np.ndarray) -> dict[str, Any]:
@@ -333,8 +339,11 @@ class _FrameStream:
         return idx
 
     def state_dict(self) -> dict[str, Any]:
-        return {"rng": _rng_state(self.rng), "order": torch.from_numpy(self.order.copy()),
-                "pos": self.pos}
+        return {
+            "rng": _rng_state(self.rng),
+            "order": torch.from_numpy(self.order.copy()),
+            "pos": self.pos,
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         _set_rng_state(self.rng, state["rng"])
@@ -359,14 +368,19 @@ def _seed_words(seed: int) -> list[int]:
 def _rng_state(rng: np.random.Generator) -> dict[str, Any]:
     # PCG64 state words exceed 64 bits: keep them as decimal strings (weights_only-safe).
     st = rng.bit_generator.state
-    return {"bit_generator": st["bit_generator"], "state": str(st["state"]["state"]),
-            "inc": str(st["state"]["inc"]), "has_uint32": int(st["has_uint32"]),
-            "uinteger": int(st["uinteger"])}
+    return {
+        "bit_generator": st["bit_generator"],
+        "state": str(st["state"]["state"]),
+        "inc": str(st["state"]["inc"]),
+        "has_uint32": int(st["has_uint32"]),
+        "uinteger": int(st["uinteger"]),
+    }
 
 
 def _set_rng_state(rng: np.random.Generator, saved: dict[str, Any]) -> None:
     rng.bit_generator.state = {
         "bit_generator": saved["bit_generator"],
         "state": {"state": int(saved["state"]), "inc": int(saved["inc"])},
-        "has_uint32": saved["has_uint32"], "uinteger": saved["uinteger"],
+        "has_uint32": saved["has_uint32"],
+        "uinteger": saved["uinteger"],
     }

@@ -151,7 +151,7 @@ class _NpyFile:
         starts = np.flatnonzero(np.diff(uniq, prepend=-2) != 1)
         ends = np.append(starts[1:], uniq.size)
         with open(self.path, "rb", buffering=0) as fh:
-            for a, b in zip(starts.tolist(), ends.tolist()):
+            for a, b in zip(starts.tolist(), ends.tolist(), strict=True):
                 fh.seek(mm.offset + int(uniq[a]) * row_bytes)
                 view = memoryview(out[a:b]).cast("B")
                 if fh.readinto(view) != view.nbytes:
@@ -385,8 +385,8 @@ class DeepmdSystem:
             chunk = max(1, SCAN_CHUNK_BYTES // max(1, row_bytes))
             warned = False
             readers = {k: s.files[k].chunks(chunk) for k in keys}
-            for pieces in zip(*readers.values()):
-                part = dict(zip(readers.keys(), pieces))
+            for pieces in zip(*readers.values(), strict=False):
+                part = dict(zip(readers.keys(), pieces, strict=True))
                 for key, (a, rows) in part.items():
                     f = s.files[key]
                     if key == "real_atom_types":

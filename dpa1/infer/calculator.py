@@ -14,7 +14,8 @@ Units are ASE's (eV, Å). ``stress`` follows ASE's sign convention (positive = t
 from __future__ import annotations
 
 import os
-from typing import Any, ClassVar, Optional, Sequence, Union
+from collections.abc import Sequence
+from typing import Any, ClassVar
 
 import numpy as np
 from ase.calculators.calculator import Calculator, PropertyNotImplementedError, all_changes
@@ -22,7 +23,7 @@ from ase.calculators.calculator import Calculator, PropertyNotImplementedError, 
 from dpa1.infer.deep_pot import DeepPot
 from dpa1.infer.model_devi import devi_from_predictions
 
-ModelArg = Union[str, os.PathLike, DeepPot, Any]
+ModelArg = str | os.PathLike | DeepPot | Any
 
 #: extra ``results`` keys of an ensemble calculator (DeePMD-kit's model_devi.out columns)
 DEVI_KEYS = ("max_devi_v", "min_devi_v", "avg_devi_v", "max_devi_f", "min_devi_f", "avg_devi_f",
@@ -54,9 +55,9 @@ class DP(Calculator):
 
     def __init__(
         self,
-        model: Union[ModelArg, Sequence[ModelArg]],
-        device: Optional[str] = None,
-        type_map: Optional[Union[Sequence[str], dict[str, int]]] = None,
+        model: ModelArg | Sequence[ModelArg],
+        device: str | None = None,
+        type_map: Sequence[str] | dict[str, int] | None = None,
         label: str = "DP",
         **kwargs: Any,
     ) -> None:
@@ -105,7 +106,7 @@ class DP(Calculator):
         return types
 
     @staticmethod
-    def cell_of(atoms) -> Optional[np.ndarray]:
+    def cell_of(atoms) -> np.ndarray | None:
         """The ``(1, 9)`` cell for a fully periodic system, None for a non-periodic one."""
         pbc = np.asarray(atoms.pbc, dtype=bool)
         if not pbc.any():

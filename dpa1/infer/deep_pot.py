@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import warnings
-from typing import Iterator, Optional, Sequence, Union
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 import torch
@@ -30,8 +30,8 @@ class DeepPot:
 
     def __init__(
         self,
-        model: Union[str, os.PathLike, torch.nn.Module],
-        device: Optional[Union[str, torch.device]] = None,
+        model: str | os.PathLike | torch.nn.Module,
+        device: str | torch.device | None = None,
         batch_frames: int = 16,
     ) -> None:
         self.device = torch.device(device) if device is not None else default_device()
@@ -47,7 +47,7 @@ class DeepPot:
         self._dtype = torch.float64
         # geometry warnings already given (each once per model, not at every MD step)
         self._warned: set[str] = set()
-        self._naming: Optional[tuple[str, int, Optional[np.ndarray]]] = None
+        self._naming: tuple[str, int, np.ndarray | None] | None = None
 
     # --- metadata (DeePMD names) ---------------------------------------------------------
     def get_type_map(self) -> list[str]:
@@ -68,13 +68,13 @@ class DeepPot:
     def get_dim_aparam(self) -> int:
         return int(self.meta.get("dim_aparam", 0))
 
-    def get_min_nbor_dist(self) -> Optional[float]:
+    def get_min_nbor_dist(self) -> float | None:
         """The smallest pair distance of the training data (Å), None when unknown."""
         value = self.meta.get("min_nbor_dist")
         return None if value is None else float(value)
 
     # --- evaluation ------------------------------------------------------------------------
-    def types_from(self, atom_types: Union[Sequence[int], Sequence[str], np.ndarray]) -> np.ndarray:
+    def types_from(self, atom_types: Sequence[int] | Sequence[str] | np.ndarray) -> np.ndarray:
         """Model type indices from integers or element symbols; clear error if unknown."""
         arr = np.asarray(atom_types)
         tmap = self.get_type_map()
@@ -94,11 +94,11 @@ class DeepPot:
     def eval(
         self,
         coords: np.ndarray,
-        cells: Optional[np.ndarray],
-        atom_types: Union[Sequence[int], Sequence[str], np.ndarray],
+        cells: np.ndarray | None,
+        atom_types: Sequence[int] | Sequence[str] | np.ndarray,
         atomic: bool = False,
-        fparam: Optional[np.ndarray] = None,
-        aparam: Optional[np.ndarray] = None,
+        fparam: np.ndarray | None = None,
+        aparam: np.ndarray | None = None,
     ) -> tuple[np.ndarray, ...]:
         """Evaluate frames.
 
@@ -131,13 +131,21 @@ class DeepPot:
         atype = np.broadcast_to(atype.reshape(-1, natoms), (nf, natoms))
         box = None if cells is None else np.asarray(cells, dtype=np.float64).reshape(nf, 3, 3)
         fp = None if fparam is None else np.asarray(fparam, dtype=np.float64).reshape(nf, -1)
-        ap = None if aparam is None else np.asarray(aparam, dtype=np.float64).reshape(nf, natoms, -1)
+        ap = (None if aparam is None
+              else np.asarray(aparam, dtype=np.float64).reshape(nf, natoms, -1))
         outs: dict[str, list[np.ndarray]] = {}
         for start in range(0, nf, self.batch_frames):
             sl = slice(start, start + self.batch_frames)
-            res = self._eval_batch(coords[sl], atype[sl], None if box is None else box[sl],
-                                   None if fp is None else fp[sl],
-                                   None if ap is None else ap[sl], atomic, start, nf)
+            res = self._eval_batch(
+                coords[sl],
+                atype[sl],
+                None if box is None else box[sl],
+                None if fp is None else fp[sl],
+                None if ap is None else ap[sl],
+                atomic,
+                start,
+                nf,
+            )
             for k, v in res.items():
                 outs.setdefault(k, []).append(v)
         out = {k: np.concatenate(v) for k, v in outs.items()}
@@ -146,15 +154,17 @@ class DeepPot:
             result += (out["atom_energy"], out["atom_virial"])
         return result
 
-    def _eval_batch(self, coord, atype, box, fparam, aparam, atomic, first: int, nf: int
-                    ) -> dict[str, np.ndarray]:
+    def _eval_batch(
+        self, coord, atype, box, fparam, aparam, atomic, first: int, nf: int
+    ) -> dict[str, np.ndarray]:
         dev, dt = self.device, self._dtype
         coord_t = torch.as_tensor(coord, dtype=dt, device=dev)
         atype_t = torch.as_tensor(np.array(atype, dtype=np.int64), device=dev)
         box_t = None if box is None else torch.as_tensor(box, dtype=dt, device=dev)
         summary: list[PairSummary] = []
         ext_coord, ext_atype, mapping, nlist = build_extended_system(
-            coord_t, atype_t, box_t, self.get_rcut(), int(self.meta["sel"]), summary)
+            coord_t, atype_t, box_t, self.get_rcut(), int(self.meta["sel"]), summary
+        )
         self._check_pairs(summary, first, nf)
         fp_t = None if fparam is None else torch.as_tensor(fparam, dtype=dt, device=dev)
         ap_t = None if aparam is None else torch.as_tensor(aparam, dtype=dt, device=dev)
@@ -163,8 +173,9 @@ class DeepPot:
         return {k: out[k].detach().cpu().numpy() for k in keys}
 
     @contextlib.contextmanager
-    def naming(self, where: str, first_frame: int = 0,
-               atom_index: Optional[np.ndarray] = None) -> Iterator[None]:
+    def naming(
+        self, where: str, first_frame: int = 0, atom_index: np.ndarray | None = None
+    ) -> Iterator[None]:
         """Within the block, overlap errors and geometry warnings name the source ``where``,
         count frames from ``first_frame`` and number atoms by ``atom_index`` (evaluated atom
         ``k`` is the caller's ``atom_index[k]``): for callers that evaluate a system in
@@ -190,23 +201,33 @@ class DeepPot:
             frame = f"frame {first_frame + f}" if nf > 1 or where else ""
             place = ", ".join(x for x in (where, frame) if x)
             place = f"{place}: " if place else ""
-            i, j, busiest = (s.i, s.j, s.busiest) if index is None else (
-                int(index[s.i]), int(index[s.j]), int(index[s.busiest]))
+            i, j, busiest = (
+                (s.i, s.j, s.busiest)
+                if index is None
+                else (int(index[s.i]), int(index[s.j]), int(index[s.busiest]))
+            )
             pair = f"atoms {min(i, j)} and {max(i, j)}" + (" (a periodic image)" if s.image else "")
             if overlap:
-                raise OverlapError(f"{place}{pair} are {s.d:.3g} Å apart, on one position: "
-                                   "energy and forces are undefined; remove the duplicated atom")
+                raise OverlapError(
+                    f"{place}{pair} are {s.d:.3g} Å apart, on one position: "
+                    "energy and forces are undefined; remove the duplicated atom"
+                )
             if close:
                 self._warned.add("close")
-                warnings.warn(f"{place}{pair} are {s.d:.4g} Å apart, closer than any pair in "
-                              f"the model's training data (min_nbor_dist {mnd:.4g} Å): the "
-                              "prediction is an extrapolation", stacklevel=4)
+                warnings.warn(
+                    f"{place}{pair} are {s.d:.4g} Å apart, closer than any pair in "
+                    f"the model's training data (min_nbor_dist {mnd:.4g} Å): the "
+                    "prediction is an extrapolation",
+                    stacklevel=4,
+                )
             if crowded:
                 self._warned.add("sel")
-                warnings.warn(f"{place}atom {busiest} has {s.count} neighbours within "
-                              f"rcut {rcut:g} Å, more than the model's sel {sel}: the farthest "
-                              f"{s.count - sel} are ignored, so energy and forces are approximate",
-                              stacklevel=4)
+                warnings.warn(
+                    f"{place}atom {busiest} has {s.count} neighbours within "
+                    f"rcut {rcut:g} Å, more than the model's sel {sel}: the farthest "
+                    f"{s.count - sel} are ignored, so energy and forces are approximate",
+                    stacklevel=4,
+                )
 
 
 class OverlapError(ValueError):

@@ -8,7 +8,6 @@ compared values (frames for energies/virials, force components for forces).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Optional
 
 import numpy as np
 
@@ -23,7 +22,9 @@ class SystemResult:
 
     path: str
     nframes: int
-    pairs: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)  # name → (label, pred)
+    pairs: dict[str, tuple[np.ndarray, np.ndarray]] = field(
+        default_factory=dict
+    )  # name → (label, pred)
 
     def errors(self) -> dict[str, float]:
         out: dict[str, float] = {"nframes": self.nframes}
@@ -31,12 +32,16 @@ class SystemResult:
             if name in self.pairs:
                 lab, pred = self.pairs[name]
                 diff = pred - lab
-                out[f"rmse_{name}"] = float(np.sqrt(np.mean(diff**2))) if diff.size else float("nan")
+                out[f"rmse_{name}"] = (
+                    float(np.sqrt(np.mean(diff**2))) if diff.size else float("nan")
+                )
                 out[f"mae_{name}"] = float(np.mean(np.abs(diff))) if diff.size else float("nan")
         return out
 
 
-def evaluate_system(dp: DeepPot, system, nframes: Optional[int] = None, batch: int = 8) -> SystemResult:
+def evaluate_system(
+    dp: DeepPot, system, nframes: int | None = None, batch: int = 8
+) -> SystemResult:
     """Evaluate ``system`` (a :class:`dpa1.data.system.DeepmdSystem`) frame by frame."""
     n = system.nframes if not nframes else min(int(nframes), system.nframes)
     res = SystemResult(path=str(system.path), nframes=n)
@@ -52,8 +57,9 @@ def evaluate_system(dp: DeepPot, system, nframes: Optional[int] = None, batch: i
         fr = system.get_frames(idx)
         atype = fr["atype"]
         with dp.naming(str(system.path), start, system.idx_map):  # atoms as in the files
-            e, f, v = dp.eval(fr["coord"], fr.get("box"), atype, fparam=fr.get("fparam"),
-                              aparam=fr.get("aparam"))
+            e, f, v = dp.eval(
+                fr["coord"], fr.get("box"), atype, fparam=fr.get("fparam"), aparam=fr.get("aparam")
+            )
         real = atype >= 0
         nreal = real.sum(axis=1).astype(np.float64)
         if fr.get("find_energy", 0.0):
@@ -65,7 +71,11 @@ def evaluate_system(dp: DeepPot, system, nframes: Optional[int] = None, batch: i
         if fr.get("find_virial", 0.0):
             lab = fr["virial"].reshape(-1, 9)
             add("virial", lab.reshape(-1), v.reshape(-1))
-            add("virial_per_atom", (lab / nreal[:, None]).reshape(-1), (v / nreal[:, None]).reshape(-1))
+            add(
+                "virial_per_atom",
+                (lab / nreal[:, None]).reshape(-1),
+                (v / nreal[:, None]).reshape(-1),
+            )
     for name, (labs, preds) in acc.items():
         res.pairs[name] = (np.concatenate(labs), np.concatenate(preds))
     return res

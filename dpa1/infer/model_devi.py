@@ -17,8 +17,9 @@ from __future__ import annotations
 
 import contextlib
 import os
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Iterator, NamedTuple, Optional, Sequence, Union
+from typing import NamedTuple, Union
 
 import numpy as np
 
@@ -33,7 +34,7 @@ COLUMNS = ("max_devi_v", "min_devi_v", "avg_devi_v", "max_devi_f", "min_devi_f",
 
 # === the statistics =========================================================================
 def calc_model_devi_f(
-    fs: np.ndarray, relative: Optional[float] = None, atomic: bool = False
+    fs: np.ndarray, relative: float | None = None, atomic: bool = False
 ) -> tuple[np.ndarray, ...]:
     """Force deviation.
 
@@ -55,7 +56,7 @@ def calc_model_devi_f(
 
 
 def calc_model_devi_v(
-    vs: np.ndarray, relative: Optional[float] = None
+    vs: np.ndarray, relative: float | None = None
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Virial deviation of ``vs (nmodels, nf, 9)`` (already divided by natoms, as in DeePMD-kit).
 
@@ -75,8 +76,8 @@ def calc_model_devi_e(es: np.ndarray) -> np.ndarray:
 
 def devi_from_predictions(
     energies: np.ndarray, forces: np.ndarray, virials: np.ndarray, natoms: int,
-    steps: Optional[np.ndarray] = None, relative: Optional[float] = None,
-    relative_v: Optional[float] = None, atomic: bool = False,
+    steps: np.ndarray | None = None, relative: float | None = None,
+    relative_v: float | None = None, atomic: bool = False,
 ) -> np.ndarray:
     """The ``model_devi.out`` table from the ensemble's raw predictions.
 
@@ -116,10 +117,10 @@ def _as_deep_pots(models: Sequence[ModelLike], device=None) -> list:
 
 
 def calc_model_devi(
-    coord: np.ndarray, box: Optional[np.ndarray], atype: np.ndarray, models: Sequence[ModelLike],
-    fname: Optional[Union[str, os.PathLike]] = None, frequency: int = 1,
-    fparam: Optional[np.ndarray] = None, aparam: Optional[np.ndarray] = None,
-    atomic: bool = False, relative: Optional[float] = None, relative_v: Optional[float] = None,
+    coord: np.ndarray, box: np.ndarray | None, atype: np.ndarray, models: Sequence[ModelLike],
+    fname: str | os.PathLike | None = None, frequency: int = 1,
+    fparam: np.ndarray | None = None, aparam: np.ndarray | None = None,
+    atomic: bool = False, relative: float | None = None, relative_v: float | None = None,
 ) -> np.ndarray:
     """Evaluate every model on the frames and return the deviation table.
 
@@ -167,7 +168,7 @@ def format_model_devi(devi: np.ndarray, header: str = "", atomic: bool = False) 
 
 
 def write_model_devi_out(
-    devi: np.ndarray, fname: Union[str, os.PathLike], header: str = "", atomic: bool = False,
+    devi: np.ndarray, fname: str | os.PathLike, header: str = "", atomic: bool = False,
     append: bool = False,
 ) -> np.ndarray:
     """Write a ``model_devi.out`` block.
@@ -193,14 +194,14 @@ class Frames(NamedTuple):
     optional ``fparam (nf, nfp)`` / ``aparam (nf, natoms, nap)``."""
 
     coord: np.ndarray
-    box: Optional[np.ndarray]
+    box: np.ndarray | None
     atype: np.ndarray
-    fparam: Optional[np.ndarray] = None
-    aparam: Optional[np.ndarray] = None
+    fparam: np.ndarray | None = None
+    aparam: np.ndarray | None = None
 
 
 def read_npy_system(
-    path: Union[str, os.PathLike], type_map: Sequence[str], dim_fparam: int = 0,
+    path: str | os.PathLike, type_map: Sequence[str], dim_fparam: int = 0,
     dim_aparam: int = 0, chunk: int = 64,
 ) -> Iterator[Frames]:
     """Frames of a ``deepmd/npy`` system (standard or mixed-type), ``chunk`` at a time, in
@@ -229,7 +230,7 @@ def read_npy_system(
                      None if ap is None else system.to_file_order(ap))
 
 
-def read_ase_frames(path: Union[str, os.PathLike], type_map: Sequence[str]) -> Iterator[Frames]:
+def read_ase_frames(path: str | os.PathLike, type_map: Sequence[str]) -> Iterator[Frames]:
     """Frames of any ASE-readable trajectory, grouped into runs of identical atom lists.
 
     LAMMPS text dumps store type numbers, not elements: type ``k`` is read as
@@ -274,9 +275,9 @@ def read_ase_frames(path: Union[str, os.PathLike], type_map: Sequence[str]) -> I
 
 
 def make_model_devi(
-    models: Sequence[ModelLike], system: Union[str, os.PathLike], output: Union[str, os.PathLike],
-    frequency: int = 1, atomic: bool = False, relative: Optional[float] = None,
-    relative_v: Optional[float] = None, device=None,
+    models: Sequence[ModelLike], system: str | os.PathLike, output: str | os.PathLike,
+    frequency: int = 1, atomic: bool = False, relative: float | None = None,
+    relative_v: float | None = None, device=None,
 ) -> list[np.ndarray]:
     """``dp model-devi``: deviation tables of every system under ``system`` (a deepmd/npy
     system or a directory of them) or of an ASE-readable trajectory file, written to

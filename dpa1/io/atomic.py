@@ -7,8 +7,8 @@ from __future__ import annotations
 import contextlib
 import os
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 
 def check_output_path(path: str | os.PathLike, what: str, *, directory: bool = False) -> Path:

@@ -25,10 +25,23 @@ from typing import Annotated, Any, Literal, Union, get_args, get_origin
 from pydantic import BaseModel, ValidationError
 from pydantic_core import ErrorDetails, PydanticUndefined
 
-from dpa1.io.config_schema import (Config, DescrptSeAtten, DescrptSeAttenV2, FittingNet,
-                                   KeyProblems, LearningRate, Loss, Model, Optimizer, Section,
-                                   Training, TrainingData, UnexpectedKey, ValidationData,
-                                   aliases_of)
+from dpa1.io.config_schema import (
+    Config,
+    DescrptSeAtten,
+    DescrptSeAttenV2,
+    FittingNet,
+    KeyProblems,
+    LearningRate,
+    Loss,
+    Model,
+    Optimizer,
+    Section,
+    Training,
+    TrainingData,
+    UnexpectedKey,
+    ValidationData,
+    aliases_of,
+)
 
 __all__ = ["ConfigError", "load_config", "normalize_config", "normalize_model_section",
            "model_defaults_doc"]

@@ -20,10 +20,19 @@ import json
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Annotated, Any, ClassVar, Literal, Union
+from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import (AfterValidator, BaseModel, BeforeValidator, ConfigDict, Discriminator,
-                      Field, PlainValidator, Tag, model_validator)
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Discriminator,
+    Field,
+    PlainValidator,
+    Tag,
+    model_validator,
+)
 from pydantic.fields import FieldInfo
 
 
@@ -356,9 +365,10 @@ def _descriptor_tag(data: Any) -> str:
     return "<se_atten_v2>" if kind == "se_atten_v2" else "<dpa1>"
 
 
-Descriptor = Annotated[Union[Annotated[DescrptSeAtten, Tag("<dpa1>")],
-                             Annotated[DescrptSeAttenV2, Tag("<se_atten_v2>")]],
-                       Discriminator(_descriptor_tag)]
+Descriptor = Annotated[
+    Annotated[DescrptSeAtten, Tag("<dpa1>")] | Annotated[DescrptSeAttenV2, Tag("<se_atten_v2>")],
+    Discriminator(_descriptor_tag),
+]
 
 
 # === model.fitting_net (spec §14.4) ===
@@ -367,36 +377,55 @@ class FittingNet(Section):
 
     rejected_keys = {"layer_name": "parameter sharing is TensorFlow only; not supported by dpa1"}
     type: Annotated[Literal["ener"], _supported("fitting type", ("ener",))] = _key(
-        "ener", "Fitting type; only 'ener'")
+        "ener", "Fitting type; only 'ener'"
+    )
     numb_fparam: NonNegInt = _key(0, "Frame-parameter dimension")
     numb_aparam: NonNegInt = _key(0, "Atomic-parameter dimension")
     default_fparam: list[float] | None = _key(None, "fparam used when the data has none")
     dim_case_embd: Annotated[int, _default_only(0, "multi-task case embeddings")] = _key(
-        0, "Case-embedding dimension (multi-task); only 0")
+        0, "Case-embedding dimension (multi-task); only 0"
+    )
     neuron: list[PosInt] = _key([120, 120, 120], "Hidden-layer widths", aliases=("n_neuron",))
     activation_function: Activation = _key("tanh", "Hidden-layer activation")
     precision: Precision = _key("float64", "Parameter precision ('default' = float64)")
     resnet_dt: bool = _key(True, "Timestep `idt` in the skip connections")
-    trainable: Annotated[bool | list[bool], _one_or_list(
-        lambda v: isinstance(v, bool), "a bool or a list of bools")] = _key(
-        True, "Whether the parameters are trained (a list must repeat one value: per-layer "
-              "flags are not supported)")
-    rcond: NonNegFloat | None = _key(None, "Cut-off ratio of the small singular values in the "
-                                           "energy-bias least squares (numpy.linalg.lstsq)")
+    trainable: Annotated[
+        bool | list[bool], _one_or_list(lambda v: isinstance(v, bool), "a bool or a list of bools")
+    ] = _key(
+        True,
+        "Whether the parameters are trained (a list must repeat one value: per-layer "
+        "flags are not supported)",
+    )
+    rcond: NonNegFloat | None = _key(
+        None,
+        "Cut-off ratio of the small singular values in the "
+        "energy-bias least squares (numpy.linalg.lstsq)",
+    )
     seed: Seed = _key(None, "Initialisation seed")
-    atom_ener: list[float | None] = _key([], "Per-type vacuum energies (switches on vacuum "
-                                             "removal)")
+    atom_ener: list[float | None] = _key(
+        [], "Per-type vacuum energies (switches on vacuum removal)"
+    )
     use_aparam_as_mask: bool = _key(False, "aparam is a mask and not fed to the net")
 
     @model_validator(mode="after")
     def _check_fparam(self) -> FittingNet:
         problems = []
         if self.default_fparam is not None and len(self.default_fparam) != self.numb_fparam:
-            problems.append(("default_fparam", f"needs numb_fparam = {self.numb_fparam} values, "
-                                               f"got {len(self.default_fparam)}"))
+            problems.append(
+                (
+                    "default_fparam",
+                    f"needs numb_fparam = {self.numb_fparam} values, "
+                    f"got {len(self.default_fparam)}",
+                )
+            )
         if isinstance(self.trainable, list) and len(set(self.trainable)) > 1:
-            problems.append(("trainable", "per-layer flags are not supported by dpa1; give one "
-                                          "bool for the whole fitting net"))
+            problems.append(
+                (
+                    "trainable",
+                    "per-layer flags are not supported by dpa1; give one "
+                    "bool for the whole fitting net",
+                )
+            )
         _raise_if(problems)
         return self
 
@@ -407,37 +436,60 @@ class Model(Section):
 
     rejected_keys = {
         "type_embedding": "TensorFlow only; put tebd_dim, use_econf_tebd and use_tebd_bias "
-                          "in model.descriptor instead",
-        **{k: _NOT_DPA1 for k in ("spin", "use_srtab", "smin_alpha", "sw_rmin", "sw_rmax",
-                                  "srtab_add_bias", "modifier", "compress", "finetune_head",
-                                  "info", "model_branch_alias")},
-        "model_dict": _MULTITASK, "shared_dict": _MULTITASK,
+        "in model.descriptor instead",
+        **{
+            k: _NOT_DPA1
+            for k in (
+                "spin",
+                "use_srtab",
+                "smin_alpha",
+                "sw_rmin",
+                "sw_rmax",
+                "srtab_add_bias",
+                "modifier",
+                "compress",
+                "finetune_head",
+                "info",
+                "model_branch_alias",
+            )
+        },
+        "model_dict": _MULTITASK,
+        "shared_dict": _MULTITASK,
     }
     type: Annotated[Literal["standard"], _supported("model type", ("standard",))] = _key(
-        "standard", "Model type; only 'standard'")
+        "standard", "Model type; only 'standard'"
+    )
     type_map: list[Annotated[str, Field(min_length=1)]] = _key(
-        ..., "Element names; ntypes = its length", min_length=1)
+        ..., "Element names; ntypes = its length", min_length=1
+    )
     descriptor: Descriptor = _key(..., "The DPA-1 descriptor")
     fitting_net: FittingNet = _key(..., "The energy fitting network")
     data_stat_nbatch: PosInt = _key(10, "Batches per system used for the statistics")
     data_stat_protect: PosFloat = _key(1e-2, "Std protection of the fparam/aparam statistics")
-    data_bias_nsample: PosInt = _key(10, "Batches per system for the energy-bias change when "
-                                         "fine-tuning")
+    data_bias_nsample: PosInt = _key(
+        10, "Batches per system for the energy-bias change when fine-tuning"
+    )
     pair_exclude_types: list[TypePair] = _key([], "Model-level excluded type pairs")
     atom_exclude_types: list[NonNegInt] = _key([], "Types whose energy contribution is zero")
     preset_out_bias: dict[Literal["energy"], list[float | None]] | None = _key(
-        None, "Fixed per-type energy bias, e.g. {\"energy\": [null, -1.2]}")
+        None, 'Fixed per-type energy bias, e.g. {"energy": [null, -1.2]}'
+    )
 
     @model_validator(mode="after")
     def _check_types(self) -> Model:
         ntypes, problems = len(self.type_map), []
         if len(set(self.type_map)) != ntypes:
             problems.append(("type_map", "element names must be unique"))
-        lists = {"pair_exclude_types": [t for p in self.pair_exclude_types for t in p],
-                 "atom_exclude_types": self.atom_exclude_types,
-                 "descriptor.exclude_types": [t for p in self.descriptor.exclude_types for t in p]}
-        problems += [(where, f"type index {max(idx)} is out of range for {ntypes} types")
-                     for where, idx in lists.items() if idx and max(idx) >= ntypes]
+        lists = {
+            "pair_exclude_types": [t for p in self.pair_exclude_types for t in p],
+            "atom_exclude_types": self.atom_exclude_types,
+            "descriptor.exclude_types": [t for p in self.descriptor.exclude_types for t in p],
+        }
+        problems += [
+            (where, f"type index {max(idx)} is out of range for {ntypes} types")
+            for where, idx in lists.items()
+            if idx and max(idx) >= ntypes
+        ]
         bias = (self.preset_out_bias or {}).get("energy")
         if bias is not None and len(bias) != ntypes:
             problems.append(("preset_out_bias.energy", f"needs {ntypes} entries (one per type)"))
@@ -453,8 +505,13 @@ def _pref(default: float, term: str) -> Any:
 class Loss(Section):
     """Energy loss; prefactors go from start_pref to limit_pref as lr decays."""
 
-    type: Annotated[Literal["ener"], _supported("loss type", ("ener",), {
-        "ener_hess": "loss type 'ener_hess' (Hessian training) is not supported; use 'ener'"})
+    type: Annotated[
+        Literal["ener"],
+        _supported(
+            "loss type",
+            ("ener",),
+            {"ener_hess": "loss type 'ener_hess' (Hessian training) is not supported; use 'ener'"},
+        ),
     ] = _key("ener", "Loss type; only 'ener'")
     start_pref_e: float = _pref(0.02, "energy")
     limit_pref_e: float = _pref(1.0, "energy")
@@ -475,8 +532,11 @@ class Loss(Section):
     relative_f: NonNegFloat | None = _key(None, "Divide force errors by |F_label| + relative_f")
     enable_atom_ener_coeff: bool = _key(False, "Energy = sum_i c_i E_i with atom_ener_coeff")
     use_huber: bool = _key(False, "Huber loss instead of MSE")
-    huber_delta: Annotated[float | list[float], _one_or_list(
-        _is_pos_number, "a positive number or a list [delta_e, delta_f, delta_v]", length=3)
+    huber_delta: Annotated[
+        float | list[float],
+        _one_or_list(
+            _is_pos_number, "a positive number or a list [delta_e, delta_f, delta_v]", length=3
+        ),
     ] = _key(0.01, "Huber threshold: one value or [delta_e, delta_f, delta_v]")
     loss_func: Literal["mse", "mae"] = _key("mse", "'mse' or 'mae'")
     f_use_norm: bool = _key(False, "Use per-atom force-difference norms (mae/Huber only)")
@@ -487,12 +547,16 @@ class Loss(Section):
         problems = []
         if self.f_use_norm and not (self.use_huber or self.loss_func == "mae"):
             problems.append(("f_use_norm", "requires use_huber = true or loss_func = 'mae'"))
-        missing = {"generalized-force": ("start_pref_gf", "limit_pref_gf",
-                                         "numb_generalized_coord"),
-                   "Hessian": ("start_pref_h", "limit_pref_h")}
-        problems += [(key, f"not supported by dpa1 (the {term} loss); remove the key or set it "
-                           "to 0") for term, keys in missing.items() for key in keys
-                     if getattr(self, key) != 0]
+        missing = {
+            "generalized-force": ("start_pref_gf", "limit_pref_gf", "numb_generalized_coord"),
+            "Hessian": ("start_pref_h", "limit_pref_h"),
+        }
+        problems += [
+            (key, f"not supported by dpa1 (the {term} loss); remove the key or set it to 0")
+            for term, keys in missing.items()
+            for key in keys
+            if getattr(self, key) != 0
+        ]
         _raise_if(problems)
         return self
 
@@ -503,18 +567,21 @@ class LearningRate(Section):
 
     default_stop_lr: ClassVar[float] = 5e-8
     type: Annotated[Literal["exp"], _supported("learning-rate type", ("exp",))] = _key(
-        "exp", "Schedule; only 'exp' (cosine and wsd are not supported)")
+        "exp", "Schedule; only 'exp' (cosine and wsd are not supported)"
+    )
     start_lr: PosFloat = _key(..., "Learning rate at the end of warm-up")
-    stop_lr: NonNegFloat | None = _key(None, "Final learning rate (5e-8 if neither stop_lr nor "
-                                             "stop_lr_ratio is given)")
+    stop_lr: NonNegFloat | None = _key(
+        None, "Final learning rate (5e-8 if neither stop_lr nor stop_lr_ratio is given)"
+    )
     stop_lr_ratio: PosFloat | None = _key(None, "stop_lr = start_lr * stop_lr_ratio (resolved)")
     warmup_steps: NonNegInt = _key(0, "Linear warm-up steps")
     warmup_ratio: Annotated[float, Field(ge=0, lt=1)] | None = _key(
-        None, "warmup_steps = int(warmup_ratio * numb_steps) (resolved when numb_steps is set)")
+        None, "warmup_steps = int(warmup_ratio * numb_steps) (resolved when numb_steps is set)"
+    )
     warmup_start_factor: NonNegFloat = _key(0.0, "Warm-up starts at this fraction of start_lr")
-    scale_by_worker: Annotated[Literal["linear", "sqrt", "none"], _default_only(
-        "linear", "TensorFlow trainer only")] = _key(
-        "linear", "Scaling with the number of workers (TensorFlow only); only 'linear'")
+    scale_by_worker: Annotated[
+        Literal["linear", "sqrt", "none"], _default_only("linear", "TensorFlow trainer only")
+    ] = _key("linear", "Scaling with the number of workers (TensorFlow only); only 'linear'")
     decay_steps: PosInt = _key(5000, "Steps between decays")
     decay_rate: Fraction | None = _key(None, "Decay factor; derived from stop_lr if null")
     smooth: bool = _key(False, "Continuous instead of stepped decay")
@@ -538,8 +605,9 @@ class LearningRate(Section):
 class Optimizer(Section):
     """torch.optim.Adam or AdamW."""
 
-    type: Annotated[Literal["Adam", "AdamW"], _supported("optimizer", ("Adam", "AdamW"))] = \
-        _key("Adam", "'Adam' or 'AdamW'")
+    type: Annotated[Literal["Adam", "AdamW"], _supported("optimizer", ("Adam", "AdamW"))] = _key(
+        "Adam", "'Adam' or 'AdamW'"
+    )
     adam_beta1: float = _key(0.9, "Adam beta1", ge=0, lt=1)
     adam_beta2: float = _key(0.999, "Adam beta2", ge=0, lt=1)
     weight_decay: NonNegFloat = _key(0.0, "Weight decay")
@@ -549,19 +617,27 @@ class Optimizer(Section):
 class TrainingData(Section):
     """A set of systems and how batches are drawn from them."""
 
-    systems: Annotated[str | list[str], _one_or_list(
-        lambda v: isinstance(v, str) and v != "", "a path or a non-empty list of paths")] = _key(
-        ..., "A system dir, a parent dir (searched for type.raw), or a list of them")
+    systems: Annotated[
+        str | list[str],
+        _one_or_list(
+            lambda v: isinstance(v, str) and v != "", "a path or a non-empty list of paths"
+        ),
+    ] = _key(..., "A system dir, a parent dir (searched for type.raw), or a list of them")
     rglob_patterns: list[str] | None = _key(None, "Custom glob patterns for the system search")
     batch_size: Annotated[int | list[int] | str, PlainValidator(_batch_size)] = _key(
-        "auto", "int, one int per system, 'auto' (= 'auto:32'), 'auto:N', 'max:N' or 'filter:N'")
+        "auto", "int, one int per system, 'auto' (= 'auto:32'), 'auto:N', 'max:N' or 'filter:N'"
+    )
     auto_prob: Annotated[str, BeforeValidator(_auto_prob)] = _key(
-        "prob_sys_size", "System probabilities: 'prob_sys_size', 'prob_uniform' or "
-        "'prob_sys_size;a:b:w;...'", aliases=("auto_prob_style",))
-    sys_probs: list[float] | None = _key(None, "Explicit system probabilities (< 0: filled in)",
-                                         aliases=("sys_weights",))
-    min_pair_dist: Annotated[float, _default_only(0.0, "dropping frames by pair distance")] = \
-        _key(0.0, "Drop frames with a closer atom pair (Å); only 0")
+        "prob_sys_size",
+        "System probabilities: 'prob_sys_size', 'prob_uniform' or 'prob_sys_size;a:b:w;...'",
+        aliases=("auto_prob_style",),
+    )
+    sys_probs: list[float] | None = _key(
+        None, "Explicit system probabilities (< 0: filled in)", aliases=("sys_weights",)
+    )
+    min_pair_dist: Annotated[float, _default_only(0.0, "dropping frames by pair distance")] = _key(
+        0.0, "Drop frames with a closer atom pair (Å); only 0"
+    )
 
     @model_validator(mode="after")
     def _check_lengths(self) -> TrainingData:
@@ -585,24 +661,32 @@ class ValidationData(TrainingData):
 class Training(Section):
     """The training loop (PyTorch-backend semantics)."""
 
-    rejected_keys = {"mixed_precision": _TF_ONLY, "data_dict": _MULTITASK,
-                     "model_prob": _MULTITASK}
+    rejected_keys = {"mixed_precision": _TF_ONLY, "data_dict": _MULTITASK, "model_prob": _MULTITASK}
     training_data: TrainingData = _key(..., "Training systems")
     validation_data: ValidationData | None = _key(None, "Validation systems")
     stat_file: Annotated[str, Field(min_length=1)] | None = _key(
-        None, "Statistics cache in DeePMD-kit's layout (.h5/.hdf5 file, else a directory; "
-              "relative to the output directory): a fresh start saves the data statistics "
-              "there and a later one reads them instead of sampling the data; one written for "
-              "another type_map, rcut, rcut_smth or sel is refused")
+        None,
+        "Statistics cache in DeePMD-kit's layout (.h5/.hdf5 file, else a directory; "
+        "relative to the output directory): a fresh start saves the data statistics "
+        "there and a later one reads them instead of sampling the data; one written for "
+        "another type_map, rcut, rcut_smth or sel is refused",
+    )
     stat_file_mode: Literal["update", "read"] = _key(
-        "update", "'update': compute what the stat_file lacks and add it; 'read': the "
-                  "stat_file must hold every statistic and is not written")
-    numb_steps: NonNegInt | None = _key(None, "Total training steps (this or numb_epoch is required; "
-                                               "0: statistics only, writes model.ckpt-0.pt)",
-                                     aliases=("stop_batch", "num_step", "num_steps", "numb_step"))
-    numb_epoch: PosFloat | None = _key(None, "Epochs, alternative to numb_steps (ignored if "
-                                             "numb_steps is given)",
-                                       aliases=("num_epoch", "num_epochs", "numb_epochs"))
+        "update",
+        "'update': compute what the stat_file lacks and add it; 'read': the "
+        "stat_file must hold every statistic and is not written",
+    )
+    numb_steps: NonNegInt | None = _key(
+        None,
+        "Total training steps (this or numb_epoch is required; "
+        "0: statistics only, writes model.ckpt-0.pt)",
+        aliases=("stop_batch", "num_step", "num_steps", "numb_step"),
+    )
+    numb_epoch: PosFloat | None = _key(
+        None,
+        "Epochs, alternative to numb_steps (ignored if numb_steps is given)",
+        aliases=("num_epoch", "num_epochs", "numb_epochs"),
+    )
     seed: Seed = _key(None, "Data-sampling and torch RNG seed")
     disp_file: str = _key("lcurve.out", "Learning-curve file")
     disp_freq: PosInt = _key(1000, "Display period (steps)")
@@ -610,37 +694,50 @@ class Training(Section):
     save_ckpt: str = _key("model.ckpt", "Checkpoint prefix")
     save_dir: str | None = _key(None, "Checkpoint directory")
     max_ckpt_keep: PosInt = _key(5, "Newest checkpoints kept")
-    ckpt_keep_ratio: Annotated[float | None, _default_only(
-        None, "keeping checkpoints spaced by a ratio")] = _key(
-        None, "Also keep checkpoints spaced by this ratio; only null")
+    ckpt_keep_ratio: Annotated[
+        float | None, _default_only(None, "keeping checkpoints spaced by a ratio")
+    ] = _key(None, "Also keep checkpoints spaced by this ratio; only null")
     enable_ema: Annotated[bool, _default_only(False, "parameter EMA")] = _key(
-        False, "Keep an exponential moving average of the parameters; only false")
+        False, "Keep an exponential moving average of the parameters; only false"
+    )
     ema_decay: Annotated[float, _default_only(0.999, "parameter EMA")] = _key(
-        0.999, "EMA decay; only 0.999 (EMA is not supported)")
+        0.999, "EMA decay; only 0.999 (EMA is not supported)"
+    )
     ema_ckpt_keep: Annotated[int | None, _default_only(None, "parameter EMA")] = _key(
-        None, "EMA checkpoints kept; only null (EMA is not supported)")
+        None, "EMA checkpoints kept; only null (EMA is not supported)"
+    )
     change_bias_after_training: bool = _key(False, "Refit out_bias at the end")
-    disp_training: bool = _key(True, "Log the errors at each display step and show the "
-                                      "progress bar")
+    disp_training: bool = _key(
+        True, "Log the errors at each display step and show the progress bar"
+    )
     time_training: bool = _key(True, "Log the training time")
     disp_avg: bool = _key(False, "Average training metrics over the display interval")
-    gradient_max_norm: NonNegFloat | None = _key(None, "Global gradient-norm clipping (0/null: "
-                                                       "off)")
+    gradient_max_norm: NonNegFloat | None = _key(
+        None, "Global gradient-norm clipping (0/null: off)"
+    )
     profiling: Annotated[bool, _default_only(False, "profiling")] = _key(
-        False, "Diagnostics: profiling; only false")
+        False, "Diagnostics: profiling; only false"
+    )
     profiling_file: Annotated[str, _default_only("timeline.json", "profiling")] = _key(
-        "timeline.json", "Diagnostics: profiling output; only the default")
+        "timeline.json", "Diagnostics: profiling output; only the default"
+    )
     enable_profiler: Annotated[bool, _default_only(False, "profiling")] = _key(
-        False, "Diagnostics: torch profiler; only false")
+        False, "Diagnostics: torch profiler; only false"
+    )
     tensorboard: Annotated[bool, AfterValidator(_needs_tensorboard)] = _key(
-        False, "Diagnostics: TensorBoard logging of lr, loss and the lcurve metrics (needs "
-               "the tensorboard package)")
-    tensorboard_log_dir: str = _key("log", "Diagnostics: TensorBoard directory (relative to "
-                                           "the output directory)")
-    tensorboard_freq: PosInt = _key(1, "Diagnostics: TensorBoard period (steps; step 1 is "
-                                       "always logged)")
+        False,
+        "Diagnostics: TensorBoard logging of lr, loss and the lcurve metrics (needs "
+        "the tensorboard package)",
+    )
+    tensorboard_log_dir: str = _key(
+        "log", "Diagnostics: TensorBoard directory (relative to the output directory)"
+    )
+    tensorboard_freq: PosInt = _key(
+        1, "Diagnostics: TensorBoard period (steps; step 1 is always logged)"
+    )
     zero_stage: Annotated[Literal[0], _supported("zero_stage", (0,))] = _key(
-        0, "Distributed sharding stage; only 0")
+        0, "Distributed sharding stage; only 0"
+    )
 
     @model_validator(mode="after")
     def _check_length(self) -> Training:
@@ -674,6 +771,7 @@ class Config(Section):
         if lr.warmup_ratio is not None:
             lr.warmup_steps, lr.warmup_ratio = int(lr.warmup_ratio * steps), None
         if lr.warmup_steps > steps:
-            _raise_if([("learning_rate.warmup_steps",
-                        f"must not exceed training.numb_steps ({steps})")])
+            _raise_if(
+                [("learning_rate.warmup_steps", f"must not exceed training.numb_steps ({steps})")]
+            )
         return self

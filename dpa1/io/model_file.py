@@ -17,7 +17,7 @@ import json
 import os
 import zipfile
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import Any
 
 import numpy as np
 import torch
@@ -32,7 +32,7 @@ FROZEN_META = "dpa1.json"
 _PICKLE_PROTOCOL_2_PLUS = b"\x80"  # first byte of torch's pre-1.6 (non-zip) format
 
 
-def file_kind(path: Union[str, os.PathLike]) -> str:
+def file_kind(path: str | os.PathLike) -> str:
     """What a model file holds, from its first bytes (before any loader sees it):
     ``"torchscript"`` (a zip with ``code/``), ``"torch"`` (another zip, or torch's legacy
     pickle), ``"hdf5"``, ``"text"`` or ``"unknown"``."""
@@ -77,7 +77,9 @@ def _tree_map(obj: Any, fn) -> Any:
 
 
 def _to_tensors(obj: Any) -> Any:
-    return _tree_map(obj, lambda v: torch.from_numpy(np.ascontiguousarray(v)) if isinstance(v, np.ndarray) else v)
+    return _tree_map(
+        obj, lambda v: torch.from_numpy(np.ascontiguousarray(v)) if isinstance(v, np.ndarray) else v
+    )
 
 
 def _to_numpy(obj: Any) -> Any:
@@ -85,14 +87,22 @@ def _to_numpy(obj: Any) -> Any:
 
 
 def save_checkpoint(
-    path: Union[str, os.PathLike], model: EnergyModel, *, config: Optional[dict] = None,
-    step: int = 0, optimizer_state: Optional[dict] = None, extra: Optional[dict] = None,
+    path: str | os.PathLike,
+    model: EnergyModel,
+    *,
+    config: dict | None = None,
+    step: int = 0,
+    optimizer_state: dict | None = None,
+    extra: dict | None = None,
 ) -> None:
     """Write a checkpoint atomically (temp file + rename): a crash never leaves a torn file."""
     model = _unwrap(model)
     payload = {
-        "format": CKPT_FORMAT, "version": CKPT_VERSION,
-        "model": _to_tensors(model_to_dict(model)), "config": config, "step": int(step),
+        "format": CKPT_FORMAT,
+        "version": CKPT_VERSION,
+        "model": _to_tensors(model_to_dict(model)),
+        "config": config,
+        "step": int(step),
         "optimizer": optimizer_state,
     }
     if model.min_nbor_dist is not None:
@@ -102,15 +112,17 @@ def save_checkpoint(
         torch.save(payload, tmp)
 
 
-def load_checkpoint(path: Union[str, os.PathLike]) -> tuple[EnergyModel, dict]:
+def load_checkpoint(path: str | os.PathLike) -> tuple[EnergyModel, dict]:
     """Load a checkpoint (``weights_only=True``): the model and the raw payload."""
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"{path}: no such checkpoint")
     kind = file_kind(path)
     if kind != "torch":
-        hint = {"torchscript": "; use the checkpoint (.pt) it was frozen from",
-                "hdf5": "; a DeePMD-kit model must be named *.dp"}.get(kind, "")
+        hint = {
+            "torchscript": "; use the checkpoint (.pt) it was frozen from",
+            "hdf5": "; a DeePMD-kit model must be named *.dp",
+        }.get(kind, "")
         raise ValueError(f"{path}: not a dpa1 checkpoint ({_WHAT_IT_IS[kind]}){hint}")
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
@@ -130,7 +142,7 @@ def _unwrap(model: torch.nn.Module) -> EnergyModel:
     return getattr(model, "module", model)  # DDP wrapper
 
 
-def freeze(model: EnergyModel, path: Union[str, os.PathLike], config: Optional[dict] = None) -> None:
+def freeze(model: EnergyModel, path: str | os.PathLike, config: dict | None = None) -> None:
     """Write a self-contained TorchScript model that needs no training code to run."""
     model = _unwrap(model)
     was_training = model.training
@@ -140,23 +152,29 @@ def freeze(model: EnergyModel, path: Union[str, os.PathLike], config: Optional[d
     finally:
         model.train(was_training)
     meta = {
-        "type_map": model.type_map, "rcut": model.rcut, "sel": model.nnei,
-        "dim_fparam": model.fitting.numb_fparam, "dim_aparam": model.fitting.numb_aparam,
-        "min_nbor_dist": model.min_nbor_dist, "model": config,
+        "type_map": model.type_map,
+        "rcut": model.rcut,
+        "sel": model.nnei,
+        "dim_fparam": model.fitting.numb_fparam,
+        "dim_aparam": model.fitting.numb_aparam,
+        "min_nbor_dist": model.min_nbor_dist,
+        "model": config,
     }
     with atomic_path(path) as tmp:
         torch.jit.save(scripted, str(tmp), _extra_files={FROZEN_META: json.dumps(meta)})
 
 
-def load_frozen(path: Union[str, os.PathLike], device: Union[str, torch.device] = "cpu"):
+def load_frozen(path: str | os.PathLike, device: str | torch.device = "cpu"):
     """Load a frozen ``.pth`` model: the TorchScript module and its metadata."""
     extra = {FROZEN_META: ""}
     if not Path(path).exists():
         raise FileNotFoundError(f"{path}: no such model file")
     kind = file_kind(path)
     if kind != "torchscript":
-        raise ValueError(f"{path}: not a frozen dpa1 model ({_WHAT_IT_IS[kind]}); expected the "
-                         "TorchScript file written by dpa1 freeze")
+        raise ValueError(
+            f"{path}: not a frozen dpa1 model ({_WHAT_IT_IS[kind]}); expected the "
+            "TorchScript file written by dpa1 freeze"
+        )
     try:
         module = torch.jit.load(str(path), map_location=device, _extra_files=extra)
     except Exception as err:
@@ -165,7 +183,7 @@ def load_frozen(path: Union[str, os.PathLike], device: Union[str, torch.device] 
     return module, meta
 
 
-def load_model(path: Union[str, os.PathLike], device: Union[str, torch.device] = "cpu"):
+def load_model(path: str | os.PathLike, device: str | torch.device = "cpu"):
     """Load any supported model file for evaluation.
 
     Returns:
@@ -187,13 +205,19 @@ def load_model(path: Union[str, os.PathLike], device: Union[str, torch.device] =
         model, data = load_checkpoint(path)
         kind = "checkpoint"
     model = model.to(device).eval()
-    meta = {"type_map": model.type_map, "rcut": model.rcut, "sel": model.nnei, "kind": kind,
-            "dim_fparam": model.fitting.numb_fparam, "dim_aparam": model.fitting.numb_aparam,
-            "min_nbor_dist": model.min_nbor_dist}
+    meta = {
+        "type_map": model.type_map,
+        "rcut": model.rcut,
+        "sel": model.nnei,
+        "kind": kind,
+        "dim_fparam": model.fitting.numb_fparam,
+        "dim_aparam": model.fitting.numb_aparam,
+        "min_nbor_dist": model.min_nbor_dist,
+    }
     return model, meta
 
 
-def load_energy_model(path: Union[str, os.PathLike]) -> tuple[EnergyModel, Optional[dict]]:
+def load_energy_model(path: str | os.PathLike) -> tuple[EnergyModel, dict | None]:
     """Load an editable (non-TorchScript) model from a checkpoint or ``.dp`` file.
 
     Returns the model and the training config stored with it (None for ``.dp``).
@@ -207,14 +231,26 @@ def load_energy_model(path: Union[str, os.PathLike]) -> tuple[EnergyModel, Optio
             raise FileNotFoundError(f"{path}: no such model file")
         kind = file_kind(path)
         if kind == "torchscript":
-            raise ValueError(f"{path}: a frozen TorchScript model cannot be trained further; "
-                             "use its checkpoint (.pt) or a .dp file")
+            raise ValueError(
+                f"{path}: a frozen TorchScript model cannot be trained further; "
+                "use its checkpoint (.pt) or a .dp file"
+            )
         if kind != "torch":
-            raise ValueError(f"{path}: not a model file ({_WHAT_IT_IS[kind]}); expected a dpa1 "
-                             "checkpoint (.pt) or a DeePMD-kit model (.dp)")
+            raise ValueError(
+                f"{path}: not a model file ({_WHAT_IT_IS[kind]}); expected a dpa1 "
+                "checkpoint (.pt) or a DeePMD-kit model (.dp)"
+            )
     model, payload = load_checkpoint(path)
     return model, payload.get("config")
 
 
-__all__ = ["save_checkpoint", "load_checkpoint", "freeze", "load_frozen", "load_model",
-           "load_energy_model", "save_dp_model", "file_kind"]
+__all__ = [
+    "save_checkpoint",
+    "load_checkpoint",
+    "freeze",
+    "load_frozen",
+    "load_model",
+    "load_energy_model",
+    "save_dp_model",
+    "file_kind",
+]

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Optional
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -77,7 +75,7 @@ class _BmmNT(torch.autograd.Function):
         return torch.bmm(a, b.transpose(-1, -2))
 
     @staticmethod
-    def backward(ctx, g: Tensor) -> tuple[Optional[Tensor], Optional[Tensor]]:
+    def backward(ctx, g: Tensor) -> tuple[Tensor | None, Tensor | None]:
         a, b = ctx.saved_tensors
         ga = torch.bmm(g, b) if ctx.needs_input_grad[0] else None
         gb = torch.bmm(g.transpose(-1, -2), a) if ctx.needs_input_grad[1] else None
@@ -92,7 +90,8 @@ def _bmm_nt(a: Tensor, b: Tensor) -> Tensor:
 
 
 class _AttentionStack(torch.autograd.Function):
-    """Every layer of a :class:`NeighborGatedAttention` in one C++ op (``csrc/attention_stack.cpp``).
+    """Every layer of a :class:`NeighborGatedAttention` in one C++ op
+    (``csrc/attention_stack.cpp``).
 
     Evaluation only: the backward gives the gradients of ``g``, of the switches (smooth) and of
     the directions (``dotr``), what forces need, not of the parameters, and it is not
@@ -103,17 +102,34 @@ class _AttentionStack(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, g: Tensor, w: Tensor, direction: Tensor, key_log_weight: Optional[Tensor],
-                stack: "NeighborGatedAttention"):
+    def forward(
+        ctx,
+        g: Tensor,
+        w: Tensor,
+        direction: Tensor,
+        key_log_weight: Tensor | None,
+        stack: NeighborGatedAttention,
+    ):
         layer0 = stack.layers[0]
         empty = g.new_empty(0)
         u = direction.detach().contiguous() if layer0.dotr else empty
-        lw = key_log_weight.detach().contiguous() if key_log_weight is not None and layer0.smooth else empty
+        lw = (
+            key_log_weight.detach().contiguous()
+            if key_log_weight is not None and layer0.smooth
+            else empty
+        )
         w = w.detach().contiguous()
         params = [t for layer in stack.layers for t in layer.native_params()]
         config = (layer0.scaling, layer0.normalize, layer0.smooth, layer0.do_mask)
         out, *saved = torch.ops.dpa1.attention_stack(
-            g.detach().contiguous(), w, u, lw, params, *config, layer0.layer_norm.eps, stack.native_group,
+            g.detach().contiguous(),
+            w,
+            u,
+            lw,
+            params,
+            *config,
+            layer0.layer_norm.eps,
+            stack.native_group,
         )
         ctx.save_for_backward(w, u, lw, *params, *saved)
         ctx.nparams = len(params)
@@ -124,8 +140,10 @@ class _AttentionStack(torch.autograd.Function):
     def backward(ctx, grad: Tensor):
         refuse_second_derivative("attention")
         w, u, lw, *rest = ctx.saved_tensors
-        params, saved = rest[: ctx.nparams], rest[ctx.nparams:]
-        dg, dw, du = torch.ops.dpa1.attention_stack_backward(grad, w, u, lw, params, saved, *ctx.config)
+        params, saved = rest[: ctx.nparams], rest[ctx.nparams :]
+        dg, dw, du = torch.ops.dpa1.attention_stack_backward(
+            grad, w, u, lw, params, saved, *ctx.config
+        )
         need = ctx.needs_input_grad
         smooth, dotr = ctx.config[2], u.numel() > 0
         return (
@@ -153,12 +171,12 @@ class GatedAttentionLayer(nn.Module):
         do_mask: bool,
         scaling_factor: float,
         normalize: bool,
-        temperature: Optional[float],
+        temperature: float | None,
         smooth: bool,
         trainable_ln: bool,
         ln_eps: float,
         dtype: torch.dtype,
-        generator: Optional[torch.Generator] = None,
+        generator: torch.Generator | None = None,
     ) -> None:
         super().__init__()
         self.embed_dim = embed_dim
@@ -248,7 +266,12 @@ class NeighborGatedAttention(nn.Module):
         self.native_group = 8
 
     def forward(
-        self, g: Tensor, mask: Tensor, sw: Tensor, direction: Tensor, key_log_weight: Optional[Tensor] = None
+        self,
+        g: Tensor,
+        mask: Tensor,
+        sw: Tensor,
+        direction: Tensor,
+        key_log_weight: Tensor | None = None,
     ) -> Tensor:
         """Apply all layers.
 

@@ -10,8 +10,6 @@ For centre ``i`` with neighbour slots ``j = 1..N_c``:
 
 from __future__ import annotations
 
-from typing import Optional, Tuple
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -23,7 +21,8 @@ from dpa1.model.type_embedding import TypeEmbedding
 
 
 def pair_keep_table(ntypes: int, exclude_types: list[list[int]]) -> Tensor:
-    """``(ntypes, ntypes + 1)`` bool table: pair (t_i, t_j) kept; column ``ntypes`` (padding) kept."""
+    """``(ntypes, ntypes + 1)`` bool table: pair (t_i, t_j) kept; column ``ntypes`` (padding)
+    kept."""
     keep = torch.ones(ntypes, ntypes + 1, dtype=torch.bool)
     for a, b in exclude_types:
         keep[a, b] = False
@@ -58,7 +57,7 @@ class DescrptDPA1(nn.Module):
         resnet_dt: bool,
         scaling_factor: float,
         normalize: bool,
-        temperature: Optional[float],
+        temperature: float | None,
         trainable_ln: bool,
         ln_eps: float,
         smooth_type_embedding: bool,
@@ -66,27 +65,35 @@ class DescrptDPA1(nn.Module):
         concat_output_tebd: bool,
         use_econf_tebd: bool,
         use_tebd_bias: bool,
-        type_map: Optional[list[str]],
+        type_map: list[str] | None,
         precision: str,
         exclude_types: list[list[int]],
         env_protection: float,
         descriptor_type: str = "dpa1",
         trainable: bool = True,
-        seed: Optional[int] = None,
+        seed: int | None = None,
     ) -> None:
         super().__init__()
         if rcut_smth >= rcut:
             raise ValueError(f"rcut_smth ({rcut_smth}) must be smaller than rcut ({rcut})")
         if axis_neuron > neuron[-1]:
-            raise ValueError(f"axis_neuron ({axis_neuron}) must not exceed neuron[-1] ({neuron[-1]})")
+            raise ValueError(
+                f"axis_neuron ({axis_neuron}) must not exceed neuron[-1] ({neuron[-1]})"
+            )
         if descriptor_type == "se_atten_v2":
             tebd_input_mode, smooth_type_embedding = "strip", True
         if tebd_input_mode not in ("concat", "strip"):
-            raise ValueError(f"tebd_input_mode must be 'concat' or 'strip', got {tebd_input_mode!r}")
+            raise ValueError(
+                f"tebd_input_mode must be 'concat' or 'strip', got {tebd_input_mode!r}"
+            )
         dtype = to_dtype(precision)
         gen = torch.Generator().manual_seed(seed) if seed is not None else None
         self.descriptor_type = descriptor_type
-        self.rcut, self.rcut_smth, self.env_protection = float(rcut), float(rcut_smth), float(env_protection)
+        self.rcut, self.rcut_smth, self.env_protection = (
+            float(rcut),
+            float(rcut_smth),
+            float(env_protection),
+        )
         self.nnei = int(sel)
         self.ntypes = ntypes
         self.neuron = list(neuron)
@@ -94,9 +101,18 @@ class DescrptDPA1(nn.Module):
         self.tebd_dim = tebd_dim
         self.tebd_input_mode = tebd_input_mode
         self.set_davg_zero = set_davg_zero
-        self.attn, self.attn_layer, self.attn_dotr, self.attn_mask = attn, attn_layer, attn_dotr, attn_mask
+        self.attn, self.attn_layer, self.attn_dotr, self.attn_mask = (
+            attn,
+            attn_layer,
+            attn_dotr,
+            attn_mask,
+        )
         self.activation_function, self.resnet_dt = activation_function, resnet_dt
-        self.scaling_factor, self.normalize, self.temperature = scaling_factor, normalize, temperature
+        self.scaling_factor, self.normalize, self.temperature = (
+            scaling_factor,
+            normalize,
+            temperature,
+        )
         self.trainable_ln, self.ln_eps = trainable_ln, ln_eps
         self.smooth = smooth_type_embedding
         self.type_one_side = type_one_side
@@ -110,20 +126,41 @@ class DescrptDPA1(nn.Module):
         self.strip = tebd_input_mode == "strip"
 
         self.type_embedding = TypeEmbedding(
-            ntypes, tebd_dim, use_econf_tebd=use_econf_tebd, use_tebd_bias=use_tebd_bias,
-            type_map=type_map, dtype=dtype, generator=gen, trainable=trainable,
+            ntypes,
+            tebd_dim,
+            use_econf_tebd=use_econf_tebd,
+            use_tebd_bias=use_tebd_bias,
+            type_map=type_map,
+            dtype=dtype,
+            generator=gen,
+            trainable=trainable,
         )
         type_width = tebd_dim if type_one_side else 2 * tebd_dim
-        net = dict(activation_function=activation_function, resnet_dt=resnet_dt, dtype=dtype,
-                   generator=gen, trainable=trainable)
+        net = dict(
+            activation_function=activation_function,
+            resnet_dt=resnet_dt,
+            dtype=dtype,
+            generator=gen,
+            trainable=trainable,
+        )
         self.embedding = EmbeddingNet(1 if self.strip else 1 + type_width, neuron, **net)
-        self.embedding_strip: Optional[EmbeddingNet] = (
+        self.embedding_strip: EmbeddingNet | None = (
             EmbeddingNet(type_width, neuron, **net) if self.strip else None
         )
         self.attention = NeighborGatedAttention(
-            attn_layer, neuron[-1], attn, dotr=attn_dotr, do_mask=attn_mask,
-            scaling_factor=scaling_factor, normalize=normalize, temperature=temperature,
-            smooth=self.smooth, trainable_ln=trainable_ln, ln_eps=ln_eps, dtype=dtype, generator=gen,
+            attn_layer,
+            neuron[-1],
+            attn,
+            dotr=attn_dotr,
+            do_mask=attn_mask,
+            scaling_factor=scaling_factor,
+            normalize=normalize,
+            temperature=temperature,
+            smooth=self.smooth,
+            trainable_ln=trainable_ln,
+            ln_eps=ln_eps,
+            dtype=dtype,
+            generator=gen,
         )
         self.register_buffer("davg", torch.zeros(ntypes, self.nnei, 4, dtype=dtype))
         self.register_buffer("dstd", torch.ones(ntypes, self.nnei, 4, dtype=dtype))
@@ -134,7 +171,9 @@ class DescrptDPA1(nn.Module):
 
     @property
     def dim_out(self) -> int:
-        return self.neuron[-1] * self.axis_neuron + (self.tebd_dim if self.concat_output_tebd else 0)
+        return self.neuron[-1] * self.axis_neuron + (
+            self.tebd_dim if self.concat_output_tebd else 0
+        )
 
     def forward(self, rij: Tensor, nei_mask: Tensor, nei_type: Tensor, atype: Tensor) -> Tensor:
         """Descriptor of every local atom.
@@ -155,7 +194,9 @@ class DescrptDPA1(nn.Module):
         nnei = nei_mask.shape[-1]
         davg = self.davg[:, :nnei][atype]
         dstd = self.dstd[:, :nnei][atype]
-        env, sw = env_matrix(rij.to(dtype), nei_mask, self.rcut, self.rcut_smth, self.env_protection)
+        env, sw = env_matrix(
+            rij.to(dtype), nei_mask, self.rcut, self.rcut_smth, self.env_protection
+        )
         rr = (env - davg) / dstd  # (nf, nloc, nnei, 4)
         # Descriptor-level exclusion: κ is 1 on padding, so padding keeps −davg/dstd (§3.4).
         keep = self.pair_kept(nei_mask, nei_type, atype)
@@ -177,7 +218,9 @@ class DescrptDPA1(nn.Module):
         nb = nf * nloc
         g = g.reshape(nb, nnei, -1)
         direction = F.normalize(rr[..., 1:4], dim=-1).reshape(nb, nnei, 3)
-        g = self.attention(g, mask.reshape(nb, nnei), sw.reshape(nb, nnei), direction, key_log_weight)
+        g = self.attention(
+            g, mask.reshape(nb, nnei), sw.reshape(nb, nnei), direction, key_log_weight
+        )
 
         rr = rr.reshape(nb, nnei, 4)
         if slot_weight is not None:
@@ -194,7 +237,7 @@ class DescrptDPA1(nn.Module):
 
     def trim(
         self, rij: Tensor, nei_mask: Tensor, nei_type: Tensor
-    ) -> Tuple[Tensor, Tensor, Tensor, Optional[Tensor], Optional[Tensor]]:
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor | None, Tensor | None]:
         """Exact padding trimming: ``(rij, nei_mask, nei_type)`` cut to the slots in use plus one
         padding slot standing for the rest, and the slots' weights and their logs (None when
         nothing is cut).
@@ -213,14 +256,19 @@ class DescrptDPA1(nn.Module):
         keep_n = last + 1
         slot_weight = torch.ones(keep_n, dtype=self.dtype, device=rij.device)
         slot_weight[last] = float(nnei - last)
-        return (rij[:, :, :keep_n], nei_mask[:, :, :keep_n], nei_type[:, :, :keep_n], slot_weight,
-                torch.log(slot_weight))
+        return (
+            rij[:, :, :keep_n],
+            nei_mask[:, :, :keep_n],
+            nei_type[:, :, :keep_n],
+            slot_weight,
+            torch.log(slot_weight),
+        )
 
     def pair_kept(self, nei_mask: Tensor, nei_type: Tensor, atype: Tensor) -> Tensor:
         """``(nf, nloc, nnei)`` κ: false on pairs of ``exclude_types``, true on padding."""
         return self.keep[atype.unsqueeze(-1), torch.where(nei_mask, nei_type, self.ntypes)]
 
-    def type_inputs(self, nei_type: Tensor, atype: Tensor) -> Tuple[Tensor, Tensor]:
+    def type_inputs(self, nei_type: Tensor, atype: Tensor) -> tuple[Tensor, Tensor]:
         """The embedding net's type columns ``(nf, nloc, nnei, nt or 2·nt)`` (after σ) and the
         centres' type embedding ``(nf, nloc, nt)``."""
         table = self.type_embedding()  # (ntypes + 1, nt)

@@ -7,7 +7,8 @@ from torch import Tensor
 
 
 def smooth_switch(r: Tensor, rcut_smth: float, rcut: float) -> Tensor:
-    """``s(r) = 1 − 10u³ + 15u⁴ − 6u⁵`` with ``u = clip((r − r_s)/(r_c − r_s), 0, 1)``: C² at both ends.
+    """``s(r) = 1 − 10u³ + 15u⁴ − 6u⁵`` with ``u = clip((r − r_s)/(r_c − r_s), 0, 1)``:
+    C² at both ends.
 
     Evaluated as ``(1−u)³(1 + 3u + 6u²)``, the same polynomial factored at its triple root
     u = 1. The expanded form cancels to ``1 − (1 − ε)`` near rcut, leaving s with an absolute

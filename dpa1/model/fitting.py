@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import List, Optional
-
 import torch
 from torch import Tensor, nn
 
@@ -26,13 +24,13 @@ class EnergyFitting(nn.Module):
         activation_function: str,
         precision: str,
         exclude_types: list[int],
-        atom_ener: list[Optional[float]],
-        default_fparam: Optional[list[float]] = None,
+        atom_ener: list[float | None],
+        default_fparam: list[float] | None = None,
         use_aparam_as_mask: bool = False,
-        rcond: Optional[float] = None,
-        type_map: Optional[list[str]] = None,
+        rcond: float | None = None,
+        type_map: list[str] | None = None,
         trainable: bool = True,
-        seed: Optional[int] = None,
+        seed: int | None = None,
     ) -> None:
         super().__init__()
         dtype = to_dtype(precision)
@@ -70,7 +68,7 @@ class EnergyFitting(nn.Module):
         self.register_buffer("type_keep", keep, persistent=False)
 
     def forward(
-        self, descriptor: Tensor, atype: Tensor, fparam: Optional[Tensor], aparam: Optional[Tensor]
+        self, descriptor: Tensor, atype: Tensor, fparam: Tensor | None, aparam: Tensor | None
     ) -> Tensor:
         """Atomic energies ``(nf, nloc)`` in float64.
 
@@ -85,10 +83,12 @@ class EnergyFitting(nn.Module):
             x = torch.cat([x] + extra, dim=-1)
         return self.finish(self.net(x).squeeze(-1), extra, atype)
 
-    def extra_inputs(self, nf: int, nloc: int, fparam: Optional[Tensor], aparam: Optional[Tensor]) -> List[Tensor]:
+    def extra_inputs(
+        self, nf: int, nloc: int, fparam: Tensor | None, aparam: Tensor | None
+    ) -> list[Tensor]:
         """The network's inputs after the descriptor: normalised ``fparam`` and ``aparam``,
         each ``(nf, nloc, width)`` (none of them depends on the coordinates)."""
-        parts: List[Tensor] = []
+        parts: list[Tensor] = []
         if self.numb_fparam > 0:
             if fparam is None:
                 if self.default_fparam_tensor.numel() == 0:
@@ -103,7 +103,7 @@ class EnergyFitting(nn.Module):
             parts.append((ap - self.aparam_avg) * self.aparam_inv_std)
         return parts
 
-    def finish(self, e_net: Tensor, extra: List[Tensor], atype: Tensor) -> Tensor:
+    def finish(self, e_net: Tensor, extra: list[Tensor], atype: Tensor) -> Tensor:
         """Atomic energies ``(nf, nloc)`` in float64 from the network's output ``e_net``."""
         e = e_net + self.bias_atom_e[atype, 0]
         if self.remove_vacuum:

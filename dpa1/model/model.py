@@ -14,8 +14,6 @@ This needs a single backward pass and no strain trick.
 
 from __future__ import annotations
 
-from typing import Dict, List, Optional, Tuple
-
 import torch
 from torch import Tensor, nn
 
@@ -50,7 +48,7 @@ class EnergyModel(nn.Module):
     # The smallest pair distance in the training data (neighbour statistics, §1.6), kept as
     # DeePMD-kit keeps it; None when unknown. Inference warns about closer pairs. Not part of
     # the TorchScript model: frozen files carry it in their metadata.
-    min_nbor_dist: Optional[float]
+    min_nbor_dist: float | None
     __jit_ignored_attributes__ = ["min_nbor_dist"]
 
     def __init__(
@@ -59,10 +57,10 @@ class EnergyModel(nn.Module):
         fitting: EnergyFitting,
         type_map: list[str],
         *,
-        atom_exclude_types: Optional[list[int]] = None,
-        pair_exclude_types: Optional[list[list[int]]] = None,
-        preset_out_bias: Optional[dict] = None,
-        rcond: Optional[float] = None,
+        atom_exclude_types: list[int] | None = None,
+        pair_exclude_types: list[list[int]] | None = None,
+        preset_out_bias: dict | None = None,
+        rcond: float | None = None,
     ) -> None:
         super().__init__()
         ntypes = len(type_map)
@@ -109,11 +107,11 @@ class EnergyModel(nn.Module):
         self,
         coord: Tensor,
         atype: Tensor,
-        box: Optional[Tensor] = None,
-        fparam: Optional[Tensor] = None,
-        aparam: Optional[Tensor] = None,
+        box: Tensor | None = None,
+        fparam: Tensor | None = None,
+        aparam: Tensor | None = None,
         do_atomic_virial: bool = False,
-    ) -> Dict[str, Tensor]:
+    ) -> dict[str, Tensor]:
         """Evaluate frames.
 
         Args:
@@ -136,7 +134,9 @@ class EnergyModel(nn.Module):
             ext_coord, ext_atype, mapping, nlist = build_extended_system(
                 coord, atype, box, self.rcut, self.nnei
             )
-        return self.forward_lower(ext_coord, ext_atype, nlist, mapping, fparam, aparam, do_atomic_virial)
+        return self.forward_lower(
+            ext_coord, ext_atype, nlist, mapping, fparam, aparam, do_atomic_virial
+        )
 
     # === the lower interface: an extended system and its neighbour list =====================
     @torch.jit.export
@@ -146,10 +146,10 @@ class EnergyModel(nn.Module):
         ext_atype: Tensor,
         nlist: Tensor,
         mapping: Tensor,
-        fparam: Optional[Tensor] = None,
-        aparam: Optional[Tensor] = None,
+        fparam: Tensor | None = None,
+        aparam: Tensor | None = None,
         do_atomic_virial: bool = False,
-    ) -> Dict[str, Tensor]:
+    ) -> dict[str, Tensor]:
         """Evaluate an extended system.
 
         Args:
@@ -196,29 +196,34 @@ class EnergyModel(nn.Module):
         # Blocks of centres with similar neighbour counts: the descriptor trims each block's
         # padding slots down to its own fullest centre (attention cost ~ slots²), so the
         # centres are visited by increasing count and the results put back in place.
-        order: Optional[Tensor] = None
+        order: Tensor | None = None
         if chunk < nloc and self.descriptor.trim_padding:
             slot = torch.arange(1, nnei + 1, device=nlist.device)
             order = torch.argsort(torch.where(mask, slot, 0).amax(dim=-1), dim=1)
             rij_b, mask_b, type_b = (
-                _take_centres(rij, order), _take_centres(mask, order), _take_centres(nei_type, order)
+                _take_centres(rij, order),
+                _take_centres(mask, order),
+                _take_centres(nei_type, order),
             )
             atype_b, real_b = _take_centres(atype, order), _take_centres(real, order)
             if aparam is not None:
                 aparam = _take_centres(aparam, order)
         else:
             rij_b, mask_b, type_b, atype_b, real_b = rij, mask, nei_type, atype, real
-        energies: List[Tensor] = []
-        grads: List[Tensor] = []
+        energies: list[Tensor] = []
+        grads: list[Tensor] = []
         starts = list(range(0, nloc, chunk))
         if workers > 1:
             if not torch.jit.is_scripting():  # (workers is 1 in TorchScript)
-                blocks = self._blocks_threaded(starts, chunk, workers, rij_b, mask_b, type_b, atype_b, real_b,
-                                               fparam, aparam)
+                blocks = self._blocks_threaded(
+                    starts, chunk, workers, rij_b, mask_b, type_b, atype_b, real_b, fparam, aparam
+                )
                 energies, grads = [b[0] for b in blocks], [b[1] for b in blocks]
         else:
             for start in starts:
-                e_c, g_c = self._block(start, chunk, rij_b, mask_b, type_b, atype_b, real_b, fparam, aparam)
+                e_c, g_c = self._block(
+                    start, chunk, rij_b, mask_b, type_b, atype_b, real_b, fparam, aparam
+                )
                 energies.append(e_c)
                 grads.append(g_c)
         atom_energy = torch.cat(energies, dim=1) if len(energies) > 1 else energies[0]
@@ -234,12 +239,14 @@ class EnergyModel(nn.Module):
         local_force = g.sum(dim=2)
         ext_force = torch.cat([ext_force[:, :nloc] + local_force, ext_force[:, nloc:]], dim=1)
         map3 = mapping.unsqueeze(-1).expand(-1, -1, 3)
-        force = torch.zeros(nf, nloc, 3, dtype=g.dtype, device=g.device).scatter_add(1, map3, ext_force)
+        force = torch.zeros(nf, nloc, 3, dtype=g.dtype, device=g.device).scatter_add(
+            1, map3, ext_force
+        )
 
         # V[3k+j] = −Σ g_k r_j, one (3 × nloc·nnei)·(nloc·nnei × 3) product per frame
         g_flat, r_flat = g.reshape(nf, -1, 3), rij.reshape(nf, -1, 3)
         virial = -torch.bmm(g_flat.transpose(1, 2), r_flat).reshape(nf, 9)
-        out: Dict[str, Tensor] = {
+        out: dict[str, Tensor] = {
             "energy": energy,
             "atom_energy": atom_energy.unsqueeze(-1),
             "force": force,
@@ -254,44 +261,76 @@ class EnergyModel(nn.Module):
                 1, idx.reshape(nf, -1, 1).expand(-1, -1, 9), pair_virial.reshape(nf, -1, 9)
             )
             out["extended_virial"] = ext_virial
-            out["atom_virial"] = torch.zeros(nf, nloc, 9, dtype=g.dtype, device=g.device).scatter_add(
-                1, map9, ext_virial
-            )
+            out["atom_virial"] = torch.zeros(
+                nf, nloc, 9, dtype=g.dtype, device=g.device
+            ).scatter_add(1, map9, ext_virial)
         return out
 
     def _block(
-        self, start: int, chunk: int, rij: Tensor, mask: Tensor, nei_type: Tensor, atype: Tensor, real: Tensor,
-        fparam: Optional[Tensor], aparam: Optional[Tensor],
-    ) -> Tuple[Tensor, Tensor]:
+        self,
+        start: int,
+        chunk: int,
+        rij: Tensor,
+        mask: Tensor,
+        nei_type: Tensor,
+        atype: Tensor,
+        real: Tensor,
+        fparam: Tensor | None,
+        aparam: Tensor | None,
+    ) -> tuple[Tensor, Tensor]:
         """:meth:`_energy_and_grad` of centres ``start : start + chunk`` (of every frame)."""
         end = start + chunk
-        ap: Optional[Tensor] = None
+        ap: Tensor | None = None
         if aparam is not None:
             ap = aparam[:, start:end]
         return self._energy_and_grad(
-            rij[:, start:end], mask[:, start:end], nei_type[:, start:end], atype[:, start:end], real[:, start:end],
-            fparam, ap,
+            rij[:, start:end],
+            mask[:, start:end],
+            nei_type[:, start:end],
+            atype[:, start:end],
+            real[:, start:end],
+            fparam,
+            ap,
         )
 
     @torch.jit.unused
     def _blocks_threaded(
-        self, starts: List[int], chunk: int, workers: int, rij: Tensor, mask: Tensor, nei_type: Tensor,
-        atype: Tensor, real: Tensor, fparam: Optional[Tensor], aparam: Optional[Tensor],
-    ) -> List[Tuple[Tensor, Tensor]]:
+        self,
+        starts: list[int],
+        chunk: int,
+        workers: int,
+        rij: Tensor,
+        mask: Tensor,
+        nei_type: Tensor,
+        atype: Tensor,
+        real: Tensor,
+        fparam: Tensor | None,
+        aparam: Tensor | None,
+    ) -> list[tuple[Tensor, Tensor]]:
         """:meth:`_block` of every start in ``starts``, on ``workers`` threads (block_pool.py)."""
         # The blocks are in order of increasing width (cost ~ width²): handing out the widest
         # first lets the threads finish together (longest-processing-time-first scheduling).
         blocks = map_blocks(
-            lambda start: self._block(start, chunk, rij, mask, nei_type, atype, real, fparam, aparam),
-            starts[::-1], workers,
+            lambda start: self._block(
+                start, chunk, rij, mask, nei_type, atype, real, fparam, aparam
+            ),
+            starts[::-1],
+            workers,
         )
         return blocks[::-1]
 
     def _energy_and_grad(
-        self, rij: Tensor, mask: Tensor, nei_type: Tensor, atype: Tensor, real: Tensor,
-        fparam: Optional[Tensor], aparam: Optional[Tensor],
-    ) -> Tuple[Tensor, Tensor]:
-        """Atomic energies ``(nf, n)`` of a block of centres and ``g = ∂E/∂r_ij (nf, n, nnei, 3)``."""
+        self,
+        rij: Tensor,
+        mask: Tensor,
+        nei_type: Tensor,
+        atype: Tensor,
+        real: Tensor,
+        fparam: Tensor | None,
+        aparam: Tensor | None,
+    ) -> tuple[Tensor, Tensor]:
+        """Atomic energies ``(nf, n)`` of a block of centres and
+        ``g = ∂E/∂r_ij (nf, n, nnei, 3)``."""
         # Forces come from autograd: callers must not wrap the model in torch.no_grad()
         # (TorchScript cannot re-enable gradients here).
         rij = rij.detach().requires_grad_(True)
@@ -300,8 +339,10 @@ class EnergyModel(nn.Module):
         atom_energy = torch.where(real, atom_energy, torch.zeros_like(atom_energy))
         esum = atom_energy.sum(dim=1, keepdim=True)
         if not esum.requires_grad:
-            raise RuntimeError("dpa1 computes forces by autograd: do not call it under torch.no_grad()")
-        grad_out: List[Optional[Tensor]] = [torch.ones_like(esum)]
+            raise RuntimeError(
+                "dpa1 computes forces by autograd: do not call it under torch.no_grad()"
+            )
+        grad_out: list[Tensor | None] = [torch.ones_like(esum)]
         g = torch.autograd.grad(
             [esum], [rij], grad_outputs=grad_out, create_graph=self.training, allow_unused=True
         )[0]
@@ -317,8 +358,13 @@ class EnergyModel(nn.Module):
         return atom_energy, g
 
     def _fitted_energy(
-        self, rij: Tensor, mask: Tensor, nei_type: Tensor, atype: Tensor,
-        fparam: Optional[Tensor], aparam: Optional[Tensor],
+        self,
+        rij: Tensor,
+        mask: Tensor,
+        nei_type: Tensor,
+        atype: Tensor,
+        fparam: Tensor | None,
+        aparam: Tensor | None,
     ) -> Tensor:
         """``fitting(descriptor(rij))``: atomic energies ``(nf, n)`` before the output bias."""
         if not torch.jit.is_scripting():
@@ -333,7 +379,7 @@ class EnergyModel(nn.Module):
         return self.rcut
 
     @torch.jit.export
-    def get_type_map(self) -> List[str]:
+    def get_type_map(self) -> list[str]:
         return self.type_map
 
     @torch.jit.export

@@ -2,7 +2,8 @@
 
 Four sources, one library (``torch.ops.dpa1``):
 
-- ``attention_stack.cpp``: the evaluation path of the attention layers (:mod:`dpa1.model.attention`);
+- ``attention_stack.cpp``: the evaluation path of the attention layers
+  (:mod:`dpa1.model.attention`);
 - ``embedding_net.cpp``: the evaluation path of the embedding net along s(r)
   (``EmbeddingNet.along_first`` in :mod:`dpa1.model.network`);
 - ``energy_block.cpp``: the evaluation path of a whole block of centres, descriptor and fitting
@@ -36,7 +37,12 @@ import torch
 _log = logging.getLogger(__name__)
 _SOURCES = [
     Path(__file__).parent / "csrc" / name
-    for name in ("attention_stack.cpp", "embedding_net.cpp", "energy_block.cpp", "neighbor_list.cpp")
+    for name in (
+        "attention_stack.cpp",
+        "embedding_net.cpp",
+        "energy_block.cpp",
+        "neighbor_list.cpp",
+    )
 ]
 _lock = threading.Lock()
 _state: dict[str, bool] = {}
@@ -93,9 +99,13 @@ def _load() -> bool:
         build_dir = _build_directory(cpp_extension, name)
         failed = None if build_dir is None else build_dir.parent / f"dpa1_build_failed_{name}.txt"
         if failed is not None and failed.is_file():
-            raise RuntimeError(f"{failed.read_text().strip()} (recorded in {failed}; delete it to try again)")
+            raise RuntimeError(
+                f"{failed.read_text().strip()} (recorded in {failed}; delete it to try again)"
+            )
         if build_dir is None or not (build_dir / f"{name}.so").is_file():
-            _log.warning("dpa1: building the C++ ops (once per machine and torch version, ~30-60 s)...")
+            _log.warning(
+                "dpa1: building the C++ ops (once per machine and torch version, ~30-60 s)..."
+            )
         try:
             _build(cpp_extension, name, flags, openmp=True)
         except Exception as exc:  # noqa: BLE001 (a compiler without OpenMP, e.g. Apple clang)
@@ -171,5 +181,7 @@ def _build(cpp_extension, name: str, flags: list[str], openmp: bool) -> None:
 def _first_error(exc: Exception) -> str:
     """The compiler's first error line of a failed build (its whole log is in the message)."""
     lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
-    errors = [ln for ln in lines if "error:" in ln.lower()]  # gcc/clang: "file:line:col: error: ..."
+    errors = [
+        ln for ln in lines if "error:" in ln.lower()
+    ]  # gcc/clang: "file:line:col: error: ..."
     return f"{type(exc).__name__}: {(errors or lines or [repr(exc)])[0]}"

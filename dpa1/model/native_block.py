@@ -15,8 +15,6 @@ and its biases (:class:`~dpa1.model.fitting.EnergyFitting`).
 
 from __future__ import annotations
 
-from typing import Optional
-
 import torch
 from torch import Tensor
 
@@ -29,7 +27,11 @@ def _net_params(net: EmbeddingNet) -> tuple[list[Tensor], list[int]]:
     params: list[Tensor] = []
     for layer in net.layers:
         empty = layer.w.new_empty(0)
-        params += [layer.w, empty if layer.b is None else layer.b, empty if layer.idt is None else layer.idt]
+        params += [
+            layer.w,
+            empty if layer.b is None else layer.b,
+            empty if layer.idt is None else layer.idt,
+        ]
     return params, [layer.skip for layer in net.layers]
 
 
@@ -51,8 +53,13 @@ def applies(model, rij: Tensor) -> bool:
 
 
 def fitted_energy(
-    model, rij: Tensor, nei_mask: Tensor, nei_type: Tensor, atype: Tensor,
-    fparam: Optional[Tensor], aparam: Optional[Tensor],
+    model,
+    rij: Tensor,
+    nei_mask: Tensor,
+    nei_type: Tensor,
+    atype: Tensor,
+    fparam: Tensor | None,
+    aparam: Tensor | None,
 ) -> Tensor:
     """``model.fitting(model.descriptor(rij, …), …)``: atomic energies ``(nf, nloc)`` in float64,
     differentiable once along ``rij (nf, nloc, nnei, 3)``."""
@@ -84,15 +91,33 @@ class _EnergyBlock(torch.autograd.Function):
     (``dpa1::energy_block_backward``) gives the pair vectors' gradient only, once."""
 
     @staticmethod
-    def forward(ctx, rij: Tensor, nei_mask: Tensor, keep: Tensor, atype: Tensor, slot_weight: Tensor,
-                type_rows: Tensor, extra: Tensor, model) -> Tensor:
+    def forward(
+        ctx,
+        rij: Tensor,
+        nei_mask: Tensor,
+        keep: Tensor,
+        atype: Tensor,
+        slot_weight: Tensor,
+        type_rows: Tensor,
+        extra: Tensor,
+        model,
+    ) -> Tensor:
         d = model.descriptor
         nnei = rij.shape[1]
         rij = rij.detach().contiguous()
         davg, dstd = d.davg[:, :nnei].contiguous(), d.dstd[:, :nnei].contiguous()
         config = _config(model)
         out = torch.ops.dpa1.energy_block(
-            rij, nei_mask, keep, davg, dstd, atype, type_rows, slot_weight, extra, *config,
+            rij,
+            nei_mask,
+            keep,
+            davg,
+            dstd,
+            atype,
+            type_rows,
+            slot_weight,
+            extra,
+            *config,
         )
         ctx.save_for_backward(rij, nei_mask, keep, dstd, atype, slot_weight, *out[1:])
         ctx.config = config
@@ -103,7 +128,15 @@ class _EnergyBlock(torch.autograd.Function):
         refuse_second_derivative("energy block")
         rij, nei_mask, keep, dstd, atype, slot_weight, *saved = ctx.saved_tensors
         g = torch.ops.dpa1.energy_block_backward(
-            de.contiguous(), rij, nei_mask, keep, dstd, atype, slot_weight, saved, *ctx.config,
+            de.contiguous(),
+            rij,
+            nei_mask,
+            keep,
+            dstd,
+            atype,
+            slot_weight,
+            saved,
+            *ctx.config,
         )
         return g, None, None, None, None, None, None, None
 
@@ -116,12 +149,21 @@ def _config(model) -> tuple:
     fit, fit_skips = _net_params(model.fitting.net)
     layer0 = d.attention.layers[0] if d.attention.layer_num > 0 else None
     scaling = layer0.scaling if layer0 is not None else 1.0
-    flags = (layer0.normalize, layer0.smooth, layer0.do_mask, layer0.dotr) if layer0 is not None else (
-        False, False, False, False)
+    flags = (
+        (layer0.normalize, layer0.smooth, layer0.do_mask, layer0.dotr)
+        if layer0 is not None
+        else (False, False, False, False)
+    )
     ln_eps = layer0.layer_norm.eps if layer0 is not None else 1e-5
     return (
-        emb, emb_skips, attn, fit, fit_skips,
+        emb,
+        emb_skips,
+        attn,
+        fit,
+        fit_skips,
         [d.rcut, d.rcut_smth, d.env_protection],
         [d.nnei, d.axis_neuron, d.embedding.native_tile, d.attention.native_group],
-        scaling, *flags, ln_eps,
+        scaling,
+        *flags,
+        ln_eps,
     )

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import NamedTuple, Optional
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -21,7 +21,6 @@ import vesin
 from torch import Tensor
 
 from dpa1.model.native import native_ops
-
 
 # vesin bins atoms into a grid of cells about one cutoff wide, of at most 1e5 cells: a larger grid
 # is shrunk keeping its proportions, and a very flat or elongated one (two molecules 1e6 Å apart,
@@ -83,7 +82,7 @@ def _vesin_safe_cluster(coord: np.ndarray, cutoff: float) -> np.ndarray:
 
 
 def _frame_pairs(
-    coord: np.ndarray, box: Optional[np.ndarray], rcut: float
+    coord: np.ndarray, box: np.ndarray | None, rcut: float
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """All pairs ``i → j`` within ``rcut`` (inclusive) of one frame: ``i, j, S (npair, 3), d``.
 
@@ -140,7 +139,8 @@ def _distinct_images(j: np.ndarray, s: np.ndarray) -> tuple[np.ndarray, np.ndarr
     lo = s.min(axis=0)
     radix = s.max(axis=0) - lo + 1
     if (int(j.max()) + 1) * int(np.prod(radix)) >= 2**62:  # would overflow: not seen in practice
-        uniq, inverse = np.unique(np.concatenate([j[:, None], s], axis=1), axis=0, return_inverse=True)
+        pairs = np.concatenate([j[:, None], s], axis=1)
+        uniq, inverse = np.unique(pairs, axis=0, return_inverse=True)
         return uniq[:, 0], uniq[:, 1:], inverse.reshape(-1)
     key = j
     for ax in range(3):
@@ -175,8 +175,12 @@ def overlap_distance(rcut: float) -> float:
 
 
 def frame_neighbors(
-    coord: np.ndarray, atype: np.ndarray, box: Optional[np.ndarray], rcut: float, nnei: int,
-    summary: Optional[list[PairSummary]] = None,
+    coord: np.ndarray,
+    atype: np.ndarray,
+    box: np.ndarray | None,
+    rcut: float,
+    nnei: int,
+    summary: list[PairSummary] | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Extended system of one frame.
 
@@ -241,8 +245,12 @@ def _summarize(
 
 
 def build_extended_system(
-    coord: Tensor, atype: Tensor, box: Optional[Tensor], rcut: float, nnei: int,
-    summary: Optional[list[PairSummary]] = None,
+    coord: Tensor,
+    atype: Tensor,
+    box: Tensor | None,
+    rcut: float,
+    nnei: int,
+    summary: list[PairSummary] | None = None,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Extended coordinates, types, mapping and neighbour list of a batch.
 
@@ -291,7 +299,9 @@ def format_nlist(ext_coord: Tensor, nlist: Tensor, nnei: int, rcut: float) -> Te
         return torch.cat([nlist, pad], dim=-1)
     mask = nlist >= 0
     idx = nlist.clamp(min=0)
-    xn = torch.gather(ext_coord, 1, idx.reshape(nf, -1, 1).expand(-1, -1, 3)).reshape(nf, nloc, n, 3)
+    xn = torch.gather(ext_coord, 1, idx.reshape(nf, -1, 1).expand(-1, -1, 3)).reshape(
+        nf, nloc, n, 3
+    )
     r = torch.linalg.norm(xn - ext_coord[:, :nloc].unsqueeze(2), dim=-1)
     r = torch.where(mask, r, torch.full_like(r, float("inf")))
     if n > nnei:
@@ -302,7 +312,7 @@ def format_nlist(ext_coord: Tensor, nlist: Tensor, nnei: int, rcut: float) -> Te
 
 
 def brute_force_neighbors(
-    coord: np.ndarray, atype: np.ndarray, box: Optional[np.ndarray], rcut: float
+    coord: np.ndarray, atype: np.ndarray, box: np.ndarray | None, rcut: float
 ) -> list[list[tuple[float, int, tuple[int, int, int]]]]:
     """All-images reference: for each atom, sorted ``(d, j, shift)`` within ``rcut``.
 

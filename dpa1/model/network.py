@@ -8,7 +8,6 @@ Embedding networks, the type embedding and the fitting network are chains of it.
 from __future__ import annotations
 
 import math
-from typing import Optional
 
 import torch
 import torch.nn.functional as F
@@ -142,7 +141,7 @@ class Layer(nn.Module):
         use_timestep: bool,
         resnet: bool,
         dtype: torch.dtype,
-        generator: Optional[torch.Generator] = None,
+        generator: torch.Generator | None = None,
         trainable: bool = True,
     ) -> None:
         super().__init__()
@@ -156,8 +155,8 @@ class Layer(nn.Module):
         std = 1.0 / math.sqrt(num_in + num_out)
         w = torch.randn(num_in, num_out, generator=generator, dtype=torch.float64) * std
         self.w = nn.Parameter(w.to(dtype), requires_grad=trainable)
-        self.b: Optional[nn.Parameter] = None
-        self.idt: Optional[nn.Parameter] = None
+        self.b: nn.Parameter | None = None
+        self.idt: nn.Parameter | None = None
         if bias:
             b = torch.randn(num_out, generator=generator, dtype=torch.float64)
             self.b = nn.Parameter(b.to(dtype), requires_grad=trainable)
@@ -193,7 +192,7 @@ class EmbeddingNet(nn.Module):
         resnet_dt: bool,
         dtype: torch.dtype,
         bias: bool = True,
-        generator: Optional[torch.Generator] = None,
+        generator: torch.Generator | None = None,
         trainable: bool = True,
     ) -> None:
         super().__init__()
@@ -221,7 +220,7 @@ class EmbeddingNet(nn.Module):
             x = layer(x)
         return x
 
-    def along_first(self, first: Tensor, rest: Optional[Tensor] = None) -> Tensor:
+    def along_first(self, first: Tensor, rest: Tensor | None = None) -> Tensor:
         """``forward(cat([first, rest], -1))`` where only ``first (..., 1)`` needs a gradient.
 
         In evaluation on a CPU (tanh layers) this is :class:`_EmbeddingTangent`: one C++ op that
@@ -236,7 +235,8 @@ class EmbeddingNet(nn.Module):
 
     @torch.jit.unused
     def _use_native(self, x: Tensor) -> bool:
-        return self.activation_function == "tanh" and len(self.layers) > 0 and evaluates_natively(self, x)
+        return (self.activation_function == "tanh" and len(self.layers) > 0
+                and evaluates_natively(self, x))
 
 
 class _EmbeddingTangent(torch.autograd.Function):
@@ -247,7 +247,7 @@ class _EmbeddingTangent(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, first: Tensor, rest: Optional[Tensor], net: "EmbeddingNet") -> Tensor:
+    def forward(ctx, first: Tensor, rest: Tensor | None, net: EmbeddingNet) -> Tensor:
         # (no graph is recorded in here: parameters go in as they are)
         x = first if rest is None else torch.cat([first, rest], dim=-1)
         lead = x.shape[:-1]
@@ -265,10 +265,14 @@ class _EmbeddingTangent(torch.autograd.Function):
         return y.view(*lead, y.shape[-1])
 
     @staticmethod
-    def backward(ctx, grad: Tensor) -> tuple[Optional[Tensor], None, None]:
+    def backward(ctx, grad: Tensor) -> tuple[Tensor | None, None, None]:
         refuse_second_derivative("embedding net")
         (dy,) = ctx.saved_tensors
-        d_first = torch.linalg.vecdot(grad.reshape(dy.shape), dy, dim=-1) if ctx.needs_input_grad[0] else None
+        d_first = (
+            torch.linalg.vecdot(grad.reshape(dy.shape), dy, dim=-1)
+            if ctx.needs_input_grad[0]
+            else None
+        )
         return (None if d_first is None else d_first.view(*grad.shape[:-1], 1)), None, None
 
 
@@ -284,19 +288,31 @@ class FittingNet(EmbeddingNet):
         activation_function: str,
         resnet_dt: bool,
         dtype: torch.dtype,
-        generator: Optional[torch.Generator] = None,
+        generator: torch.Generator | None = None,
         trainable: bool = True,
     ) -> None:
         super().__init__(
-            in_dim, neuron, activation_function=activation_function, resnet_dt=resnet_dt,
-            dtype=dtype, generator=generator, trainable=trainable,
+            in_dim,
+            neuron,
+            activation_function=activation_function,
+            resnet_dt=resnet_dt,
+            dtype=dtype,
+            generator=generator,
+            trainable=trainable,
         )
         self.out_dim = out_dim
         last = neuron[-1] if neuron else in_dim
         self.layers.append(
             Layer(
-                last, out_dim, activation_function="none", bias=True, use_timestep=False,
-                resnet=False, dtype=dtype, generator=generator, trainable=trainable,
+                last,
+                out_dim,
+                activation_function="none",
+                bias=True,
+                use_timestep=False,
+                resnet=False,
+                dtype=dtype,
+                generator=generator,
+                trainable=trainable,
             )
         )
 

@@ -3,8 +3,6 @@
 
 from __future__ import annotations
 
-from typing import Optional
-
 import torch
 from torch import Tensor, nn
 
@@ -26,9 +24,9 @@ class TypeEmbedding(nn.Module):
         *,
         use_econf_tebd: bool,
         use_tebd_bias: bool,
-        type_map: Optional[list[str]],
+        type_map: list[str] | None,
         dtype: torch.dtype,
-        generator: Optional[torch.Generator] = None,
+        generator: torch.Generator | None = None,
         trainable: bool = True,
     ) -> None:
         super().__init__()

@@ -9,7 +9,6 @@ import os
 import re
 import shutil
 from pathlib import Path
-from typing import Optional
 
 from dpa1.io.atomic import atomic_path
 from dpa1.io.model_file import save_checkpoint
@@ -56,6 +55,6 @@ class CheckpointManager:
         with atomic_path(self.save_dir / "checkpoint") as t:
             t.write_text(f"model_checkpoint_path: {path.name}\n")
 
-    def latest(self) -> Optional[Path]:
+    def latest(self) -> Path | None:
         found = self.existing()
         return found[-1][1] if found else None

@@ -8,7 +8,6 @@ get fresh type-embedding rows and neutral statistics, to be filled from the new 
 from __future__ import annotations
 
 import copy
-from typing import Optional
 
 import numpy as np
 
@@ -17,7 +16,9 @@ def _remap_pairs(pairs: list, index: dict[int, int]) -> list:
     return [[index[a], index[b]] for a, b in pairs if a in index and b in index]
 
 
-def change_type_map(model_dict: dict, new_type_map: list[str], seed: Optional[int] = None) -> tuple[dict, list[int]]:
+def change_type_map(
+    model_dict: dict, new_type_map: list[str], seed: int | None = None
+) -> tuple[dict, list[int]]:
     """Return ``(new_model_dict, new_type_indices)``.
 
     Raises:
@@ -49,14 +50,17 @@ def change_type_map(model_dict: dict, new_type_map: list[str], seed: Optional[in
 
     m = copy.deepcopy(model_dict)
     m["type_map"] = list(new_type_map)
-    m["atom_exclude_types"] = [old_to_new[t] for t in m.get("atom_exclude_types", []) if t in old_to_new]
+    m["atom_exclude_types"] = [
+        old_to_new[t] for t in m.get("atom_exclude_types", []) if t in old_to_new
+    ]
     m["pair_exclude_types"] = _remap_pairs(m.get("pair_exclude_types", []), old_to_new)
     mv = m["@variables"]
     mv["out_bias"] = take(mv["out_bias"], 1, 0.0)
     mv["out_std"] = take(mv["out_std"], 1, 1.0)
     if m.get("preset_out_bias"):
         m["preset_out_bias"] = {
-            k: [v[s] if s >= 0 else None for s in src] for k, v in m["preset_out_bias"].items()}
+            k: [v[s] if s >= 0 else None for s in src] for k, v in m["preset_out_bias"].items()
+        }
 
     d = m["descriptor"]
     d["ntypes"], d["type_map"] = nt_new, list(new_type_map)
@@ -74,7 +78,8 @@ def change_type_map(model_dict: dict, new_type_map: list[str], seed: Optional[in
         if tebd_dim in (nt_old, 2 * nt_old, nt_new, 2 * nt_new):
             raise NotImplementedError(
                 f"tebd_dim {tebd_dim} makes the type embedding's skip connection depend on "
-                f"ntypes ({nt_old} → {nt_new}); fine-tuning across type maps needs another tebd_dim")
+                f"ntypes ({nt_old} → {nt_new}); fine-tuning across type maps needs another tebd_dim"
+            )
         layer = te["embedding"]["layers"][0]
         w = np.asarray(layer["@variables"]["w"])
         fresh = rng.normal(0.0, 1.0 / np.sqrt(nt_new + tebd_dim), size=(nt_new, tebd_dim))

@@ -30,9 +30,9 @@ def format_header(metric_keys: Sequence[str], has_validation: bool) -> str:
     line = "# {:5s}".format("step")
     for key in sorted(metric_keys):
         if has_validation:
-            line += "   %11s %11s" % (key + "_val", key + "_trn")
+            line += f"   {key + '_val':>11s} {key + '_trn':>11s}"
         else:
-            line += "   %11s" % (key + "_trn")
+            line += f"   {key + '_trn':>11s}"
     line += "   {:8s}\n".format("lr")
     return line + NAN_NOTE
 
@@ -48,9 +48,9 @@ def format_row(
     line = f"{step:7d}"
     for key in sorted(metric_keys):
         if valid is not None:
-            line += "   %11.2e %11.2e" % (valid[key], train[key])
+            line += f"   {valid[key]:11.2e} {train[key]:11.2e}"
         else:
-            line += "   %11.2e" % (train[key])
+            line += f"   {train[key]:11.2e}"
     return line + f"   {lr:8.1e}\n"
 
 

@@ -3,18 +3,23 @@
 from __future__ import annotations
 
 import sys
-from typing import Optional
 
 
 class TrainProgress:
     def __init__(self, total: int, start: int, enabled: bool = True) -> None:
         self.enabled = enabled and total > start
         self._progress = None
-        self._task: Optional[int] = None
+        self._task: int | None = None
         if not self.enabled:
             return
-        from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
-                                   TimeElapsedColumn, TimeRemainingColumn)
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
 
         self._progress = Progress(
             TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),

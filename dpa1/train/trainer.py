@@ -14,9 +14,8 @@ import logging
 import math
 import time
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
-import numpy as np
 import torch
 
 from dpa1.data import stats as dstats
@@ -39,6 +38,10 @@ from dpa1.train.progress import TrainProgress
 
 log = logging.getLogger("dpa1.train")
 
+# the defaults of Trainer(device=..., dist_info=...): one process on the CPU
+_CPU = torch.device("cpu")
+_SINGLE_PROCESS = DistInfo()
+
 
 def _resolve_paths(systems: Any, base: Path) -> list[str]:
     """Systems relative to the working directory (as DeePMD-kit), else to the input file's
@@ -56,7 +59,9 @@ def _resolve_paths(systems: Any, base: Path) -> list[str]:
 
 
 def open_systems(data_cfg: dict, type_map: list[str], base: Path) -> list[DeepmdSystem]:
-    paths = expand_systems(_resolve_paths(data_cfg["systems"], base), data_cfg.get("rglob_patterns"))
+    paths = expand_systems(
+        _resolve_paths(data_cfg["systems"], base), data_cfg.get("rglob_patterns")
+    )
     return [DeepmdSystem(p, type_map) for p in paths]
 
 
@@ -83,11 +88,11 @@ class Trainer:
         out_dir: Path,
         *,
         input_dir: Path = Path("."),
-        restart: Optional[Path] = None,
-        init_model: Optional[Path] = None,
-        finetune: Optional[Path] = None,
-        device: torch.device = torch.device("cpu"),
-        dist_info: DistInfo = DistInfo(),
+        restart: Path | None = None,
+        init_model: Path | None = None,
+        finetune: Path | None = None,
+        device: torch.device = _CPU,
+        dist_info: DistInfo = _SINGLE_PROCESS,
         skip_neighbor_stat: bool = False,
     ) -> None:
         self.config = config
@@ -106,22 +111,35 @@ class Trainer:
         self.train_systems = open_systems(tcfg["training_data"], self.type_map, input_dir)
         self.valid_systems = (
             open_systems(tcfg["validation_data"], self.type_map, input_dir)
-            if tcfg.get("validation_data") else []
+            if tcfg.get("validation_data")
+            else []
         )
-        self.loss_fn = EnerLoss.from_config(config.get("loss") or {}, config["learning_rate"]["start_lr"])
+        self.loss_fn = EnerLoss.from_config(
+            config.get("loss") or {}, config["learning_rate"]["start_lr"]
+        )
         fcfg = mcfg["fitting_net"]
         self.labels = labels_for_model(fcfg["numb_fparam"], fcfg["numb_aparam"])
         td = tcfg["training_data"]
         self.sampler = SystemSampler(
-            self.train_systems, td["batch_size"], auto_prob=td["auto_prob"], sys_probs=td["sys_probs"],
-            seed=seed, labels=self.labels, rank=self.dist.rank, world_size=self.dist.world_size,
+            self.train_systems,
+            td["batch_size"],
+            auto_prob=td["auto_prob"],
+            sys_probs=td["sys_probs"],
+            seed=seed,
+            labels=self.labels,
+            rank=self.dist.rank,
+            world_size=self.dist.world_size,
         )
         self.valid_sampler = None
         if self.valid_systems:
             vd = tcfg["validation_data"]
             self.valid_sampler = SystemSampler(
-                self.valid_systems, vd["batch_size"], auto_prob=vd["auto_prob"],
-                sys_probs=vd["sys_probs"], seed=seed, labels=self.labels,
+                self.valid_systems,
+                vd["batch_size"],
+                auto_prob=vd["auto_prob"],
+                sys_probs=vd["sys_probs"],
+                seed=seed,
+                labels=self.labels,
             )
             self.numb_btch = int(vd.get("numb_btch", 1))
 
@@ -134,8 +152,8 @@ class Trainer:
 
         # === model ===
         self.start_step = 0
-        self.sampler_state: Optional[dict] = None
-        self.valid_sampler_state: Optional[dict] = None
+        self.sampler_state: dict | None = None
+        self.valid_sampler_state: dict | None = None
         optimizer_state = None
         if restart is not None:
             model, payload = load_checkpoint(restart)
@@ -149,32 +167,40 @@ class Trainer:
         elif init_model is not None:
             weights, saved = load_energy_model(init_model)
             if list(weights.type_map) != self.type_map:
-                raise ValueError(f"--init-model {init_model}: its type_map {weights.type_map} is "
-                                 f"not the input's {self.type_map}; use --finetune to change it")
+                raise ValueError(
+                    f"--init-model {init_model}: its type_map {weights.type_map} is "
+                    f"not the input's {self.type_map}; use --finetune to change it"
+                )
             model = self._input_network(weights, Path(init_model), "--init-model", saved)
         elif finetune is not None:
             model = self._finetune_model(Path(finetune))
         else:
             model = self._fresh_model(skip_neighbor_stat)
         if tcfg.get("stat_file") and any(x is not None for x in (restart, init_model, finetune)):
-            log.info("training.stat_file %s: not used (only a fresh start computes the "
-                     "statistics it keeps)", tcfg["stat_file"])
+            log.info(
+                "training.stat_file %s: not used (only a fresh start computes the "
+                "statistics it keeps)",
+                tcfg["stat_file"],
+            )
         self.model: EnergyModel = model.to(device)
         self.model.train()
         opt_cfg = config.get("optimizer") or {"type": "Adam"}
         opt_cls = torch.optim.AdamW if opt_cfg.get("type") == "AdamW" else torch.optim.Adam
         params = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = opt_cls(
-            params, lr=self.lr.start_lr, betas=(opt_cfg.get("adam_beta1", 0.9), opt_cfg.get("adam_beta2", 0.999)),
+            params,
+            lr=self.lr.start_lr,
+            betas=(opt_cfg.get("adam_beta1", 0.9), opt_cfg.get("adam_beta2", 0.999)),
             weight_decay=opt_cfg.get("weight_decay", 0.0),
         )
         if optimizer_state is not None:
             # load_state_dict also restores the saved hyperparameters (betas, weight decay,
             # AdamW's decoupling): the input's, which a restart may change, must win
-            settings = [{k: v for k, v in g.items() if k != "params"}
-                        for g in self.optimizer.param_groups]
+            settings = [
+                {k: v for k, v in g.items() if k != "params"} for g in self.optimizer.param_groups
+            ]
             self.optimizer.load_state_dict(optimizer_state)
-            for group, setting in zip(self.optimizer.param_groups, settings):
+            for group, setting in zip(self.optimizer.param_groups, settings, strict=True):
                 group.update(setting)
         if self.sampler_state is not None:
             self.sampler.load_state_dict(self.sampler_state)
@@ -183,17 +209,22 @@ class Trainer:
         self.wrapped = self.model
         if self.dist.enabled:
             self.wrapped = torch.nn.parallel.DistributedDataParallel(
-                self.model, device_ids=[device.index] if device.type == "cuda" else None)
+                self.model, device_ids=[device.index] if device.type == "cuda" else None
+            )
         self.ckpt = CheckpointManager(
-            self.out_dir / (tcfg.get("save_dir") or "."), tcfg["save_ckpt"], tcfg["max_ckpt_keep"])
+            self.out_dir / (tcfg.get("save_dir") or "."), tcfg["save_ckpt"], tcfg["max_ckpt_keep"]
+        )
         self.restarted = restart is not None
 
     # === start modes ==========================================================================
     def _stat_batches(self) -> list[dict]:
         # Same sample on every rank (the statistics must agree): rank 0's view, fixed seed.
         sampler = SystemSampler(
-            self.train_systems, self.config["training"]["training_data"]["batch_size"],
-            seed=self.seed if self.seed is not None else 0, labels=self.labels)
+            self.train_systems,
+            self.config["training"]["training_data"]["batch_size"],
+            seed=self.seed if self.seed is not None else 0,
+            labels=self.labels,
+        )
         return sampler.stat_batches(int(self.config["model"]["data_stat_nbatch"]))
 
     def _fresh_model(self, skip_neighbor_stat: bool) -> EnergyModel:
@@ -202,27 +233,41 @@ class Trainer:
         rcut = mcfg["descriptor"]["rcut"]
         min_dist = None
         if isinstance(sel, str) and skip_neighbor_stat:
-            raise ValueError("model.descriptor.sel is 'auto': the neighbour statistics cannot "
-                             "be skipped")
+            raise ValueError(
+                "model.descriptor.sel is 'auto': the neighbour statistics cannot be skipped"
+            )
         if not skip_neighbor_stat:  # as dp train: sel = "auto" and min_nbor_dist need them
             max_nnei, min_dist = dstats.neighbor_stat(self.train_systems, rcut)
             if isinstance(sel, str):
                 sel = dstats.resolve_sel(sel, max_nnei)
             elif max_nnei > int(sel):
-                log.warning("sel %d is less than the largest neighbour count in the training data, "
-                            "%d within rcut %g Å: the farthest neighbours are ignored; run `dpa1 "
-                            "neighbor-stat -s SYSTEMS -r %g` to choose sel, or use sel 'auto'",
-                            int(sel), max_nnei, rcut, rcut)
-            log.info("neighbour statistics: max %d neighbours, min distance %.4f Å -> sel %d",
-                     max_nnei, min_dist, int(sel))
+                log.warning(
+                    "sel %d is less than the largest neighbour count in the training data, "
+                    "%d within rcut %g Å: the farthest neighbours are ignored; run `dpa1 "
+                    "neighbor-stat -s SYSTEMS -r %g` to choose sel, or use sel 'auto'",
+                    int(sel),
+                    max_nnei,
+                    rcut,
+                    rcut,
+                )
+            log.info(
+                "neighbour statistics: max %d neighbours, min distance %.4f Å -> sel %d",
+                max_nnei,
+                min_dist,
+                int(sel),
+            )
         mcfg["descriptor"]["sel"] = int(sel)  # out.json and checkpoints record the value used
         model = build_model(mcfg, sel=sel)
         model.min_nbor_dist = min_dist
         cache = self._stat_file(model)
         fit = model.fitting
         stored = cache.stored(model.ntypes, fit.numb_fparam, fit.numb_aparam) if cache else None
-        result = dstats.apply_statistics(model, self._stat_batches, stored=stored,
-                                         protect=float(mcfg.get("data_stat_protect", 1e-2)))
+        result = dstats.apply_statistics(
+            model,
+            self._stat_batches,
+            stored=stored,
+            protect=float(mcfg.get("data_stat_protect", 1e-2)),
+        )
         if cache is not None:
             computed = sorted(result["computed"])
             if self.dist.is_main:
@@ -230,21 +275,29 @@ class Trainer:
             if not computed:
                 log.info("statistics read from %s (no data sampled)", cache.path)
             elif stored:
-                log.info("statistics read from %s (%s), the rest (%s) computed and saved there",
-                         cache.path, ", ".join(sorted(stored)), ", ".join(computed))
+                log.info(
+                    "statistics read from %s (%s), the rest (%s) computed and saved there",
+                    cache.path,
+                    ", ".join(sorted(stored)),
+                    ", ".join(computed),
+                )
             else:
                 log.info("statistics computed and saved to %s", cache.path)
         return model
 
-    def _stat_file(self, model: EnergyModel) -> Optional[StatFile]:
+    def _stat_file(self, model: EnergyModel) -> StatFile | None:
         """The ``training.stat_file`` cache for ``model`` (relative to the output directory),
         or None."""
         tcfg = self.config["training"]
         if not tcfg.get("stat_file"):
             return None
-        return open_stat_file(self.out_dir / tcfg["stat_file"], tcfg["stat_file_mode"],
-                              self.type_map, model.descriptor,
-                              self.config["model"]["descriptor"]["type"])
+        return open_stat_file(
+            self.out_dir / tcfg["stat_file"],
+            tcfg["stat_file_mode"],
+            self.type_map,
+            model.descriptor,
+            self.config["model"]["descriptor"]["type"],
+        )
 
     def _finetune_model(self, path: Path) -> EnergyModel:
         pretrained, saved = load_energy_model(path)
@@ -262,10 +315,14 @@ class Trainer:
                 new_davg[t], new_dstd[t] = torch.as_tensor(davg[t]), torch.as_tensor(dstd[t])
             d.set_stat(new_davg, new_dstd)
         bias_sampler = SystemSampler(
-            self.train_systems, self.config["training"]["training_data"]["batch_size"],
-            seed=self.seed if self.seed is not None else 0, labels=self.labels)
+            self.train_systems,
+            self.config["training"]["training_data"]["batch_size"],
+            seed=self.seed if self.seed is not None else 0,
+            labels=self.labels,
+        )
         dstats.change_energy_bias(
-            model, bias_sampler.stat_batches(int(self.config["model"]["data_bias_nsample"])))
+            model, bias_sampler.stat_batches(int(self.config["model"]["data_bias_nsample"]))
+        )
         return model
 
     # === the network of a restart, --init-model or --finetune ================================
@@ -286,12 +343,14 @@ class Trainer:
                 f"--restart {path}: a restart continues the same run, but the input differs "
                 f"from the checkpoint in {', '.join(keys)}; restore those values, or train the "
                 "changed network from these weights with --init-model (or --finetune for "
-                "another type_map)")
+                "another type_map)"
+            )
         self.config["model"] = section  # out.json and new checkpoints record the resolved sel
         return model
 
-    def _input_network(self, weights: EnergyModel, path: Path, mode: str,
-                       saved: Optional[dict]) -> EnergyModel:
+    def _input_network(
+        self, weights: EnergyModel, path: Path, mode: str, saved: dict | None
+    ) -> EnergyModel:
         """The input's network (it defines what is trained and what out.json records) with
         the parameters and statistics of ``weights``; they must have the same shapes."""
         desc = self.config["model"]["descriptor"]
@@ -301,22 +360,27 @@ class Trainer:
         mine, theirs = model.state_dict(), weights.state_dict()
         bad = [f"{k} only in the weights" for k in theirs if k not in mine]
         bad += [f"{k} only in the input's network" for k in mine if k not in theirs]
-        bad += [f"{k} {tuple(theirs[k].shape)} in the weights, {tuple(v.shape)} in the input's "
-                "network" for k, v in mine.items() if k in theirs and v.shape != theirs[k].shape]
+        bad += [
+            f"{k} {tuple(theirs[k].shape)} in the weights, {tuple(v.shape)} in the input's network"
+            for k, v in mine.items()
+            if k in theirs and v.shape != theirs[k].shape
+        ]
         if bad:
             section = _recorded_model_section(saved or {})
             keys = _model_differences(section, self.config["model"]) if section else []
             why = f"; the input differs from it in {', '.join(keys)}" if keys else ""
             more = f" and {len(bad) - 3} more" if len(bad) > 3 else ""
-            raise ValueError(f"{mode} {path}: its weights do not fit the input's network "
-                             f"({'; '.join(bad[:3])}{more}){why}; {mode} can only change "
-                             "settings that keep the shapes of the weights")
+            raise ValueError(
+                f"{mode} {path}: its weights do not fit the input's network "
+                f"({'; '.join(bad[:3])}{more}){why}; {mode} can only change "
+                "settings that keep the shapes of the weights"
+            )
         model.load_state_dict(theirs)
         model.min_nbor_dist = weights.min_nbor_dist  # a training statistic, not a parameter
         return model
 
     # === the loop =============================================================================
-    def _validate(self, lr: float) -> Optional[dict[str, float]]:
+    def _validate(self, lr: float) -> dict[str, float] | None:
         if self.valid_sampler is None:
             return None
         self.model.eval()
@@ -337,10 +401,16 @@ class Trainer:
         if not self.dist.is_main:
             return
         self.ckpt.save(
-            step, self.model, config=self.config, optimizer_state=self.optimizer.state_dict(),
-            extra={"sampler": self.sampler.state_dict(), "torch_rng": torch.get_rng_state(),
-                   "valid_sampler": self.valid_sampler.state_dict() if self.valid_sampler else None,
-                   "lr": self.lr.value(max(step - 1, 0))},
+            step,
+            self.model,
+            config=self.config,
+            optimizer_state=self.optimizer.state_dict(),
+            extra={
+                "sampler": self.sampler.state_dict(),
+                "torch_rng": torch.get_rng_state(),
+                "valid_sampler": self.valid_sampler.state_dict() if self.valid_sampler else None,
+                "lr": self.lr.value(max(step - 1, 0)),
+            },
         )
 
     def run(self) -> Path:
@@ -355,12 +425,17 @@ class Trainer:
             if self.restarted:
                 truncate_lcurve(self.out_dir / tcfg["disp_file"], self.start_step)
             lcurve = LCurveWriter(
-                self.out_dir / tcfg["disp_file"], self.loss_fn.metric_keys(),
-                has_validation=self.valid_sampler is not None, append=self.restarted,
+                self.out_dir / tcfg["disp_file"],
+                self.loss_fn.metric_keys(),
+                has_validation=self.valid_sampler is not None,
+                append=self.restarted,
             )
         progress = TrainProgress(self.numb_steps, self.start_step, enabled=shown)
-        board = _tensorboard(self.out_dir / tcfg.get("tensorboard_log_dir", "log")) \
-            if main and tcfg.get("tensorboard") else None
+        board = (
+            _tensorboard(self.out_dir / tcfg.get("tensorboard_log_dir", "log"))
+            if main and tcfg.get("tensorboard")
+            else None
+        )
         board_freq = int(tcfg.get("tensorboard_freq", 1))
         accum: dict[str, float] = {}
         naccum = 0
@@ -382,8 +457,9 @@ class Trainer:
                 self.optimizer.step()
                 loss_value = float(loss.detach())
                 if not math.isfinite(loss_value):
-                    raise FloatingPointError(f"step {step + 1}: loss is {loss_value}; "
-                                             "check the data and lower start_lr")
+                    raise FloatingPointError(
+                        f"step {step + 1}: loss is {loss_value}; check the data and lower start_lr"
+                    )
                 if board is not None and ((step + 1) % board_freq == 0 or step == 0):
                     _log_scalars(board, step + 1, {"lr": lr, "loss": loss_value, **metrics})
                 for k, v in metrics.items():
@@ -398,8 +474,14 @@ class Trainer:
                     if board is not None and valid_m:
                         _log_scalars(board, step + 1, {f"{k}_val": v for k, v in valid_m.items()})
                     if shown:
-                        log.info("step %d lr %.2e %s", step + 1, lr, " ".join(
-                            f"{k}={v:.3e}" for k, v in sorted((valid_m or train_m).items())))
+                        log.info(
+                            "step %d lr %.2e %s",
+                            step + 1,
+                            lr,
+                            " ".join(
+                                f"{k}={v:.3e}" for k, v in sorted((valid_m or train_m).items())
+                            ),
+                        )
                     accum, naccum = {}, 0
                 progress.update(step + 1, metrics, lr)
                 last_step = step + 1
@@ -419,8 +501,12 @@ class Trainer:
         barrier(self.dist)
         elapsed = time.perf_counter() - t0
         if main and tcfg["time_training"] and last_step > self.start_step:
-            log.info("trained %d steps in %.1f s (%.3f s/step)", last_step - self.start_step,
-                     elapsed, elapsed / (last_step - self.start_step))
+            log.info(
+                "trained %d steps in %.1f s (%.3f s/step)",
+                last_step - self.start_step,
+                elapsed,
+                elapsed / (last_step - self.start_step),
+            )
         return self.ckpt.pointer
 
 
@@ -439,7 +525,7 @@ def _log_scalars(board: Any, step: int, values: dict[str, float]) -> None:
         board.add_scalar(f"Default/{key}", value, step)
 
 
-def _recorded_model_section(saved: dict) -> Optional[dict]:
+def _recorded_model_section(saved: dict) -> dict | None:
     """The normalised ``model`` section a checkpoint recorded, or None if it has none (or one
     this version cannot read)."""
     section = saved.get("model") if isinstance(saved, dict) else None
@@ -455,8 +541,11 @@ def _model_differences(saved: Any, given: Any, where: str = "model") -> list[str
     """``where.key (X in the checkpoint, Y in the input)`` for every differing leaf; an
     input ``sel`` of ``"auto..."`` matches the number it was resolved to."""
     if isinstance(saved, dict) and isinstance(given, dict):
-        return [d for key in sorted(set(saved) | set(given), key=str)
-                for d in _model_differences(saved.get(key), given.get(key), f"{where}.{key}")]
+        return [
+            d
+            for key in sorted(set(saved) | set(given), key=str)
+            for d in _model_differences(saved.get(key), given.get(key), f"{where}.{key}")
+        ]
     if where.endswith(".descriptor.sel") and isinstance(given, str) and isinstance(saved, int):
         return []
     if saved == given and type(saved) is type(given):
@@ -474,7 +563,10 @@ def truncate_lcurve(path: Path, last_step: int) -> None:
     path = Path(path)
     if not path.exists():
         return
-    kept = [line for line in path.read_text().splitlines(keepends=True)
-            if line.startswith("#") or not line.strip() or int(line.split()[0]) <= last_step]
+    kept = [
+        line
+        for line in path.read_text().splitlines(keepends=True)
+        if line.startswith("#") or not line.strip() or int(line.split()[0]) <= last_step
+    ]
     with atomic_path(path) as tmp:
         tmp.write_text("".join(kept))
