@@ -37,14 +37,14 @@ import copy
 import json
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
-import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
+
+from train_water import run
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / "examples" / "water" / "data"
@@ -89,14 +89,6 @@ def make_input(name: str, seed: int, workdir: Path) -> Path:
     path = workdir / "input.json"
     path.write_text(json.dumps(cfg, indent=1))
     return path
-
-
-def run(cmd: list[str], cwd: Path, env: dict) -> float:
-    t0 = time.perf_counter()
-    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
-    if proc.returncode != 0:
-        raise RuntimeError(f"{' '.join(cmd)} failed:\n{proc.stderr[-3000:]}")
-    return time.perf_counter() - t0
 
 
 def held_out(model: Path, workdir: Path, env: dict) -> dict:
@@ -170,6 +162,8 @@ def report(workdir: Path, inputs: list[str]) -> bool:
             print(f"{9 + s:>6d}/{s:<2d} | {cells[0]:>20s} | {cells[1]:>16s}")
         both = [s for s in seeds if ("dpa1", s) in by and ("DeePMD-kit", s) in by]
         if not both:
+            ok = False
+            print("  runs of one code only: no comparison")
             continue
         stat = {}
         for code in CODES:
