@@ -2,7 +2,7 @@
 
 - threads: ``OMP_NUM_THREADS=2`` is set before torch is imported, then ``torch.set_num_threads(2)``
   (``$DPA1_BENCH_THREADS`` overrides the 2);
-- water frames from ``../shared/data/water/data_0`` (192 atoms), replicated n×n×n;
+- water frames from ``examples/water/data/data_0`` (192 atoms), replicated n×n×n;
 - the example model (``examples/water/input.json``) with overrides, ours and DeePMD-kit's
   (the same weights, converted through DeePMD's serialized dictionary);
 - interleaved best-of-N timing, peak memory of child processes (``ru_maxrss``);
@@ -45,10 +45,12 @@ torch.set_num_threads(NUM_THREADS)
 warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
 
 ROOT = Path(__file__).resolve().parents[1]
-SHARED = Path(os.environ.get("DPA1_SHARED", ROOT.parent / "shared"))
-if not SHARED.exists():
-    SHARED = Path("/work/shared")
-WATER = SHARED / "data" / "water" / "data_0"
+# The water data travel with the repository; DPA1_SHARED (a folder holding data/water, as
+# gpu_table.sh sets up) overrides them.
+if "DPA1_SHARED" in os.environ:
+    WATER = Path(os.environ["DPA1_SHARED"]) / "data" / "water" / "data_0"
+else:
+    WATER = ROOT / "examples" / "water" / "data" / "data_0"
 EXAMPLE_INPUT = ROOT / "examples" / "water" / "input.json"
 
 # DeePMD-kit 3.2.0's reference numbers measured on the 2-core machine (PyTorch backend, batch 1).

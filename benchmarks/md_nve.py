@@ -1,6 +1,6 @@
 """NVE energy conservation and speed of MD with a dpa1 model through ASE.
 
-192-atom liquid water (the first frame of ``shared/data/water/data_0``), velocity Verlet,
+192-atom liquid water (the first frame of ``examples/water/data/data_0``), velocity Verlet,
 float64, velocities drawn at ``--temperature``. Reports the total-energy drift in
 meV/atom over the run, as the slope of a linear fit × run length and as
 max |Etot − Etot(0)|, and the cost in ms/step (force evaluation + integration, the first
@@ -32,7 +32,6 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-SHARED = ROOT.parent / "shared"
 sys.path.insert(0, str(ROOT))  # run from a checkout without installing
 
 
@@ -78,15 +77,15 @@ def train_model(input_json: str, out_dir: str | None, device: str) -> str:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", default=str(SHARED / "reference" / "tiny.dp"),
-                   help="model file (default: shared/reference/tiny.dp)")
+    p.add_argument("--model", default=str(ROOT / "tests" / "data" / "tiny.dp"),
+                   help="model file (default: tests/data/tiny.dp)")
     p.add_argument("--train", action="store_true",
                    help="train --input first and run the MD with the resulting (frozen) model")
     p.add_argument("--input", default=str(ROOT / "benchmarks" / "train_small_smooth.json"),
                    help="training input for --train (default: benchmarks/train_small_smooth.json)")
     p.add_argument("--train-dir", default=None,
                    help="output directory for --train (default: a temporary directory)")
-    p.add_argument("--system", default=str(SHARED / "data" / "water" / "data_0"))
+    p.add_argument("--system", default=str(ROOT / "examples" / "water" / "data" / "data_0"))
     p.add_argument("--steps", type=int, default=1000)
     p.add_argument("--dt", type=float, default=0.5, help="time step in fs (default 0.5)")
     p.add_argument("--temperature", type=float, default=300.0)

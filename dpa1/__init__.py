@@ -1,8 +1,8 @@
 """dpa1: the DPA-1 (``se_atten``) attention-based Deep Potential in PyTorch.
 
 Compatible with DeePMD-kit inputs (``input.json``), data (``deepmd/npy`` and
-``mixed_type`` systems) and model files (``.dp``). The contract is DeePMD-kit's
-behaviour as written down in ``shared/docs/dpa1_spec.md``.
+``mixed_type`` systems) and model files (``.dp``). The contract is DeePMD-kit 3.2.0's
+behaviour; docs/design.md explains where dpa1's choices need it.
 
 Shape vocabulary used in every docstring:
 
