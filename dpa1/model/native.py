@@ -13,12 +13,12 @@ Four sources, one library (``torch.ops.dpa1``):
 
 It is built once per machine and torch version into PyTorch's extension cache
 (``$TORCH_EXTENSIONS_DIR``, default ``~/.cache/torch_extensions``; ~30 s with gcc) and loaded
-from there afterwards. The library's name carries a digest of the sources and the torch
-version, so two checkouts with different sources do not rebuild over each other. Without a C++
-compiler, or with ``DPA1_NATIVE=0``, the same math runs as PyTorch and NumPy code (slower, same
-numbers up to round-off; identical neighbour lists). A failed build is reported as a warning and
-recorded in the cache (``dpa1_build_failed_<name>.txt``): later processes warn without trying
-again until that file is deleted or the sources, torch or the compiler change.
+from there afterwards. The library's name carries a digest of the sources, the torch version
+and the compiler, so two checkouts with different sources do not rebuild over each other.
+Without a C++ compiler, or with ``DPA1_NATIVE=0``, the same math runs as PyTorch and NumPy code
+(slower, same numbers up to round-off; identical neighbour lists). A failed build is reported
+as a warning and recorded in the cache (``dpa1_build_failed_<name>.txt``): later processes warn
+without trying again until that file is deleted or the sources, torch or the compiler change.
 """
 
 from __future__ import annotations
@@ -102,7 +102,9 @@ def _load() -> bool:
             raise RuntimeError(
                 f"{failed.read_text().strip()} (recorded in {failed}; delete it to try again)"
             )
-        if build_dir is None or not (build_dir / f"{name}.so").is_file():
+        names = (name, name + "_noomp")
+        root = build_dir.parent if build_dir is not None else None
+        if root is None or not any((root / n / f"{n}.so").is_file() for n in names):
             _log.warning(
                 "dpa1: building the C++ ops (once per machine and torch version, ~30-60 s)..."
             )
