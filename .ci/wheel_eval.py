@@ -14,10 +14,10 @@ import numpy as np
 import torch
 
 import dpa1
+from dpa1.accel.build import native_ops
 from dpa1.data.system import DeepmdSystem
 from dpa1.io.config import normalize_config
 from dpa1.model.build import build_model
-from dpa1.model.native import native_ops
 
 repo, expect_native = Path(sys.argv[1]), sys.argv[2] == "1"
 installed = Path(dpa1.__file__).resolve()

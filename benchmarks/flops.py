@@ -180,6 +180,7 @@ def main() -> None:
     d, fit_neuron = cfg["model"]["descriptor"], cfg["model"]["fitting_net"]["neuron"]
     w = common.water_frame(1)
     model = common.build_ours()
+    from dpa1.accel.settings import TUNING
     from dpa1.infer.deep_pot import DeepPot
     from dpa1.model.neighbor import build_extended_system
 
@@ -225,11 +226,11 @@ def main() -> None:
     # modules as PyTorch layers (the C++ ops perform the same products, the embedding's as a
     # forward tangent instead of a backward pass).
     desc = model.descriptor
-    switches = (model.thread_blocks, model.native, desc.attention.native, desc.embedding.native)
-    model.thread_blocks = model.native = desc.attention.native = desc.embedding.native = False
+    switches = (TUNING.thread_blocks, model.native, desc.attention.native, desc.embedding.native)
+    TUNING.thread_blocks = model.native = desc.attention.native = desc.embedding.native = False
     with MatmulFlops() as fc:
         dp.eval(w["coord"], w["box"], w["atype"])
-    model.thread_blocks, model.native, desc.attention.native, desc.embedding.native = switches
+    TUNING.thread_blocks, model.native, desc.attention.native, desc.embedding.native = switches
     print(
         f"\nmatmul FLOPs counted on our 192-atom evaluation (torch.utils.flop_counter formulas): "
         f"{fc.total / 1e9:.2f} GFLOP (analytic effective: {totals['effective'] / 1e9:.2f} GFLOP)"

@@ -291,11 +291,12 @@ def test_distinct_images_is_unique_on_rows(huge_shift: bool) -> None:
 
 @pytest.mark.parametrize("kind", ["triclinic", "thin", "very_thin", "nopbc"])
 def test_native_bookkeeping_equals_numpy(kind: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The C++ sort/truncate/images step (``csrc/neighbor_list.cpp``) gives the NumPy code's
-    lists exactly: with truncation, virtual atoms, exact distance ties (a lattice of atoms) and
-    images seen through several shifts, and when the image keys' table is sparse (a sort)."""
-    from dpa1.model import neighbor
-    from dpa1.model.native import native_ops
+    """The C++ sort/truncate/images step (``dpa1/accel/csrc/neighbor_list.cpp``) gives the NumPy
+    code's lists exactly: with truncation, virtual atoms, exact distance ties (a lattice of
+    atoms) and images seen through several shifts, and when the image keys' table is sparse
+    (a sort)."""
+    from dpa1.accel.build import native_ops
+    from dpa1.model import accel_hook, neighbor
 
     if not native_ops():
         pytest.skip(
@@ -315,7 +316,7 @@ def test_native_bookkeeping_equals_numpy(kind: str, monkeypatch: pytest.MonkeyPa
         for nnei in (3, 17, 400):
             got = neighbor.frame_neighbors(coord, atype, box, RCUT, nnei)
             with monkeypatch.context() as m:
-                m.setattr(neighbor, "native_ops", lambda: False)
+                m.setattr(accel_hook, "native_ops", lambda: False)
                 want = neighbor.frame_neighbors(coord, atype, box, RCUT, nnei)
             for name, a, b in zip(("mapping", "shift", "nlist"), got, want, strict=True):
                 assert a.dtype == b.dtype and np.array_equal(a, b), f"{kind}, nnei {nnei}: {name}"

@@ -7,14 +7,19 @@
   formats cannot drift apart; tensors instead of numpy arrays let it load with
   ``torch.load(weights_only=True)``.
 - ``*.pth`` — a frozen model: TorchScript (``forward_lower`` + metadata methods) with
-  ``dpa1.json`` (type_map, rcut, sel, min_nbor_dist, the model config) in its extra files.
+  ``dpa1.json`` (type_map, rcut, sel, min_nbor_dist, the model config, whether it calls the C++
+  ops) and ``dpa1_model.pt`` (the model dict, as in checkpoints) in its extra files. A model
+  frozen with the C++ ops needs them to load; where they cannot load, the plain model is
+  rebuilt from ``dpa1_model.pt`` (same numbers, slower).
 - ``*.dp`` / ``*.yaml`` — DeePMD-kit's serialized format.
 """
 
 from __future__ import annotations
 
+import io
 import json
 import os
+import warnings
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -22,13 +27,16 @@ from typing import Any
 import numpy as np
 import torch
 
+from dpa1.accel.build import native_ops
 from dpa1.io.atomic import atomic_path
 from dpa1.io.serialize import load_dp_model, model_from_dict, model_to_dict, save_dp_model
+from dpa1.model import accel_hook
 from dpa1.model.model import EnergyModel
 
 CKPT_FORMAT = "dpa1-checkpoint"
 CKPT_VERSION = 1
 FROZEN_META = "dpa1.json"
+FROZEN_MODEL = "dpa1_model.pt"
 _PICKLE_PROTOCOL_2_PLUS = b"\x80"  # first byte of torch's pre-1.6 (non-zip) format
 
 
@@ -143,13 +151,21 @@ def _unwrap(model: torch.nn.Module) -> EnergyModel:
 
 
 def freeze(model: EnergyModel, path: str | os.PathLike, config: dict | None = None) -> None:
-    """Write a self-contained TorchScript model that needs no training code to run."""
+    """Write a self-contained TorchScript model that needs no training code to run.
+
+    Where the C++ ops are available and cover the model, the module calls the block op
+    (``dpa1::energy_block``, with its backward in C++), as eager evaluation does; loading it
+    then needs the op library (:func:`load_frozen` loads it; DeePMD-kit's C++ takes it from
+    ``DP_PLUGIN_PATH``)."""
     model = _unwrap(model)
     was_training = model.training
     model.eval()
+    kernel = accel_hook.script_kernel(model)
+    model.accel = kernel
     try:
         scripted = torch.jit.script(model)
     finally:
+        model.accel = None
         model.train(was_training)
     meta = {
         "type_map": model.type_map,
@@ -159,14 +175,24 @@ def freeze(model: EnergyModel, path: str | os.PathLike, config: dict | None = No
         "dim_aparam": model.fitting.numb_aparam,
         "min_nbor_dist": model.min_nbor_dist,
         "model": config,
+        "native_ops": kernel is not None,
     }
+    weights = io.BytesIO()
+    torch.save(_to_tensors(model_to_dict(model)), weights)
     with atomic_path(path) as tmp:
-        torch.jit.save(scripted, str(tmp), _extra_files={FROZEN_META: json.dumps(meta)})
+        torch.jit.save(
+            scripted,
+            str(tmp),
+            _extra_files={FROZEN_META: json.dumps(meta), FROZEN_MODEL: weights.getvalue()},
+        )
 
 
 def load_frozen(path: str | os.PathLike, device: str | torch.device = "cpu"):
-    """Load a frozen ``.pth`` model: the TorchScript module and its metadata."""
-    extra = {FROZEN_META: ""}
+    """Load a frozen ``.pth`` model: the module and its metadata.
+
+    The module is TorchScript; for a model frozen with the C++ ops where they cannot be
+    loaded, it is the plain model rebuilt from the weights in the file (one warning)."""
+    extra = {FROZEN_META: "", FROZEN_MODEL: b""}
     if not Path(path).exists():
         raise FileNotFoundError(f"{path}: no such model file")
     kind = file_kind(path)
@@ -175,12 +201,48 @@ def load_frozen(path: str | os.PathLike, device: str | torch.device = "cpu"):
             f"{path}: not a frozen dpa1 model ({_WHAT_IT_IS[kind]}); expected the "
             "TorchScript file written by dpa1 freeze"
         )
+    meta = _frozen_meta(path)
+    if meta.get("native_ops") and not native_ops():
+        return _rebuilt_plain(path, meta, device)
     try:
         module = torch.jit.load(str(path), map_location=device, _extra_files=extra)
     except Exception as err:
+        if "dpa1::" in str(err) and meta:
+            return _rebuilt_plain(path, meta, device)
         raise ValueError(f"{path}: not a frozen dpa1 model ({_first_line(err)})") from None
-    meta = json.loads(extra[FROZEN_META]) if extra[FROZEN_META] else {}
     return module, meta
+
+
+def _frozen_meta(path: str | os.PathLike) -> dict:
+    """``dpa1.json`` of a frozen model, read from the archive without loading the module."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            name = next((n for n in archive.namelist() if n.endswith(f"extra/{FROZEN_META}")), None)
+            return json.loads(archive.read(name)) if name else {}
+    except (zipfile.BadZipFile, OSError, ValueError):
+        return {}
+
+
+def _rebuilt_plain(path: str | os.PathLike, meta: dict, device: str | torch.device):
+    """The plain model of a frozen file whose C++ ops cannot be loaded here."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            name = next(n for n in archive.namelist() if n.endswith(f"extra/{FROZEN_MODEL}"))
+            payload = torch.load(io.BytesIO(archive.read(name)), weights_only=True)
+    except (StopIteration, zipfile.BadZipFile, OSError, RuntimeError) as err:
+        raise ValueError(
+            f"{path}: frozen with dpa1's C++ ops, which cannot be loaded here, and holds no "
+            f"weights to rebuild the plain model from ({_first_line(err)})"
+        ) from None
+    warnings.warn(
+        f"{path}: frozen with dpa1's C++ ops, which cannot be loaded here; evaluating the plain "
+        "PyTorch model rebuilt from its weights (same numbers, slower)",
+        RuntimeWarning,
+        stacklevel=3,
+    )
+    model = model_from_dict(_to_numpy(payload))
+    model.min_nbor_dist = meta.get("min_nbor_dist")
+    return model.to(device).eval(), meta
 
 
 def load_model(path: str | os.PathLike, device: str | torch.device = "cpu"):

@@ -17,8 +17,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from dpa1.model import native_block
-from dpa1.model.block_pool import map_blocks, plan_blocks
+from dpa1.model import accel_hook
 from dpa1.model.descriptor import DescrptDPA1, pair_keep_table
 from dpa1.model.fitting import EnergyFitting
 from dpa1.model.neighbor import build_extended_system
@@ -91,12 +90,11 @@ class EnergyModel(nn.Module):
         # 1,536-atom water (192 atoms: flat from 16 to 96) and saves ~8 % of a training step
         # against one block (2-core CPU; docs/benchmarks.md).
         self.block_atoms = 64
-        # Evaluation on a CPU runs blocks side by side, one per intra-op thread
-        # (block_pool.py); False: one block after another, each on all threads.
-        self.thread_blocks = True
-        # Evaluation on a CPU runs each block's descriptor and fitting as one C++ op pair
-        # (native_block.py) where the model has the shape it covers; False: the modules.
+        # Evaluation on a CPU runs each block's descriptor and fitting as one C++ op
+        # (dpa1.accel.energy_block) where the model has the shape it covers; False: the modules.
         self.native = True
+        # The accelerated block kernel of a frozen model (see _fitted_energy); None otherwise.
+        self.accel: nn.Module | None = None
         # Model inputs are cast to the global precision (§2.1).
         self.global_dtype = torch.float64
         self.min_nbor_dist = None
@@ -191,8 +189,8 @@ class EnergyModel(nn.Module):
         chunk = max(1, self.block_atoms // max(nf, 1))
         workers = 1
         if not torch.jit.is_scripting():
-            if not self.training and ext_coord.device.type == "cpu" and self.thread_blocks:
-                chunk, workers = plan_blocks(nloc, chunk)  # one block per CPU thread
+            # in evaluation on a CPU: one block per thread, side by side
+            chunk, workers = accel_hook.plan_blocks(nloc, chunk, ext_coord, self.training)
         # Blocks of centres with similar neighbour counts: the descriptor trims each block's
         # padding slots down to its own fullest centre (attention cost ~ slots²), so the
         # centres are visited by increasing count and the results put back in place.
@@ -307,10 +305,10 @@ class EnergyModel(nn.Module):
         fparam: Tensor | None,
         aparam: Tensor | None,
     ) -> list[tuple[Tensor, Tensor]]:
-        """:meth:`_block` of every start in ``starts``, on ``workers`` threads (block_pool.py)."""
+        """:meth:`_block` of every start in ``starts``, on ``workers`` threads."""
         # The blocks are in order of increasing width (cost ~ width²): handing out the widest
         # first lets the threads finish together (longest-processing-time-first scheduling).
-        blocks = map_blocks(
+        blocks = accel_hook.map_blocks(
             lambda start: self._block(
                 start, chunk, rij, mask, nei_type, atype, real, fparam, aparam
             ),
@@ -367,11 +365,61 @@ class EnergyModel(nn.Module):
         aparam: Tensor | None,
     ) -> Tensor:
         """``fitting(descriptor(rij))``: atomic energies ``(nf, n)`` before the output bias."""
+        if torch.jit.is_scripting():
+            # a frozen model carries its C++ block kernel here (dpa1 freeze with the ops)
+            if self.accel is not None and rij.device.type == "cpu":
+                x = self._kernel_inputs(rij, mask, nei_type, atype, fparam, aparam)
+                e_net = self.accel(x[0], x[1], x[2], x[3], x[4], x[5], x[6], x[7], x[8])
+                return self.fitting.finish(e_net.view(atype.shape), x[9], atype)
         if not torch.jit.is_scripting():
-            if native_block.applies(self, rij):
-                return native_block.fitted_energy(self, rij, mask, nei_type, atype, fparam, aparam)
+            kernel = accel_hook.energy_kernel(self, rij)
+            if kernel is not None:
+                x = self._kernel_inputs(rij, mask, nei_type, atype, fparam, aparam)
+                e_net = kernel(*x[:9])
+                return self.fitting.finish(e_net.view(atype.shape), x[9], atype)
         desc = self.descriptor(rij, mask, nei_type, atype)
         return self.fitting(desc, atype, fparam, aparam)
+
+    def _kernel_inputs(
+        self,
+        rij: Tensor,
+        mask: Tensor,
+        nei_type: Tensor,
+        atype: Tensor,
+        fparam: Tensor | None,
+        aparam: Tensor | None,
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor,
+               list[Tensor]]:
+        """What the block kernel (``dpa1.accel.energy_block``) takes, flattened over the
+        ``nb = nf·n`` centres: what the modules' forward does before and around the networks
+        (padding trimming, exclusions, type-embedding rows, the fitting's extra inputs). The
+        last item is the fitting's extra inputs for ``fitting.finish``."""
+        d, f = self.descriptor, self.fitting
+        nf, nloc, _ = mask.shape
+        rij, mask, nei_type, slot_weight, _ = d.trim(rij, mask, nei_type)
+        nnei = mask.shape[-1]
+        nb = nf * nloc
+        keep = d.pair_kept(mask, nei_type, atype)
+        t_in, t_center = d.type_inputs(nei_type, atype)
+        extra = f.extra_inputs(nf, nloc, fparam, aparam)
+        fit_extra: list[Tensor] = []
+        if d.concat_output_tebd:
+            fit_extra.append(t_center.to(d.dtype))
+        fit_extra.extend(extra)
+        empty = torch.empty(0, dtype=d.dtype, device=rij.device)
+        return (
+            rij.to(d.dtype).reshape(nb, nnei, 3).contiguous(),
+            mask.reshape(nb, nnei).contiguous(),
+            keep.reshape(nb, nnei).contiguous(),
+            atype.reshape(nb).contiguous(),
+            slot_weight if slot_weight is not None else empty,
+            t_in.detach().reshape(nb, nnei, -1).contiguous(),
+            torch.cat(fit_extra, dim=-1).detach().reshape(nb, -1).contiguous()
+            if len(fit_extra) > 0 else empty,
+            d.davg[:, :nnei].contiguous(),
+            d.dstd[:, :nnei].contiguous(),
+            extra,
+        )
 
     # --- metadata used by inference front-ends ---------------------------------------------
     @torch.jit.export

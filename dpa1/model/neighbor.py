@@ -20,7 +20,7 @@ import torch
 import vesin
 from torch import Tensor
 
-from dpa1.model.native import native_ops
+from dpa1.model import accel_hook
 
 # vesin bins atoms into a grid of cells about one cutoff wide, of at most 1e5 cells: a larger grid
 # is shrunk keeping its proportions, and a very flat or elongated one (two molecules 1e6 Å apart,
@@ -205,14 +205,15 @@ def frame_neighbors(
     i, j = real[i], real[j]  # virtual atoms were never offered: nobody's neighbour
     if summary is not None:
         summary.append(_summarize(i, j, s, d, nloc))
-    # The same steps in C++ (csrc/neighbor_list.cpp), when its int64 image keys cannot overflow
+    # The same steps in C++ (dpa1/accel/csrc/neighbor_list.cpp), when its int64 image keys
+    # cannot overflow
     span = s.max(axis=0, initial=0) - s.min(axis=0, initial=0) + 1
-    if native_ops() and nloc * float(np.prod(span)) < 2**61:
-        nl_t, ghost_j, ghost_s = torch.ops.dpa1.sorted_nlist(
-            *(torch.from_numpy(a) for a in (i, j, s, d)), nloc, nnei
-        )
-        mapping = np.concatenate([mapping, ghost_j.numpy()])
-        return mapping, np.concatenate([shift, ghost_s.numpy()]), nl_t.numpy()
+    fast = None
+    if nloc * float(np.prod(span)) < 2**61:
+        fast = accel_hook.sorted_nlist(i, j, s, d, nloc, nnei)
+    if fast is not None:
+        nl, ghost_j, ghost_s = fast
+        return np.concatenate([mapping, ghost_j]), np.concatenate([shift, ghost_s]), nl
     order = _by_centre_then_distance(i, d)
     i, j, s = i[order], j[order], s[order]
     count = np.bincount(i, minlength=nloc)

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from dpa1.model.native import evaluates_natively
+from dpa1.model import accel_hook
 
 PRECISIONS = {"float64": torch.float64, "float32": torch.float32, "default": torch.float64}
 
@@ -89,35 +89,9 @@ class Activation(nn.Module):
         )
 
 
-def refuse_second_derivative(what: str) -> None:
-    """For the backward of an evaluation-only Function: raise if it is being differentiated
-    again (``create_graph``), where its hand-written formula would act as a constant."""
-    if torch.is_grad_enabled():
-        raise RuntimeError(f"the evaluation-mode {what} is differentiable once; put the model in "
-                           "training mode (model.train()) to differentiate forces")
-
-
 def _add_doubled(y: Tensor, x: Tensor) -> Tensor:
     """``y + [x, x]`` without materialising the concatenation."""
     return (y.unflatten(-1, (2, x.shape[-1])) + x.unsqueeze(-2)).flatten(-2)
-
-
-class _DoubledSkip(torch.autograd.Function):
-    """``y + [x, x]`` (the skip of a layer that doubles its width), with a backward that
-    adds the two halves of the gradient (autograd's own, a sum over a broadcast axis of
-    size 2, takes 2.5x as long). Its backward is made of differentiable operations, so
-    training's second derivative goes through it too.
-    """
-
-    @staticmethod
-    def forward(ctx, y: Tensor, x: Tensor) -> Tensor:
-        ctx.n = x.shape[-1]
-        return _add_doubled(y, x)
-
-    @staticmethod
-    def backward(ctx, g: Tensor) -> tuple[Tensor, Tensor]:
-        n = ctx.n
-        return g, g[..., :n] + g[..., n:]
 
 
 class Layer(nn.Module):
@@ -176,7 +150,11 @@ class Layer(nn.Module):
         if self.skip == 1:
             y = y + x
         elif self.skip == 2:
-            y = _add_doubled(y, x) if torch.jit.is_scripting() else _DoubledSkip.apply(y, x)
+            if not torch.jit.is_scripting():
+                fast = accel_hook.doubled_skip(y, x)
+                if fast is not None:
+                    return fast
+            y = _add_doubled(y, x)
         return y
 
 
@@ -210,10 +188,9 @@ class EmbeddingNet(nn.Module):
             )
             for i in range(len(self.neuron))
         )
-        # Evaluation on a CPU runs along_first (the descriptor's call) as one C++ op,
-        # `native_tile` rows at a time through every layer; False: the PyTorch layers.
+        # Evaluation on a CPU runs along_first (the descriptor's call) as one C++ op
+        # (dpa1.accel.embedding_op); False: the PyTorch layers.
         self.native = True
-        self.native_tile = 256
 
     def forward(self, x: Tensor) -> Tensor:
         for layer in self.layers:
@@ -223,57 +200,16 @@ class EmbeddingNet(nn.Module):
     def along_first(self, first: Tensor, rest: Tensor | None = None) -> Tensor:
         """``forward(cat([first, rest], -1))`` where only ``first (..., 1)`` needs a gradient.
 
-        In evaluation on a CPU (tanh layers) this is :class:`_EmbeddingTangent`: one C++ op that
-        carries ``∂y/∂first`` forward beside the values. Its backward gives ``first``'s gradient
-        only, once (``rest``, the type embedding, and the parameters get none).
+        In evaluation on a CPU (tanh layers) this is one C++ op that carries ``∂y/∂first``
+        forward beside the values (``dpa1.accel.embedding_op``). Its backward gives ``first``'s
+        gradient only, once (``rest``, the type embedding, and the parameters get none).
         """
         if not torch.jit.is_scripting():
-            if self._use_native(first):
-                return _EmbeddingTangent.apply(first, rest, self)
+            fast = accel_hook.embedding_along_first(self, first, rest)
+            if fast is not None:
+                return fast
         x = first if rest is None else torch.cat([first, rest], dim=-1)
         return self.forward(x)
-
-    @torch.jit.unused
-    def _use_native(self, x: Tensor) -> bool:
-        return (self.activation_function == "tanh" and len(self.layers) > 0
-                and evaluates_natively(self, x))
-
-
-class _EmbeddingTangent(torch.autograd.Function):
-    """:meth:`EmbeddingNet.along_first` by ``csrc/embedding_net.cpp``, for evaluation.
-
-    The op returns ``y`` and ``dy = ∂y/∂x₀`` (forward-mode, one tangent per row), so the
-    backward is ``⟨∂E/∂y, dy⟩`` per row instead of a backward pass through every layer.
-    """
-
-    @staticmethod
-    def forward(ctx, first: Tensor, rest: Tensor | None, net: EmbeddingNet) -> Tensor:
-        # (no graph is recorded in here: parameters go in as they are)
-        x = first if rest is None else torch.cat([first, rest], dim=-1)
-        lead = x.shape[:-1]
-        empty = first.new_empty(0)
-        layers = net.layers
-        y, dy = torch.ops.dpa1.embedding_tangent(
-            x.reshape(-1, x.shape[-1]).contiguous(),
-            [layer.w for layer in layers],
-            [empty if layer.b is None else layer.b for layer in layers],
-            [empty if layer.idt is None else layer.idt for layer in layers],
-            [layer.skip for layer in layers],
-            net.native_tile,
-        )
-        ctx.save_for_backward(dy)
-        return y.view(*lead, y.shape[-1])
-
-    @staticmethod
-    def backward(ctx, grad: Tensor) -> tuple[Tensor | None, None, None]:
-        refuse_second_derivative("embedding net")
-        (dy,) = ctx.saved_tensors
-        d_first = (
-            torch.linalg.vecdot(grad.reshape(dy.shape), dy, dim=-1)
-            if ctx.needs_input_grad[0]
-            else None
-        )
-        return (None if d_first is None else d_first.view(*grad.shape[:-1], 1)), None, None
 
 
 class FittingNet(EmbeddingNet):

@@ -1,13 +1,15 @@
-"""dpa1's C++ ops (``dpa1/model/csrc``), built on first use with PyTorch's extension builder.
+"""dpa1's C++ ops (``dpa1/accel/csrc``), built on first use with PyTorch's extension builder.
 
 Four sources, one library (``torch.ops.dpa1``):
 
 - ``attention_stack.cpp``: the evaluation path of the attention layers
-  (:mod:`dpa1.model.attention`);
+  (:mod:`dpa1.accel.attention_op`);
 - ``embedding_net.cpp``: the evaluation path of the embedding net along s(r)
-  (``EmbeddingNet.along_first`` in :mod:`dpa1.model.network`);
+  (:mod:`dpa1.accel.embedding_op`);
 - ``energy_block.cpp``: the evaluation path of a whole block of centres, descriptor and fitting
-  net, calling the two above (:mod:`dpa1.model.native_block`);
+  net, calling the two above, with its backward registered as the op's autograd node, so
+  TorchScript (frozen models, DeePMD-kit's LAMMPS plugin) runs it too
+  (:mod:`dpa1.accel.energy_block`);
 - ``neighbor_list.cpp``: the sorting and truncation after vesin's pair search
   (:func:`dpa1.model.neighbor.frame_neighbors`, training and evaluation).
 
@@ -46,6 +48,7 @@ _SOURCES = [
 ]
 _lock = threading.Lock()
 _state: dict[str, bool] = {}
+_library: dict[str, Path] = {}
 
 
 def native_ops() -> bool:
@@ -59,11 +62,15 @@ def native_ops() -> bool:
     return _state["ok"]
 
 
-def evaluates_natively(module: torch.nn.Module, x: torch.Tensor) -> bool:
-    """Whether ``module`` (with a ``native`` switch) runs its C++ op on ``x``: in evaluation,
-    on a CPU, when the ops could be built. Training differentiates forces again, which the
-    ops' backward cannot."""
-    return bool(module.native) and not module.training and x.device.type == "cpu" and native_ops()
+def library_path() -> Path | None:
+    """The compiled op library (``.so``), building it if needed; None when it cannot be built.
+    DeePMD-kit's C++ loads it from ``DP_PLUGIN_PATH`` to run models frozen with the ops."""
+    return _library.get("path") if native_ops() else None
+
+
+def switched_off() -> bool:
+    """``DPA1_NATIVE=0`` (or false/no/off): the whole of :mod:`dpa1.accel` is off."""
+    return os.environ.get("DPA1_NATIVE", "1").strip().lower() in ("0", "false", "no", "off")
 
 
 def _ninja_on_path() -> None:
@@ -86,10 +93,10 @@ def _vector_flags() -> tuple[str, list[str]]:
 
 
 def _load() -> bool:
-    if os.environ.get("DPA1_NATIVE", "1").strip().lower() in ("0", "false", "no", "off"):
+    if switched_off():
         return False
     if hasattr(torch.ops, "dpa1") and hasattr(torch.ops.dpa1, "attention_stack"):
-        return True
+        return True  # loaded by the host (e.g. from DP_PLUGIN_PATH)
     try:
         from torch.utils import cpp_extension
 
@@ -110,12 +117,16 @@ def _load() -> bool:
             )
         try:
             _build(cpp_extension, name, flags, openmp=True)
+            built = name
         except Exception as exc:  # noqa: BLE001 (a compiler without OpenMP, e.g. Apple clang)
             try:
                 _build(cpp_extension, name + "_noomp", flags, openmp=False)
+                built = name + "_noomp"
             except Exception:  # noqa: BLE001
                 _record_failure(failed, exc)
                 raise
+        if root is not None:
+            _library["path"] = root / built / f"{built}.so"
         for op in ("attention_stack", "embedding_tangent", "energy_block", "sorted_nlist"):
             getattr(torch.ops.dpa1, op)  # raises if the library did not register it
         return True
