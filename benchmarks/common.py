@@ -181,7 +181,8 @@ def deepmd_version() -> str:
 
 
 def to_deepmd(model) -> torch.nn.Module:
-    """DeePMD-kit's EnergyModel with the same weights (through the serialized dict, §13),
+    """DeePMD-kit's EnergyModel with the same weights (through the serialized dict, docs/design.md,
+    "Model file (.dp)"),
     on DeePMD-kit's own device (:func:`deepmd_device`)."""
     from deepmd.pt.model.model import BaseModel
 

@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # Fill gpu_carry/ (git-ignored) with what benchmarks/gpu_table.sh needs on the GPU machine
-# and cannot fetch there (it has no network, and ../shared is not sent with the repo):
+# and cannot fetch there (it has no network; the data it reads, examples/water/data and
+# tests/data, travel with the repository):
 #
 #   gpu_carry/wheels/        wheels of dpa1's runtime dependencies that its image lacks
 #                            (vesin, ase, pydantic and pydantic's own), for CPython 3.12
-#   gpu_carry/shared/data/water   the water data the benchmarks read (1.6 MB)
 #   with --deepmd:           also DeePMD-kit 3.2.0 and what it imports that the image lacks,
 #                            and gpu_carry/stubs/mendeleev (see below), for the side-by-side
 #
@@ -22,7 +22,7 @@ DEEPMD=0
 for arg in "$@"; do
   case "$arg" in
     --deepmd) DEEPMD=1 ;;
-    -h|--help) sed -n '2,18p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,17p' "$0"; exit 0 ;;
     *) echo "gpu_prep.sh: unknown argument $arg" >&2; exit 2 ;;
   esac
 done
@@ -71,20 +71,9 @@ def element(*args, **kwargs):
 EOF
 fi
 
-# The water data (benchmarks/common.py reads $DPA1_SHARED/data/water).
-SRC=${DPA1_SHARED:-../shared}
-[ -d "$SRC/data/water" ] || SRC=/work/shared
-if [ ! -d "$SRC/data/water/data_0" ]; then
-  echo "gpu_prep.sh: no water data under $SRC/data/water (set DPA1_SHARED)" >&2
-  exit 1
-fi
-rm -rf "$CARRY/shared"
-mkdir -p "$CARRY/shared/data"
-cp -r "$SRC/data/water" "$CARRY/shared/data/"
-
 echo "gpu_carry ready (Python $PYVER wheels$([ "$DEEPMD" = 1 ] && echo ', DeePMD-kit')):"
 ls -1 "$CARRY/wheels"
-for d in "$CARRY/wheels" "$CARRY/shared" "$CARRY"; do du -sh "$d" | sed 's/^/  /'; done
+for d in "$CARRY/wheels" "$CARRY"; do du -sh "$d" | sed 's/^/  /'; done
 total=$(du -sb "$CARRY" | cut -f1)
 if [ "$total" -gt $((56 * 1024 * 1024)) ]; then
   echo "WARNING: $CARRY is $((total / 1024 / 1024)) MiB; the device call carries 64 MiB in all" >&2

@@ -9,7 +9,8 @@
 # Stages, each under `timeout`, within GPU_TABLE_BUDGET seconds in all (default 420):
 #   1. the machine (nvidia-smi -L, python, torch, CUDA) and the carried wheels installed
 #      into /tmp/dpa1_site (nothing else is touched);
-#   2. dpa1's runtime dependencies and the water data: stops here (exit 3) naming what is missing;
+#   2. dpa1's runtime dependencies and the repository's data (examples/water/data, tests/data):
+#      stops here (exit 3) naming what is missing;
 #   3. tests/test_device.py: model, DeepPot, frozen model, statistics, training on the GPU
 #      against the CPU (test_device.txt);
 #   4. benchmarks/inference.py --device cuda: 192 / 1,536 / 12,288 / 98,304 atoms, float64,
@@ -90,14 +91,11 @@ export DPA1_NATIVE=${DPA1_NATIVE:-0}
 if [ -d "$CARRY/stubs" ] && ! $PY -c "import mendeleev" >/dev/null 2>&1; then
   export PYTHONPATH="$PYTHONPATH:$CARRY/stubs"
 fi
-if [ -z "${DPA1_SHARED:-}" ] && [ -d "$CARRY/shared/data/water" ]; then
-  export DPA1_SHARED=$CARRY/shared
-fi
 
 # === 2. dependencies and data ===========================================================
 say "dependencies" | tee -a "$OUTD/env.txt"
 timeout 120 $PY - "$DEV" <<'EOF' 2>&1 | tee -a "$OUTD/env.txt"
-import importlib, os, sys
+import importlib, sys
 from pathlib import Path
 dev = sys.argv[1]
 missing = []
@@ -124,17 +122,16 @@ try:
     print(f"  deepmd     {importlib.import_module('deepmd').__version__} on {env.DEVICE} (side by side)")
 except Exception as err:  # noqa: BLE001
     print(f"  deepmd     not importable ({type(err).__name__}: {str(err)[:120]}): ours only")
-shared = Path(os.environ.get("DPA1_SHARED", Path.cwd().parent / "shared"))
-water = shared / "data" / "water" / "data_0" / "type.raw"
-if not water.exists() and not Path("/work/shared/data/water/data_0/type.raw").exists():
-    missing.append(f"water data ({water})")
+for data in [Path("examples/water/data/data_0/type.raw"), Path("tests/data/tiny.dp")]:
+    if not data.exists():
+        missing.append(f"the repository's data ({data})")
 import torch
 if dev.startswith("cuda") and not torch.cuda.is_available():
     missing.append(f"a CUDA device (torch {torch.__version__} sees none)")
 if missing:
     print(f"\nSTOP: missing {', '.join(missing)}.\n"
           "Fill gpu_carry/ on the development machine with `bash benchmarks/gpu_prep.sh` "
-          "(wheels for CPython 3.12 and the water data) and name gpu_carry in the device call's "
+          "(wheels for CPython 3.12) and name gpu_carry in the device call's "
           "carry; see benchmarks/README.md, 'On a GPU'.")
     sys.exit(3)
 print("  all present")

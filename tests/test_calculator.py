@@ -28,7 +28,7 @@ pytestmark = pytest.mark.filterwarnings("ignore:The given NumPy array is not wri
 
 
 # === systems ================================================================================
-from model_utils import water_box  # noqa: E402  (8 H2O, seed 1, rattle 0.1)
+from helpers import water_box  # noqa: E402  (8 H2O, seed 1, rattle 0.1)
 
 
 def water_192() -> Atoms:

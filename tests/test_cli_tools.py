@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers import set_random_statistics, water_frames, water_input
 
 from dpa1.cli.main import main
 from dpa1.infer.deep_pot import DeepPot
@@ -19,7 +20,6 @@ from dpa1.io.serialize import load_dp_model, save_dp_model
 from dpa1.model.build import build_model
 
 from data_paths import TINY_DP, WATER
-from train_utils import water_input
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 ERROR_KEYS = ("energy", "energy_per_atom", "force", "virial", "virial_per_atom")
@@ -41,25 +41,6 @@ def _assert_errors_equal(got: dict, ref: dict, what: str) -> None:
         assert got[key] == pytest.approx(ref[key], rel=1e-12, abs=1e-12), f"{what}: {key}"
 
 
-def _water_frames(n: int) -> dict[str, np.ndarray]:
-    root = WATER / "data_0"
-    names = (root / "type_map.raw").read_text().split()
-    types = np.loadtxt(root / "type.raw", dtype=np.int64).reshape(-1)
-    sd = root / "set.000"
-    natoms = types.size
-
-    def load(key: str, *shape: int) -> np.ndarray:  # the files are float32
-        return np.load(sd / f"{key}.npy")[:n].astype(np.float64).reshape(n, *shape)
-
-    return {
-        "symbols": np.array([names[t] for t in types]),
-        "coord": load("coord", natoms, 3),
-        "box": load("box", 3, 3),
-        "energy": load("energy"),
-        "force": load("force", natoms, 3),
-    }
-
-
 def _small_water_system(dest: Path, nframes: int = 6) -> Path:
     """The first ``nframes`` frames of water data_0 as a deepmd/npy system in ``dest``."""
     src = WATER / "data_0"
@@ -79,12 +60,7 @@ def _random_water_model(tiny_model_config, seed: int = 3):
 # === 1. acceptance: standard and mixed-type layouts give the same errors =========
 def _alloy_model_file(alloy, tiny_model_config, tmp: Path, set_davg_zero: bool) -> Path:
     model = build_model(tiny_model_config(alloy.type_map, set_davg_zero=set_davg_zero))
-    rng = np.random.default_rng(0)
-    davg = rng.normal(scale=0.1, size=(4, 40, 4)) * (not set_davg_zero)
-    model.descriptor.set_stat(
-        torch.from_numpy(davg), torch.from_numpy(rng.uniform(0.5, 1.5, size=(4, 40, 4)))
-    )
-    model.out_bias[0, :, 0] = torch.tensor([-3.0, -2.0, -4.0, -5.0], dtype=torch.float64)
+    set_random_statistics(model, [-3.0, -2.0, -4.0, -5.0])
     path = tmp / "alloy_model.pt"
     save_checkpoint(path, model, config={"model": {"type_map": alloy.type_map}})
     return path
@@ -97,7 +73,8 @@ def _detail_by_label(prefix: Path, suffix: str) -> dict[float, float]:
 
 def test_standard_and_mixed_layouts_give_identical_errors(alloy, tiny_model_config, tmp_path):
     """Our mixed writer sorts atoms by type, so it agrees with the standard layout even
-    with ``davg != 0`` (padding neighbour slots take the type of atom 0, spec §15)."""
+    with ``davg != 0`` (padding neighbour slots take the type of atom 0, docs/design.md,
+    "DeePMD-kit parity notes")."""
     from dpa1.data.convert import read_frames, write_mixed
 
     model = _alloy_model_file(alloy, tiny_model_config, tmp_path, set_davg_zero=False)
@@ -193,7 +170,7 @@ def _expected_errors(de: np.ndarray, df: np.ndarray, natoms: int) -> dict[str, f
 
 def test_dp_test_matches_deep_pot(tiny_models, tmp_path) -> None:
     system = str(WATER / "data_0")
-    fr = _water_frames(3)
+    fr = water_frames(3)
     natoms = fr["symbols"].size
     e, f, _ = DeepPot(TINY_DP, device="cpu").eval(fr["coord"], fr["box"], fr["symbols"])
     e = e.reshape(-1)
@@ -241,7 +218,7 @@ def _energy_residuals(model_file: Path, fr: dict) -> np.ndarray:
 
 def test_change_bias_refits_out_bias(tiny_model_config, tmp_path) -> None:
     system = _small_water_system(tmp_path / "water6", nframes=6)
-    fr = _water_frames(6)
+    fr = water_frames(6)
     counts = np.array([[np.sum(fr["symbols"] == s) for s in ("O", "H")]] * 6, dtype=np.float64)
 
     model = _random_water_model(tiny_model_config)
@@ -285,7 +262,7 @@ def test_freeze_checkpoint(tiny_model_config, tmp_path, capsys) -> None:
     save_checkpoint(ckpt, model, config={"model": {"type_map": ["O", "H"]}})
     _run_ok(["freeze", "-c", str(ckpt), "-o", str(pth)])
 
-    fr = _water_frames(2)
+    fr = water_frames(2)
     ref = DeepPot(ckpt, device="cpu").eval(fr["coord"], fr["box"], fr["symbols"])
     frozen = DeepPot(pth, device="cpu")
     assert frozen.get_type_map() == ["O", "H"]
@@ -345,7 +322,7 @@ def test_output_under_a_regular_file_is_refused_first(tiny_models, tmp_path, cap
     system = str(_small_water_system(tmp_path / "water2", nframes=2))
     model = str(tiny_models["pt"])
     conf = tmp_path / "water.extxyz"
-    fr = _water_frames(1)
+    fr = water_frames(1)
     write(conf, Atoms(fr["symbols"], positions=fr["coord"][0], cell=fr["box"][0], pbc=True))
     lcurve = tmp_path / "lcurve.out"
     lcurve.write_text("#  step  rmse_trn  lr\n   1  1.0e+00  1.0e-03\n")

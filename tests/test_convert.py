@@ -94,7 +94,8 @@ def test_ase_db_and_default_type_map(alloy, tmp_path: Path) -> None:
     (path,) = convert([db], tmp_path / "out")
     s = DeepmdSystem(path)
     assert path.name == "Ag8Au8" and s.type_map == ["Ag", "Au"]  # sorted element names
-    # type_map.raw of the fixture lists all four elements: a model map must cover them (§1.3)
+    # type_map.raw of the fixture lists all four elements: a model map must cover them
+    # (docs/design.md, "Atom order and type mapping")
     ref = DeepmdSystem(
         next(p for p in alloy.standard if p.endswith("Ag8Au8")), ["Ag", "Au", "Cu", "Ni"]
     )

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers import assert_same_arrays
 
 from dpa1.cli.main import main
 from dpa1.infer.deep_pot import DeepPot
@@ -70,12 +71,6 @@ def predict(path_or_model, system: dict[str, np.ndarray]) -> dict[str, np.ndarra
     return out
 
 
-def assert_same(a: dict, b: dict, atol: float = 0.0) -> None:
-    assert a.keys() == b.keys()
-    for key in a:
-        np.testing.assert_allclose(a[key], b[key], rtol=0, atol=atol, err_msg=key)
-
-
 def convert(src: Path, dst: Path) -> None:
     assert main(["convert", str(src), str(dst)]) == 0
     assert dst.is_file()
@@ -100,7 +95,7 @@ def test_checkpoint_to_dp_is_exact(tmp_path: Path, checkpoint: Path, model, conf
     assert float(loaded.out_bias.abs().max()) > 100  # the bias survived
     assert data["model_def_script"]["descriptor"]["sel"] == model.nnei
     assert data["model_def_script"]["type_map"] == ["O", "H"]
-    assert_same(predict(model, system), predict(dp_path, system))
+    assert_same_arrays(predict(model, system), predict(dp_path, system))
 
 
 def test_dp_to_pth_and_pt(tmp_path: Path, checkpoint: Path, model, system) -> None:
@@ -108,9 +103,9 @@ def test_dp_to_pth_and_pt(tmp_path: Path, checkpoint: Path, model, system) -> No
     convert(checkpoint, dp_path)
     reference = predict(dp_path, system)
     convert(dp_path, tmp_path / "frozen.pth")
-    assert_same(reference, predict(tmp_path / "frozen.pth", system), atol=1e-12)
+    assert_same_arrays(reference, predict(tmp_path / "frozen.pth", system), atol=1e-12)
     convert(dp_path, tmp_path / "again.pt")
-    assert_same(reference, predict(tmp_path / "again.pt", system))
+    assert_same_arrays(reference, predict(tmp_path / "again.pt", system))
     _, payload = load_checkpoint(tmp_path / "again.pt")
     assert payload["config"]["model"]["type_map"] == ["O", "H"]  # enough for `dpa1 freeze`
 
@@ -119,7 +114,7 @@ def test_yaml_round_trip(tmp_path: Path, checkpoint: Path, system) -> None:
     reference = predict(checkpoint, system)
     convert(checkpoint, tmp_path / "model.yaml")  # the YAML file itself is slow to parse:
     convert(tmp_path / "model.yaml", tmp_path / "model.dp")  # read it once
-    assert_same(reference, predict(tmp_path / "model.dp", system))
+    assert_same_arrays(reference, predict(tmp_path / "model.dp", system))
     assert (tmp_path / "model.yaml").read_text().startswith("'@variables'")  # plain YAML
 
 

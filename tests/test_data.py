@@ -1,5 +1,5 @@
 """Reading deepmd/npy systems, system lists, batching/sampling, and the equivalence of the
-standard and mixed-type layouts (spec §1)."""
+standard and mixed-type layouts (docs/design.md, "Data layout")."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers import set_random_statistics
 
 from dpa1.data.loader import SystemSampler, resolve_batch_sizes, system_probabilities
 from dpa1.data.system import DeepmdSystem, Label, expand_systems, labels_for_model
@@ -223,7 +224,7 @@ def test_expand_systems(tmp_path: Path) -> None:
     assert expand_systems(water[1]) == [water[1]]
 
 
-# === batch sizes and probabilities (§1.5) ===============================================
+# === batch sizes and probabilities (docs/design.md, "Batches and sampling") =======================
 def test_batch_size_rules() -> None:
     natoms = [192, 7, 33]
     assert resolve_batch_sizes(3, natoms) == [3, 3, 3]
@@ -427,18 +428,14 @@ def test_layouts_give_the_same_frames(alloy) -> None:
 def test_layouts_give_the_same_predictions(alloy, tiny_model_config, set_davg_zero: bool) -> None:
     """Energies, forces (mapped back) and virials agree between layouts.
 
-    With ``davg != 0`` padding slots carry the type of atom 0 (spec §15), so DeePMD-kit's
+    With ``davg != 0`` padding slots carry the type of atom 0 (docs/design.md,
+    "DeePMD-kit parity notes"), so DeePMD-kit's
     predictions depend on which atom comes first: only layouts that sort atoms by type
     (standard, and our mixed writer) agree then; dpdata's mixed writer keeps the input
     order and agrees only with ``set_davg_zero``.
     """
     model = build_model(tiny_model_config(alloy.type_map, set_davg_zero=set_davg_zero))
-    rng = np.random.default_rng(0)
-    davg = rng.normal(scale=0.1, size=(4, 40, 4)) * (not set_davg_zero)
-    model.descriptor.set_stat(
-        torch.from_numpy(davg), torch.from_numpy(rng.uniform(0.5, 1.5, size=(4, 40, 4)))
-    )
-    model.out_bias[0, :, 0] = torch.tensor([-3.0, -2.0, -4.0, -5.0], dtype=torch.float64)
+    set_random_statistics(model, [-3.0, -2.0, -4.0, -5.0])
 
     def predict(paths: list[str]) -> dict[float, tuple[float, np.ndarray, np.ndarray]]:
         out = {}

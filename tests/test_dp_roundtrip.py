@@ -1,4 +1,5 @@
-"""``.dp`` / ``.yaml`` model files (spec §13): save → load → save → load is lossless, the
+"""``.dp`` / ``.yaml`` model files (docs/design.md, "Model file (.dp)"): save → load → save → load
+is lossless, the
 writer reproduces DeePMD-kit's own dictionary for ``tiny.dp``, and broken files give a
 clear ``ValueError`` naming the path."""
 
@@ -10,12 +11,8 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
-
-from dpa1.io.dp_file import load_dp
-from dpa1.io.serialize import load_dp_model, save_dp_model
-
-from data_paths import TINY_DP
-from model_utils import (
+from helpers import (
+    assert_same_arrays,
     evaluate,
     make_model,
     make_system,
@@ -23,6 +20,11 @@ from model_utils import (
     single_thread,  # noqa: F401  (autouse fixture)
     small_model_config,
 )
+
+from dpa1.io.dp_file import load_dp
+from dpa1.io.serialize import load_dp_model, save_dp_model
+
+from data_paths import TINY_DP
 
 CONFIGS = {
     # The case that matters: se_atten_v2 with davg ≠ 0, random dstd, out_bias and bias_atom_e.
@@ -51,13 +53,6 @@ def _predict(model, seed: int = 0) -> dict[str, np.ndarray]:
                        None if ap is None else ap[0])
         out.update({f"{kind}/{k}": v for k, v in res.items()})
     return out
-
-
-def _assert_same(a: dict, b: dict, what: str, tol: float = 0.0) -> None:
-    assert a.keys() == b.keys()
-    for key in a:
-        err = np.abs(a[key] - b[key]).max()
-        assert err <= tol, f"{what}: {key} differs by {err:.3e}"
 
 
 def _flatten(obj, prefix: str = "") -> dict:
@@ -101,8 +96,8 @@ def test_dp_round_trip_is_lossless(model, tmp_path: Path) -> None:
     loaded, data1 = load_dp_model(first)
     save_dp_model(second, loaded)
     again, data2 = load_dp_model(second)
-    _assert_same(_predict(loaded), ref, "after one round trip")
-    _assert_same(_predict(again), ref, "after two round trips")
+    assert_same_arrays(_predict(loaded), ref, what="after one round trip")
+    assert_same_arrays(_predict(again), ref, what="after two round trips")
     _assert_same_dict(data1["model"], data2["model"], "model dictionaries")
     # Nothing was lost on the way: statistics and biases survived (and are not trivial).
     if not model.descriptor.set_davg_zero:
@@ -117,7 +112,8 @@ def test_dp_round_trip_is_lossless(model, tmp_path: Path) -> None:
     state = model.state_dict()
     for key, value in loaded.state_dict().items():
         assert value.dtype == state[key].dtype and bool((value == state[key]).all()), key
-    # The file layout of §13.1: root datasets named in order, JSON paths in their place.
+    # The file layout of docs/design.md, "Model file (.dp)": root datasets named in order, JSON
+    # paths in their place.
     with h5py.File(first, "r") as f:
         meta = json.loads(f.attrs["json"])
         names = sorted(f.keys())
@@ -129,9 +125,10 @@ def test_yaml_round_trip(model, tmp_path: Path) -> None:
     ref = _predict(model)
     save_dp_model(tmp_path / "m.yaml", model)
     loaded, data = load_dp_model(tmp_path / "m.yaml")
-    _assert_same(_predict(loaded), ref, ".yaml")
+    assert_same_arrays(_predict(loaded), ref, what=".yaml")
     text = (tmp_path / "m.yaml").read_text()
-    assert "np.ndarray" in text and "variable_" not in text  # arrays are inline (§13.1)
+    # arrays are inline (docs/design.md, "Model file (.dp)")
+    assert "np.ndarray" in text and "variable_" not in text
     # .yaml → .dp → .yaml: the same dictionary.
     save_dp_model(tmp_path / "m.dp", loaded)
     from_dp, data_dp = load_dp_model(tmp_path / "m.dp")
@@ -148,7 +145,7 @@ def test_tiny_dp_round_trip(tmp_path: Path) -> None:
     save_dp_model(out, model, model_def_script=data["model_def_script"],
                   min_nbor_dist=float(data["@variables"]["min_nbor_dist"]))
     again, data2 = load_dp_model(out)
-    _assert_same(_predict(again, seed=4), ref, "tiny.dp re-saved")
+    assert_same_arrays(_predict(again, seed=4), ref, what="tiny.dp re-saved")
     # Our writer reproduces DeePMD-kit's dictionary exactly: every key, value and array,
     # and even the dataset numbering of the JSON (so DeePMD-kit can read our files).
     _assert_same_dict(data["model"], data2["model"], "tiny.dp model section")
@@ -162,7 +159,7 @@ def test_tiny_dp_round_trip(tmp_path: Path) -> None:
     # and through .yaml as well
     save_dp_model(tmp_path / "tiny.yaml", again)
     via_yaml, _ = load_dp_model(tmp_path / "tiny.yaml")
-    _assert_same(_predict(via_yaml, seed=4), ref, "tiny.dp via .yaml")
+    assert_same_arrays(_predict(via_yaml, seed=4), ref, what="tiny.dp via .yaml")
 
 
 # === broken files ===========================================================================

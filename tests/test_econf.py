@@ -1,4 +1,5 @@
-"""Tests of the electronic-configuration type-embedding inputs `dpa1.model.econf` (spec §4.1)."""
+"""Tests of the electronic-configuration type-embedding inputs `dpa1.model.econf` (docs/design.md,
+"Type embedding")."""
 
 from __future__ import annotations
 

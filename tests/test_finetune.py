@@ -10,24 +10,25 @@ import numpy as np
 import pytest
 
 from dpa1.cli.main import main
+from dpa1.data.convert import write_system
 
 ase = pytest.importorskip("ase")
 from ase.build import bulk  # noqa: E402
 from ase.calculators.emt import EMT  # noqa: E402
 
 
-def write_system(root: Path, frames: list, type_map: list[str]) -> None:
+def write_frames(root: Path, frames: list, type_map: list[str]) -> None:
     """Write ASE frames of one composition as a standard deepmd/npy system."""
-    root.mkdir(parents=True)
     symbols = frames[0].get_chemical_symbols()
-    (root / "type_map.raw").write_text("\n".join(type_map) + "\n")
-    (root / "type.raw").write_text("\n".join(str(type_map.index(s)) for s in symbols) + "\n")
-    s = root / "set.000"
-    s.mkdir()
-    np.save(s / "coord.npy", np.array([a.get_positions().reshape(-1) for a in frames]))
-    np.save(s / "box.npy", np.array([a.get_cell().array.reshape(-1) for a in frames]))
-    np.save(s / "energy.npy", np.array([a.info["energy"] for a in frames]))
-    np.save(s / "force.npy", np.array([a.arrays["force"].reshape(-1) for a in frames]))
+    write_system(
+        root,
+        type_map=type_map,
+        atom_types=np.array([type_map.index(s) for s in symbols]),
+        coord=np.array([a.get_positions() for a in frames]),
+        box=np.array([a.get_cell().array for a in frames]),
+        energy=np.array([a.info["energy"] for a in frames]),
+        force=np.array([a.arrays["force"] for a in frames]),
+    )
 
 
 def alloy_frames(symbols: list[str], n: int, seed: int) -> list:
@@ -93,11 +94,11 @@ def test_finetune_beats_scratch(tmp_path):
     big = ["Cu", "Ag", "Au", "Ni"]
     pre = [tmp_path / f"pre{k}" for k in range(3)]
     for k, p in enumerate(pre):
-        write_system(p, alloy_frames(big, 20, seed=k), big)
-    write_system(tmp_path / "pre_valid", alloy_frames(big, 5, seed=9), big)
+        write_frames(p, alloy_frames(big, 20, seed=k), big)
+    write_frames(tmp_path / "pre_valid", alloy_frames(big, 5, seed=9), big)
     small = ["Au", "Cu"]  # a subset, reordered
-    write_system(tmp_path / "ft_train", alloy_frames(small, 10, seed=21), small)
-    write_system(tmp_path / "ft_test", alloy_frames(small, 10, seed=22), small)
+    write_frames(tmp_path / "ft_train", alloy_frames(small, 10, seed=21), small)
+    write_frames(tmp_path / "ft_test", alloy_frames(small, 10, seed=22), small)
 
     pre_in = _input(
         tmp_path / "pretrain", big, [str(p) for p in pre], [str(tmp_path / "pre_valid")], 300

@@ -1,4 +1,5 @@
-"""``lcurve.out`` format (spec §12), byte-identical to DeePMD-kit 3.2.0's PyTorch trainer."""
+"""``lcurve.out`` format (docs/design.md, "Training loop"), byte-identical to DeePMD-kit 3.2.0's
+PyTorch trainer."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The ``ener`` loss (spec §10), checked against the formulas written out in numpy."""
+"""The ``ener`` loss (docs/design.md, "Loss"), checked against the formulas written out in numpy."""
 
 from __future__ import annotations
 
@@ -58,7 +58,8 @@ def ref_terms(
     q: int = 1,
     relative_f: float | None = None,
 ) -> dict[str, float]:
-    """Spec §10.2/§10.3, frame by frame, real atoms only (independent of the implementation)."""
+    """docs/design.md, "Loss", frame by frame, real atoms only (independent of the
+    implementation)."""
     out = {k: [] for k in ("e", "f", "v", "ae", "pf", "rmse_e", "rmse_v")}
     for f in range(NF):
         real = np.nonzero(label["atype"][f] >= 0)[0]

@@ -1,4 +1,4 @@
-"""Exponential-decay learning rate (spec §11)."""
+"""Exponential-decay learning rate (docs/design.md, "Learning rate")."""
 
 from __future__ import annotations
 

@@ -17,7 +17,7 @@ pytestmark = pytest.mark.filterwarnings("ignore:The given NumPy array is not wri
 LOG_COLUMNS = ["step", "time_fs", "T_K", "Epot_eV", "Etot_eV", "P_bar", "Vol_A3"]
 
 
-from model_utils import water_box as _water_box  # noqa: E402
+from helpers import water_box as _water_box  # noqa: E402
 
 
 def water_box():

@@ -12,6 +12,7 @@ from ase import Atoms
 from ase.io import write
 
 from dpa1.cli.main import main
+from dpa1.data.convert import write_system
 from dpa1.infer.deep_pot import DeepPot
 from dpa1.infer.model_devi import (
     calc_model_devi,
@@ -49,7 +50,7 @@ def model_files(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
     return paths
 
 
-from model_utils import water_box as _water_box  # noqa: E402
+from helpers import water_box as _water_box  # noqa: E402
 
 
 def water_box(seed: int):
@@ -127,16 +128,16 @@ def test_format_identical_to_deepmd(tmp_path: Path) -> None:
 def _write_system(root: Path, frames: dict[str, np.ndarray], swap_types: bool) -> Path:
     """``frames`` as a deepmd/npy system; with ``swap_types`` the file's own type_map is
     ``H O`` (so types must be remapped to the model's ``O H``)."""
-    sysdir = root / ("swapped" if swap_types else "plain")
-    (sysdir / "set.000").mkdir(parents=True)
     atype, names = frames["atype"], ["O", "H"]
     if swap_types:
         atype, names = 1 - atype, ["H", "O"]
-    np.savetxt(sysdir / "type.raw", atype, fmt="%d")
-    (sysdir / "type_map.raw").write_text("\n".join(names) + "\n")
-    np.save(sysdir / "set.000" / "coord.npy", frames["coord"].reshape(NFRAMES, -1))
-    np.save(sysdir / "set.000" / "box.npy", frames["box"])
-    return sysdir
+    return write_system(
+        root / ("swapped" if swap_types else "plain"),
+        type_map=names,
+        atom_types=atype,
+        coord=frames["coord"].reshape(NFRAMES, -1, 3),
+        box=frames["box"].reshape(NFRAMES, 3, 3),
+    )
 
 
 def test_cli_on_npy_systems(tmp_path: Path, model_files, frames) -> None:

@@ -24,10 +24,7 @@ import functools
 import numpy as np
 import pytest
 import torch
-
-from dpa1.model.neighbor import build_extended_system, format_nlist
-
-from model_utils import (
+from helpers import (
     RCUT,
     evaluate,
     fd_forces,
@@ -40,6 +37,8 @@ from model_utils import (
     single_thread,  # noqa: F401  (autouse fixture)
     small_model_config,
 )
+
+from dpa1.model.neighbor import build_extended_system, format_nlist
 
 # name -> (descriptor overrides, fitting overrides, model-level overrides)
 CONFIGS: dict[str, tuple[dict, dict, dict]] = {
@@ -192,7 +191,7 @@ def test_invariances(name: str, kind: str) -> None:
     res = evaluate(model, coord + rng.normal(scale=3.0, size=3), atype, box, fp, ap)
     _compare(res, ref, rtol, "translation")
 
-    # Permutation (atom 0 stays: padding slots take its type, spec §4.2).
+    # Permutation (atom 0 stays: padding slots take its type, docs/design.md, "Type embedding").
     perm = np.concatenate([[0], 1 + rng.permutation(n - 1)])
     res = evaluate(model, coord[perm], atype[perm], box, fp, None if ap is None else ap[perm])
     inv = np.argsort(perm)
@@ -216,7 +215,8 @@ def test_virtual_atoms_change_nothing(name: str) -> None:
         rng = np.random.default_rng(6)
         # Virtual atoms anywhere: on top of a real atom, close to one, far away.
         extra = np.stack([coord[1], coord[2] + 0.2, rng.uniform(-2, 8, size=3), coord[0] + 0.05])
-        where = np.array([1, 3, n, n])  # insertion points (never before atom 0, spec §4.2)
+        # insertion points (never before atom 0, docs/design.md, "Type embedding")
+        where = np.array([1, 3, n, n])
         coord_v = np.insert(coord, where, extra, axis=0)
         atype_v = np.insert(atype, where, -1)
         real = atype_v >= 0
@@ -237,16 +237,20 @@ def test_virtual_atoms_change_nothing(name: str) -> None:
 def continuous_at_rcut(name: str, tc: int, tb: int, t0: int) -> bool:
     """Whether the spec makes E continuous when a (tc, tb) pair crosses rcut.
 
-    ``t0`` is the type of atom 0, whose type (embedding) padding slots take (§4.2). A
+    ``t0`` is the type of atom 0, whose type (embedding) padding slots take (docs/design.md,
+    "Type embedding"). A
     neighbour at r → rcut⁻ has s → 0 and R̃ → 0, so it matches a padding slot except:
 
-    - non-smooth attention (§6) gives it a finite softmax weight: every other row of the
+    - non-smooth attention (docs/design.md, "Gated attention") gives it a finite softmax weight:
+    every other row of the
       centre changes by O(1) when it enters;
     - with davg ≠ 0 the padding row R = −davg/dstd is non-zero, so the G row of the slot
-      enters T1 = GᵀR (§7.1); G depends on the neighbour type (concat, or strip without
+      enters T1 = GᵀR (docs/design.md, "Descriptor output"); G depends on the neighbour type
+      (concat, or strip without
       smoothing) while padding uses the type of atom 0;
-    - a descriptor-excluded pair has R = 0 (κ), padding has −davg/dstd (§3.4).
-    A model-level excluded pair (§2.5) is padding on both sides of rcut.
+    - a descriptor-excluded pair has R = 0 (κ), padding has −davg/dstd (docs/design.md,
+    "Padding and exclusion").
+    A model-level excluded pair (docs/design.md, "Pair exclusion") is padding on both sides of rcut.
     """
     cfg = config(name)
     d = cfg["descriptor"]
@@ -322,7 +326,8 @@ def test_batch_equals_single_frames(name: str) -> None:
 
 @pytest.mark.parametrize("name", NAMES)
 def test_padding_trimming_is_exact(name: str) -> None:
-    """The descriptor's padding trimming reproduces the dense N_c-slot evaluation (§6, §7.1)."""
+    """The descriptor's padding trimming reproduces the dense N_c-slot evaluation (docs/design.md,
+    "Gated attention" and "Descriptor output")."""
     model = model_for(name)
     assert model.descriptor.trim_padding
     dense = copy.deepcopy(model)
@@ -376,7 +381,7 @@ def test_lower_interface_neighbour_order_and_width(name: str) -> None:
 
 # === specific semantics ======================================================================
 def test_padding_takes_type_of_atom_zero() -> None:
-    """§4.2: padding slots gather the type embedding of extended atom 0.
+    """docs/design.md, "Type embedding": padding slots gather the type embedding of extended atom 0.
 
     With davg ≠ 0 (concat) the padding rows enter T1, so the energy depends on which
     type sits at index 0: a permutation moving another type there changes E. Without
@@ -398,7 +403,8 @@ def test_padding_takes_type_of_atom_zero() -> None:
 
 @pytest.mark.parametrize("name", ["pair_exclude_davg_concat", "v2_pair_exclude", "pair_exclude"])
 def test_pair_exclusion_equals_padding(name: str) -> None:
-    """§2.5: a model-excluded slot is indistinguishable from padding (−1) in the list."""
+    """docs/design.md, "Pair exclusion": a model-excluded slot is indistinguishable from padding
+    (−1) in the list."""
     model = model_for(name)
     coord, atype, box = make_system("pbc", 14)
     c, a, b = (torch.tensor(x)[None] for x in (coord, atype, box))
@@ -410,7 +416,8 @@ def test_pair_exclusion_equals_padding(name: str) -> None:
         for x, y in ((ti, tj), (tj, ti)):
             excluded |= (a[:, :, None] == x) & (nei_type == y) & (nlist >= 0)
     assert excluded.any()
-    holes = torch.where(excluded, -1, nlist)  # holes, not compacted (§2.5)
+    # holes, not compacted (docs/design.md, "Pair exclusion")
+    holes = torch.where(excluded, -1, nlist)
     ref = model.forward_lower(ext_coord, ext_atype, nlist, mapping, do_atomic_virial=True)
     # Without model-level exclusion, the holed list must give the same numbers.
     plain = copy.deepcopy(model)
@@ -437,7 +444,8 @@ def test_excluded_dimer_is_two_isolated_atoms(name: str) -> None:
 
 
 def test_isolated_atoms_are_finite() -> None:
-    """Centres without neighbours (NaN risk in non-smooth attention, §6) give finite zeros."""
+    """Centres without neighbours (NaN risk in non-smooth attention, docs/design.md,
+    "Gated attention") give finite zeros."""
     for name in NAMES:
         model = model_for(name)
         coord = np.array([[0.0, 0.0, 0.0], [10.0, 0.0, 0.0], [0.0, 10.0, 0.0]])
@@ -476,7 +484,8 @@ def test_fparam_aparam_enter_the_energy() -> None:
 
 
 def test_vacuum_removal_atom_ener() -> None:
-    """§8.2: with atom_ener, FN evaluated on x⁰ (descriptor zeroed) is subtracted."""
+    """docs/design.md, "Fitting net and output bias": with atom_ener, FN evaluated on x⁰ (descriptor
+    zeroed) is subtracted."""
     name = "atom_ener"
     model = model_for(name)
     desc, fit, mdl = copy.deepcopy(CONFIGS[name])

@@ -1,5 +1,6 @@
-"""Neighbour lists (spec §2): ``build_extended_system`` against the all-images reference
-``brute_force_neighbors``, and ``format_nlist`` (§2.6)."""
+"""Neighbour lists (docs/design.md, "Neighbour list"): ``build_extended_system`` against the
+all-images reference
+``brute_force_neighbors``, and ``format_nlist`` (docs/design.md, "External neighbour lists")."""
 
 from __future__ import annotations
 
@@ -12,6 +13,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers import (
+    random_cell,
+    single_thread,  # noqa: F401  (autouse fixture)
+)
 
 from dpa1.model.neighbor import (
     _by_centre_then_distance,
@@ -20,11 +25,6 @@ from dpa1.model.neighbor import (
     build_extended_system,
     format_nlist,
     frame_neighbors,
-)
-
-from model_utils import (
-    random_cell,
-    single_thread,  # noqa: F401  (autouse fixture)
 )
 
 RCUT = 3.0
@@ -184,7 +184,7 @@ def test_ghost_coordinates_are_differentiable_in_coord_and_box() -> None:
     assert box.grad.abs().sum() > 0
 
 
-# === format_nlist (§2.6) ====================================================================
+# === format_nlist (docs/design.md, "External neighbour lists") ====================================
 def _raw_list(seed: int, width: int | None = None):
     """An extended system and a shuffled, over-long list that includes atoms beyond rcut."""
     rng = np.random.default_rng(seed)

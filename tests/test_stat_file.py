@@ -12,16 +12,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers import WATER, water_input
 
 from dpa1.cli.main import main
 from dpa1.io.model_file import load_checkpoint
 from dpa1.train.trainer import Trainer
 
-from train_utils import WATER, water_input
-
 pytestmark = pytest.mark.skipif(not WATER.exists(), reason="shared water data not available")
 
-# Written by `dp --pt train` (DeePMD-kit 3.2.0, numb_steps 1) for train_utils.TINY_MODEL with
+# Written by `dp --pt train` (DeePMD-kit 3.2.0, numb_steps 1) for helpers.TINY_MODEL with
 # data_stat_nbatch 2 on water data_0; the values DeePMD-kit installed from it follow.
 DEEPMD_STAT_FILE = Path(__file__).parent / "data" / "deepmd_stat_water.hdf5"
 DEEPMD_DSTD = [[0.22551683677644666, 0.1383397864862105],  # [type][radial, angular]

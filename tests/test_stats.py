@@ -1,4 +1,5 @@
-"""Statistics (spec §1.6, §9) against independent brute-force numpy computations."""
+"""Statistics (docs/design.md, "Automatic sel" and "Statistics") against independent brute-force
+numpy computations."""
 
 from __future__ import annotations
 

@@ -1,7 +1,8 @@
 """The fast paths are the same function as the plain one, and float32 is usable.
 
 - Blocked evaluation (centres grouped by neighbour count, each block trimmed to its own
-  width) and padding trimming reproduce the dense, unblocked evaluation (spec §6).
+  width) and padding trimming reproduce the dense, unblocked evaluation (docs/design.md,
+  "Gated attention").
 - ``smooth_switch`` is accurate to its last bits right up to rcut (exact rational
   arithmetic as the reference), in float64 and float32.
 - Evaluation on a CPU runs the attention layers as one C++ op: the PyTorch layers' numbers,
@@ -28,17 +29,18 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import (
+    make_system,
+    params_for,
+    single_thread,  # noqa: F401  (autouse fixture)
+    water_frames,
+)
 
 from dpa1.data.stats import apply_statistics
 from dpa1.io.config import normalize_config
 from dpa1.model.build import build_model
 from dpa1.model.env_mat import smooth_switch
 
-from model_utils import (
-    make_system,
-    params_for,
-    single_thread,  # noqa: F401  (autouse fixture)
-)
 from test_model_physics import NAMES, _compare, evaluate, model_for, tol
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "water"
@@ -108,19 +110,10 @@ def water_example_model(precision: str):
     return build_model(normalize_config(raw)["model"])
 
 
-def water_frames(n: int):
-    system = EXAMPLE / "data" / "data_0"
-    sd = system / "set.000"
-    coord = np.load(sd / "coord.npy")[:n].reshape(n, -1, 3)
-    box = np.load(sd / "box.npy")[:n].reshape(n, 3, 3)
-    atype = np.loadtxt(system / "type.raw", dtype=np.int64).reshape(-1)
-    energy = np.load(sd / "energy.npy")[:n].reshape(n, 1)
-    return coord, box, atype, energy
-
-
 def test_float32_water_example_forces_match_float64() -> None:
     """The example model (attention with dotr, non-smooth, sel 120) is usable in float32."""
-    coord, box, atype, energy = water_frames(3)
+    fr = water_frames(3)
+    coord, box, atype, energy = fr["coord"], fr["box"], fr["atype"], fr["energy"][:, None]
     counts = [int((atype == t).sum()) for t in range(2)]
     stat = [
         {
@@ -463,7 +456,8 @@ def test_native_ops_run_in_evaluation_not_training(monkeypatch: pytest.MonkeyPat
         "forward",
         lambda *a: calls.append(energy_block.EnergyKernel) or real_block(*a),
     )
-    coord, box, atype, _ = water_frames(1)
+    fr = water_frames(1)
+    coord, box, atype = fr["coord"], fr["box"], fr["atype"]
     model = water_example_model("float64").eval()
     block = evaluate(model, coord[0], atype, box[0], atomic=True)
     assert set(calls) == {energy_block.EnergyKernel}, calls

@@ -1,5 +1,6 @@
 """``dpa1 change-bias MODEL -s SYSTEMS [-o OUT]``: re-fit the energy bias on new data
-("change-by-statistic", §9.3): the least-squares fit of label − prediction on the
+("change-by-statistic", docs/design.md, "Energy bias"): the least-squares fit of label − prediction
+on the
 per-type atom counts is added to ``out_bias``."""
 
 from __future__ import annotations

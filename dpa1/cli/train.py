@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 from dpa1.io.atomic import check_output_path
-from dpa1.io.config import load_config
+from dpa1.io.config import Config, load_settings
 from dpa1.io.stat_file import is_hdf5
 
 
@@ -67,19 +67,19 @@ def setup_logging(out_dir: Path, level: str, is_main: bool) -> None:
     logger.addHandler(sh)
 
 
-def check_outputs(config: dict, out_dir: Path) -> Path:
+def check_outputs(settings: Config, out_dir: Path) -> Path:
     """Refuse output locations that cannot be written before any data are read."""
-    tcfg = config["training"]
+    training = settings.training
     check_output_path(out_dir, "-o", directory=True)
-    if tcfg.get("save_dir"):
-        check_output_path(out_dir / tcfg["save_dir"], "training.save_dir", directory=True)
-    check_output_path(out_dir / tcfg["disp_file"], "training.disp_file")
-    if tcfg.get("stat_file") and tcfg["stat_file_mode"] == "update":
-        stat_file = out_dir / tcfg["stat_file"]
+    if training.save_dir:
+        check_output_path(out_dir / training.save_dir, "training.save_dir", directory=True)
+    check_output_path(out_dir / training.disp_file, "training.disp_file")
+    if training.stat_file and training.stat_file_mode == "update":
+        stat_file = out_dir / training.stat_file
         check_output_path(stat_file, "training.stat_file", directory=not is_hdf5(stat_file))
-    if tcfg.get("tensorboard"):
+    if training.tensorboard:
         check_output_path(
-            out_dir / tcfg["tensorboard_log_dir"], "training.tensorboard_log_dir", directory=True
+            out_dir / training.tensorboard_log_dir, "training.tensorboard_log_dir", directory=True
         )
     return out_dir
 
@@ -88,14 +88,14 @@ def run(args: argparse.Namespace) -> int:
     from dpa1.train.distributed import cleanup, init_distributed, pick_device
     from dpa1.train.trainer import Trainer, write_out_json
 
-    config = load_config(args.input)
-    out_dir = check_outputs(config, Path(args.output))
+    settings = load_settings(args.input)
+    out_dir = check_outputs(settings, Path(args.output))
     device = pick_device(args.device)
     info = init_distributed(device)
     setup_logging(out_dir, args.log_level, info.is_main)
     try:
         trainer = Trainer(
-            config,
+            settings,
             out_dir,
             input_dir=Path(args.input).resolve().parent,
             restart=Path(args.restart) if args.restart else None,

@@ -6,7 +6,8 @@ Two layouts:
 - *standard*: one system directory per composition (and periodicity), named by its
   formula in type-map order, e.g. ``Cu28Ag4``; the atoms of every frame are sorted by
   type (stably) so frames of one composition share ``type.raw``.
-- *mixed-type* (spec §1.4): one system holding every frame, atoms sorted by type in
+- *mixed-type* (docs/design.md, "Mixed-type systems and virtual atoms"): one system holding every
+frame, atoms sorted by type in
   every frame; frames with fewer atoms are padded at the end with virtual atoms
   (``real_atom_types = -1``, zero coordinates and forces).
 
@@ -243,7 +244,8 @@ def write_mixed(
         n = len(f.symbols)
         types = np.array([type_map.index(s) for s in f.symbols], dtype=np.int64)
         # Sorted by type like the standard layout (and dpdata): padding neighbour slots
-        # take the type of atom 0 (spec §15), so the same frame then predicts the same.
+        # take the type of atom 0 (docs/design.md, "DeePMD-kit parity notes"), so the same frame
+        # then predicts the same.
         order = np.argsort(types, kind="stable")
         real[k, :n] = types[order]
         coord[k, :n] = f.coord[order]

@@ -1,4 +1,5 @@
-"""Batches and system sampling (spec §1.5) and the statistics sample (§9).
+"""Batches and system sampling (docs/design.md, "Batches and sampling") and the statistics sample
+(docs/design.md, "Statistics").
 
 Every batch comes from one system. Each system walks through its frames in a
 shuffled order, reshuffled every pass, ``batch_size`` frames at a time; the last
@@ -33,7 +34,7 @@ __all__ = [
 BatchSize = int | str | Sequence[int]
 
 
-# === batch size (§1.5) ===================================================================
+# === batch size (docs/design.md, "Batches and sampling") ==========================================
 def resolve_batch_sizes(batch_size: BatchSize, natoms: Sequence[int]) -> list[int | None]:
     """Per-system batch size; ``None`` marks a system dropped by ``"filter:N"``.
 
@@ -74,7 +75,7 @@ def resolve_batch_sizes(batch_size: BatchSize, natoms: Sequence[int]) -> list[in
     return sizes
 
 
-# === system probabilities (§1.5) ========================================================
+# === system probabilities (docs/design.md, "Batches and sampling") ================================
 def system_probabilities(
     nbatches: Sequence[int],
     auto_prob: str = "prob_sys_size",
@@ -163,7 +164,7 @@ def to_torch(frames: dict[str, Any], dtype: torch.dtype = torch.float64) -> dict
 
 # === the sampler =======================================================================
 class SystemSampler:
-    """Draws training batches from several systems (spec §1.5).
+    """Draws training batches from several systems (docs/design.md, "Batches and sampling").
 
     Args:
         systems: system directories or opened :class:`DeepmdSystem` objects.
@@ -236,7 +237,7 @@ class SystemSampler:
     @property
     def steps_per_epoch(self) -> int:
         """``ceil(max_i nbatch_i / p_i)``: steps for one expected pass over the data
-        (used to turn ``numb_epoch`` into steps, spec §12)."""
+        (used to turn ``numb_epoch`` into steps, docs/design.md, "Training loop")."""
         ratios = [nb / p for nb, p in zip(self.nbatches, self.probs, strict=True) if p > 0]
         return math.ceil(max(ratios))
 
@@ -251,7 +252,8 @@ class SystemSampler:
         return self._load(sid, idx)
 
     def stat_batches(self, nbatch: int = 10) -> list[dict[str, Any]]:
-        """Statistics sample (§9): per system, the first ``nbatch`` batches of a fresh
+        """Statistics sample (docs/design.md, "Statistics"): per system, the first ``nbatch``
+        batches of a fresh
         shuffled pass (fewer if the system has fewer), merged into one dict per system."""
         out = []
         seqs = self._stat_seq.spawn(self.nsystems)

@@ -1,5 +1,6 @@
-"""Data statistics: neighbour counts for ``sel = "auto"`` (spec §1.6) and the
-statistics installed into a fresh model (§9): descriptor ``davg``/``dstd``, the
+"""Data statistics: neighbour counts for ``sel = "auto"`` (docs/design.md, "Automatic sel") and the
+statistics installed into a fresh model (docs/design.md, "Statistics"): descriptor
+``davg``/``dstd``, the
 energy bias ``out_bias``/``out_std`` and the fparam/aparam normalisation.
 
 The statistics functions take *batches*: dicts as returned by
@@ -40,12 +41,13 @@ __all__ = [
 Batch = Mapping[str, Any]
 # DeePMD's starting value of the squared minimum distance: results are capped at 10 Å.
 MIN_DIST_CAP = 10.0
-# dstd protection and the value for a type absent from the sample (§9.2).
+# dstd protection and the value for a type absent from the sample (docs/design.md,
+# "Descriptor statistics").
 DSTD_PROTECTION = 1e-2
 DSTD_ABSENT = 0.1
 
 
-# === neighbour statistics (§1.6) =========================================================
+# === neighbour statistics (docs/design.md, "Automatic sel") =======================================
 def neighbor_stat(
     systems: Sequence[str | DeepmdSystem],
     rcut: float,
@@ -117,7 +119,7 @@ def resolve_sel(sel: int | str, max_nnei: int) -> int:
     raise ValueError(f"sel must be an int, 'auto' or 'auto:factor', got {sel!r}")
 
 
-# === descriptor statistics (§9.2) =======================================================
+# === descriptor statistics (docs/design.md, "Descriptor statistics") ==============================
 def compute_descriptor_stats(
     model: torch.nn.Module, batches: Iterable[Batch]
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -191,17 +193,19 @@ def _raw_env(model: torch.nn.Module, batch: Batch) -> tuple[torch.Tensor, torch.
     mask = nlist >= 0
     idx = nlist.clamp(min=0)
     nei_type = torch.gather(ext_atype.clamp(min=0), 1, idx.reshape(nf, -1)).reshape(idx.shape)
-    if model.has_pair_exclusion:  # model-level exclusion leaves holes (§2.5)
+    # model-level exclusion leaves holes (docs/design.md, "Pair exclusion")
+    if model.has_pair_exclusion:
         mask = mask & model.pair_keep[centre.unsqueeze(-1), nei_type]
     xn = torch.gather(ext_coord, 1, idx.reshape(nf, -1, 1).expand(-1, -1, 3)).reshape(*idx.shape, 3)
     rij = xn - ext_coord[:, :nloc].unsqueeze(2)
     env, _ = env_matrix(rij, mask, desc.rcut, desc.rcut_smth, desc.env_protection)
-    # Descriptor-level exclusion: κ = 0 on excluded real pairs, 1 on padding (§3.4).
+    # Descriptor-level exclusion: κ = 0 on excluded real pairs, 1 on padding (docs/design.md,
+    # "Padding and exclusion").
     kappa = desc.keep[centre.unsqueeze(-1), torch.where(mask, nei_type, desc.ntypes)]
     return env * kappa.unsqueeze(-1).to(env.dtype), atype
 
 
-# === energy bias (§9.3) =================================================================
+# === energy bias (docs/design.md, "Energy bias") ==================================================
 def compute_energy_bias(
     model: torch.nn.Module,
     batches: Iterable[Batch],
@@ -314,7 +318,7 @@ def _optional(batch: Batch, key: str, device: torch.device | None = None) -> tor
     return None
 
 
-# === fparam / aparam (§9.4) ==============================================================
+# === fparam / aparam (docs/design.md, "Parameter statistics") =====================================
 def compute_param_stats(values: np.ndarray, protect: float = 1e-2) -> tuple[np.ndarray, np.ndarray]:
     """Per-component mean and ``1/std`` of ``values (n, d)``; population std, at least
     ``protect``."""
@@ -357,7 +361,7 @@ def apply_statistics(
     protect: float = 1e-2,
     stored: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Compute the statistics of a fresh model (§9) and install them.
+    """Compute the statistics of a fresh model (docs/design.md, "Statistics") and install them.
 
     Sets ``descriptor.davg/dstd``, ``fitting.fparam_avg/fparam_inv_std`` (and aparam),
     ``out_bias`` and ``out_std``. ``protect`` is ``data_stat_protect``.

@@ -1,4 +1,5 @@
-"""Reading DeePMD-kit ``deepmd/npy`` systems, standard and mixed-type (spec §1.1–§1.4).
+"""Reading DeePMD-kit ``deepmd/npy`` systems, standard and mixed-type (docs/design.md, "Data layout"
+to "Mixed-type systems and virtual atoms").
 
 A *system* is a directory holding ``type.raw`` (one type index per atom), optionally
 ``type_map.raw`` and an empty ``nopbc`` file, and one or more ``set.*`` directories of
@@ -9,8 +10,9 @@ their headers and rows are read on demand, so a system of 10⁶ frames costs no 
 memory than one of 10³.
 
 Atoms of a standard system are reordered by type with a stable sort, as DeePMD-kit
-does (§1.2); ``idx_map`` keeps that permutation. Types are translated by *name* from
-the data's ``type_map.raw`` to the model's ``type_map`` (§1.3).
+does (docs/design.md, "Atom order and type mapping"); ``idx_map`` keeps that permutation.
+Types are translated by *name* from the data's ``type_map.raw`` to the model's ``type_map``
+(docs/design.md, "Atom order and type mapping").
 """
 
 from __future__ import annotations
@@ -51,7 +53,7 @@ class Label:
         atomic: one row of ``ndof`` values per atom.
         default: fill value when the file is absent (``find_<key> = 0``).
         per_atom_scalar: return ``(nf, natoms)`` instead of ``(nf, natoms, 1)``.
-        high_prec: always read in float64 (the energy, §1.1).
+        high_prec: always read in float64 (the energy, docs/design.md, "Data layout").
     """
 
     key: str
@@ -71,7 +73,7 @@ LABELS: dict[str, Label] = {
     "fparam": Label("fparam", None),
     "aparam": Label("aparam", None, atomic=True),
 }
-# What the ``ener`` loss asks for (spec §10); fparam/aparam come from the model.
+# What the ``ener`` loss asks for (docs/design.md, "Loss"); fparam/aparam come from the model.
 DEFAULT_LABELS: tuple[str, ...] = ("energy", "force", "virial", "atom_ener", "atom_pref")
 _KNOWN_FILES = frozenset(LABELS) | {"coord", "box", "real_atom_types"}
 
@@ -180,7 +182,8 @@ class DeepmdSystem:
     Args:
         path: the system directory.
         type_map: the model's element names; data types are translated to indices
-            into it by name (§1.3). ``None`` keeps the data's own indices.
+            into it by name (docs/design.md, "Atom order and type mapping"). ``None`` keeps the
+            data's own indices.
         check_finite: scan every array for NaN/inf when opening (chunked, flat memory).
 
     Attributes:
@@ -188,7 +191,8 @@ class DeepmdSystem:
         natoms: atoms per frame (virtual atoms of mixed-type data included).
         nframes: frames over all sets.
         nopbc: no periodic box (``box`` absent from :meth:`get_frames`).
-        mixed_type: per-frame types from ``real_atom_types.npy`` (§1.4).
+        mixed_type: per-frame types from ``real_atom_types.npy`` (docs/design.md,
+        "Mixed-type systems and virtual atoms").
         type_map: element names the returned ``atype`` indexes (None if unknown).
         data_type_map: ``type_map.raw`` (None if absent).
         ntypes: number of types of the returned ``atype``.
@@ -226,7 +230,7 @@ class DeepmdSystem:
             raise DataError(f"{root}: the system has no frames (every coord.npy is empty)")
         self._ends = np.cumsum([s.nframes for s in self.sets])
 
-        # --- types (§1.3) ---
+        # --- types (docs/design.md, "Atom order and type mapping") ---
         if self.mixed_type and self.data_type_map is None:
             raise DataError(
                 f"{root / 'type_map.raw'}: missing; a mixed-type system "
@@ -243,7 +247,8 @@ class DeepmdSystem:
         else:
             self._check_file_types(file_types)
             order_key = self._lookup[file_types]
-        # Stable sort by type (lexsort by (type, index)), §1.2.
+        # Stable sort by type (lexsort by (type, index)), docs/design.md,
+        # "Atom order and type mapping".
         self.idx_map = np.lexsort((np.arange(self.natoms), order_key))
         if not self.mixed_type:
             self.atom_types = order_key[self.idx_map].astype(np.int64)
@@ -289,7 +294,7 @@ class DeepmdSystem:
                 f"{sd / 'box.npy'}: missing and the system has no 'nopbc' file; periodic data need "
                 "a box per frame (add an empty file named nopbc for non-periodic data)")
         if self.nopbc:
-            files.pop("box", None)  # ignored without PBC (§1.1)
+            files.pop("box", None)  # ignored without PBC (docs/design.md, "Data layout")
         expected = {"box": 9, "real_atom_types": natoms}
         for key, spec in LABELS.items():
             if spec.ndof is not None:
@@ -337,7 +342,8 @@ class DeepmdSystem:
         return 0 if f is None else f.width
 
     def _type_lookup(self, type_map: Sequence[str] | None, file_types: np.ndarray) -> np.ndarray:
-        """``lookup[data_type]`` = returned type (§1.3); ``lookup[-1]`` = −1 (virtual)."""
+        """``lookup[data_type]`` = returned type (docs/design.md, "Atom order and type mapping");
+        ``lookup[-1]`` = −1 (virtual)."""
         tm_data = self.data_type_map
         if type_map is not None and tm_data is not None:
             missing = [name for name in tm_data if name not in type_map]

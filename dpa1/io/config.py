@@ -3,14 +3,20 @@
 Public API::
 
     load_config(path) -> dict          # read JSON/YAML, then normalize_config
+    load_settings(path) -> Config      # read JSON/YAML, then parse_config
     normalize_config(data) -> dict     # validate; fill defaults; resolve aliases
+    parse_config(data) -> Config       # the same, as typed objects
     normalize_model_section(d) -> dict # the same for a ``model`` section on its own
+    parse_model_section(d) -> Model    # ... as a typed object
     model_defaults_doc() -> str        # Markdown reference of every key
     ConfigError                        # one "dotted.path: problem" line per error
 
-The schema (and every default) lives in :mod:`dpa1.io.config_schema`. The normalised dict is
-plain JSON, uses canonical key names only, and validates again unchanged, so it can be written
-to ``out.json`` and stored in checkpoints.
+The schema (and every default) lives in :mod:`dpa1.io.config_schema`. Code that uses the
+settings (the model builder, the trainer) reads the attributes of the typed objects
+(:class:`~dpa1.io.config_schema.Config`, :class:`~dpa1.io.config_schema.Model`), never a dict
+with a restated default. The normalised dict (``parse_config(data).model_dump(mode="json")``)
+is plain JSON, uses canonical key names only, and validates again unchanged, so it can be
+written to ``out.json`` and stored in checkpoints.
 """
 
 from __future__ import annotations
@@ -43,8 +49,8 @@ from dpa1.io.config_schema import (
     aliases_of,
 )
 
-__all__ = ["ConfigError", "load_config", "normalize_config", "normalize_model_section",
-           "model_defaults_doc"]
+__all__ = ["Config", "ConfigError", "Model", "load_config", "load_settings", "model_defaults_doc",
+           "normalize_config", "normalize_model_section", "parse_config", "parse_model_section"]
 
 
 class ConfigError(ValueError):
@@ -56,52 +62,72 @@ class ConfigError(ValueError):
 
 
 # === validation ===
-def load_config(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """Read a JSON (or, with PyYAML, a ``.yaml``/``.yml``) input file and normalise it."""
-    path = Path(path)
+def _read_input(path: Path) -> Any:
+    """The parsed content of a JSON (or, with PyYAML, a ``.yaml``/``.yml``) input file."""
     text = path.read_text()
     try:
         if path.suffix.lower() in (".yaml", ".yml"):
             import yaml  # optional: only YAML inputs need it
-            data = yaml.safe_load(text)
-        else:
-            data = json.loads(text)
+            return yaml.safe_load(text)
+        return json.loads(text)
     except ImportError:
         raise ConfigError([f"{path}: reading YAML needs PyYAML (pip install pyyaml)"]) from None
     except Exception as err:  # JSONDecodeError, yaml.YAMLError (not a ValueError)
         raise ConfigError([f"{path}: cannot parse: {err}"]) from None
-    return normalize_config(data)
 
 
-def normalize_config(data: Mapping[str, Any]) -> dict[str, Any]:
-    """Validate an input dict and return it with all defaults filled in.
+def load_config(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Read a JSON (or, with PyYAML, a ``.yaml``/``.yml``) input file and normalise it."""
+    return normalize_config(_read_input(Path(path)))
+
+
+def load_settings(path: str | os.PathLike[str]) -> Config:
+    """Read an input file (as :func:`load_config`) into typed settings."""
+    return parse_config(_read_input(Path(path)))
+
+
+def parse_config(data: Mapping[str, Any] | Config) -> Config:
+    """Validate an input dict into typed settings with all defaults filled in.
 
     Aliases become canonical names, ``_comment*`` keys are dropped anywhere, and derived
     values are resolved (descriptor type "se_atten" -> "dpa1", ``sel`` list -> sum,
     ``ln_eps`` null -> 1e-5, ``stop_lr`` from ``stop_lr_ratio``, "default" precision ->
     "float64", ``warmup_ratio`` -> ``warmup_steps`` when ``numb_steps`` is known).
+    A :class:`Config` is returned as a deep copy (callers may change the copy).
     Raises :class:`ConfigError` listing every problem found.
     """
+    if isinstance(data, Config):
+        return data.model_copy(deep=True)
     if not isinstance(data, Mapping):
         raise ConfigError([f"<input>: expected a JSON object, got {type(data).__name__}"])
     try:
-        config = Config.model_validate(_strip_comments(data))
+        return Config.model_validate(_strip_comments(data))
     except ValidationError as err:
         raise ConfigError([line for e in err.errors() for line in _describe(e)]) from None
-    return config.model_dump(mode="json")
 
 
-def normalize_model_section(data: Mapping[str, Any]) -> dict[str, Any]:
-    """:func:`normalize_config` for a ``model`` section alone (e.g. the one a checkpoint
+def normalize_config(data: Mapping[str, Any]) -> dict[str, Any]:
+    """:func:`parse_config` as the plain JSON dict (the form of ``out.json``)."""
+    return parse_config(data).model_dump(mode="json")
+
+
+def parse_model_section(data: Mapping[str, Any] | Model) -> Model:
+    """:func:`parse_config` for a ``model`` section alone (e.g. the one a checkpoint
     recorded), so sections written by older versions gain the defaults of newer keys."""
+    if isinstance(data, Model):
+        return data.model_copy(deep=True)
     if not isinstance(data, Mapping):
         raise ConfigError([f"model: expected a JSON object, got {type(data).__name__}"])
     try:
-        section = Model.model_validate(_strip_comments(data))
+        return Model.model_validate(_strip_comments(data))
     except ValidationError as err:
         raise ConfigError([line for e in err.errors()
                            for line in _describe({**e, "loc": ("model", *e["loc"])})]) from None
-    return section.model_dump(mode="json")
+
+
+def normalize_model_section(data: Mapping[str, Any]) -> dict[str, Any]:
+    """:func:`parse_model_section` as the plain JSON dict."""
+    return parse_model_section(data).model_dump(mode="json")
 
 
 def _strip_comments(value: Any) -> Any:

@@ -1,6 +1,7 @@
 """Pydantic schema of the DeePMD-kit input file, restricted to what dpa1 supports.
 
-This is the *only* place where input defaults live (spec §14). Each key is declared with
+This is the *only* place where input defaults live (docs/design.md, "Input file"). Each key is
+declared with
 :func:`_key`, which records its description and its DeePMD aliases; `config.py` turns
 validation errors into readable messages and `config_doc.py` renders these models as Markdown.
 
@@ -188,7 +189,7 @@ def _activation(value: Any) -> Any:
     if not ok:
         raise ValueError(f"unknown activation function {value!r}; expected one of "
                          f"{', '.join(_ACTIVATIONS)} (silut/custom_silu may take ':T')")
-    return value.lower()  # names are case-insensitive (spec §5.4)
+    return value.lower()  # names are case-insensitive (docs/design.md, "Dense layers")
 
 
 def _precision(value: Any) -> Any:
@@ -212,7 +213,7 @@ def _sel(value: Any) -> int | str:
             and sum(value) > 0:
         return sum(value)
     if isinstance(value, str) and re.fullmatch(r"auto(:\d*\.?\d+)?", value):
-        return value  # resolved later by the neighbour statistics (spec §1.6)
+        return value  # resolved later by the neighbour statistics (docs/design.md, "Automatic sel")
     raise ValueError("expected a positive int, a list of non-negative ints, or 'auto' / "
                      f"'auto:<factor>', got {value!r}")
 
@@ -264,7 +265,7 @@ _NOT_DPA1 = "not supported by dpa1 (not part of a plain DPA-1 energy model)"
 _MULTITASK = "multi-task training is not supported by dpa1"
 
 
-# === model.descriptor (spec §14.1) ===
+# === model.descriptor (docs/design.md, "Input file") ===
 class _DescriptorCommon(Section):
     """Keys shared by se_atten/dpa1 and se_atten_v2."""
 
@@ -335,7 +336,8 @@ class DescrptSeAtten(_DescriptorCommon):
     @model_validator(mode="after")
     def _canonicalise(self) -> DescrptSeAtten:
         self.type = "dpa1"
-        if self.stripped_type_embedding is not None:  # the deprecated key wins (spec §4.3)
+        # the deprecated key wins (docs/design.md, "Embedding input")
+        if self.stripped_type_embedding is not None:
             self.tebd_input_mode = "strip" if self.stripped_type_embedding else "concat"
             self.stripped_type_embedding = None
         return self
@@ -371,7 +373,7 @@ Descriptor = Annotated[
 ]
 
 
-# === model.fitting_net (spec §14.4) ===
+# === model.fitting_net (docs/design.md, "Input file") ===
 class FittingNet(Section):
     """Energy fitting network (type "ener")."""
 
@@ -430,7 +432,7 @@ class FittingNet(Section):
         return self
 
 
-# === model (spec §14.2) ===
+# === model (docs/design.md, "Input file") ===
 class Model(Section):
     """The standard (descriptor + fitting) energy model."""
 
@@ -497,9 +499,9 @@ class Model(Section):
         return self
 
 
-# === loss (spec §14.5) ===
+# === loss (docs/design.md, "Input file") ===
 def _pref(default: float, term: str) -> Any:
-    return _key(default, f"Prefactor of the {term} term (see §10.1)", ge=0)
+    return _key(default, f"Prefactor of the {term} term (docs/design.md, 'Loss')", ge=0)
 
 
 class Loss(Section):
@@ -561,7 +563,7 @@ class Loss(Section):
         return self
 
 
-# === learning_rate (spec §11, §14.6) ===
+# === learning_rate (docs/design.md, "Learning rate" and "Input file") ===
 class LearningRate(Section):
     """Exponentially decaying learning rate with optional linear warm-up."""
 
@@ -601,7 +603,7 @@ class LearningRate(Section):
         return self
 
 
-# === optimizer (spec §12, §14.7) ===
+# === optimizer (docs/design.md, "Training loop" and "Input file") ===
 class Optimizer(Section):
     """torch.optim.Adam or AdamW."""
 
@@ -613,7 +615,7 @@ class Optimizer(Section):
     weight_decay: NonNegFloat = _key(0.0, "Weight decay")
 
 
-# === training (spec §1.5, §12, §14.8) ===
+# === training (docs/design.md, "Batches and sampling", "Training loop", "Input file") ===
 class TrainingData(Section):
     """A set of systems and how batches are drawn from them."""
 

@@ -1,4 +1,5 @@
-"""DeePMD-kit's serialized model container (spec §13.1): ``.dp`` (HDF5) and ``.yaml``.
+"""DeePMD-kit's serialized model container (docs/design.md, "Model file (.dp)"): ``.dp`` (HDF5) and
+``.yaml``.
 
 Arrays inside ``@variables`` dicts are stored as root datasets ``variable_NNNN`` in
 depth-first, insertion order; the JSON in the root attribute ``json`` holds their paths.

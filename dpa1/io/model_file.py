@@ -3,7 +3,8 @@
 - ``*.pt`` — a training checkpoint: ``{"format": "dpa1-checkpoint", "version": 1,
   "model": <DeePMD-style model dict with tensors>, "config": <normalised input>,
   "step": int, "optimizer": state_dict | None, "min_nbor_dist": float (when known), ...}``.
-  The model is stored in the same dictionary layout as ``.dp`` files (§13), so the two
+  The model is stored in the same dictionary layout as ``.dp`` files (docs/design.md,
+  "Model file (.dp)"), so the two
   formats cannot drift apart; tensors instead of numpy arrays let it load with
   ``torch.load(weights_only=True)``.
 - ``*.pth`` — a frozen model: TorchScript (``forward_lower`` + metadata methods) with

@@ -1,4 +1,4 @@
-"""Model ⇄ DeePMD-kit's serialized dictionary (spec §13.3–13.7).
+"""Model ⇄ DeePMD-kit's serialized dictionary (docs/design.md, "Model file (.dp)").
 
 The same dictionary is the payload of ``.dp``/``.yaml`` files (see :mod:`dp_file`).
 Loading rebuilds our modules from the stored hyper-parameters and copies every array;
@@ -39,7 +39,8 @@ def _set(param: torch.Tensor, value: Any, what: str) -> None:
 
 # === layers and networks ====================================================================
 def layer_to_dict(layer: Layer) -> dict:
-    # DeePMD-kit records use_timestep only where an idt exists (skip connections, §5.1).
+    # DeePMD-kit records use_timestep only where an idt exists (skip connections, docs/design.md,
+    # "Dense layers").
     return {
         "@class": "Layer", "@version": 2, "bias": layer.b is not None,
         "use_timestep": layer.idt is not None, "activation_function": layer.activation_function,

@@ -1,4 +1,5 @@
-"""Neighbour gated self-attention over the slots of one centre atom (spec §6)."""
+"""Neighbour gated self-attention over the slots of one centre atom (docs/design.md,
+"Gated attention")."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""The DPA-1 descriptor (``se_atten`` / ``dpa1`` / ``se_atten_v2``), spec §3–§7.
+"""The DPA-1 descriptor (``se_atten`` / ``dpa1`` / ``se_atten_v2``), docs/design.md,
+"Environment matrix" to "Descriptor output".
 
 For centre ``i`` with neighbour slots ``j = 1..N_c``:
 
@@ -30,8 +31,21 @@ def pair_keep_table(ntypes: int, exclude_types: list[list[int]]) -> Tensor:
     return keep
 
 
+def _check_arguments(
+    rcut: float, rcut_smth: float, neuron: list[int], axis_neuron: int, tebd_input_mode: str
+) -> None:
+    """The checks the input validator also makes, for direct constructions."""
+    if rcut_smth >= rcut:
+        raise ValueError(f"rcut_smth ({rcut_smth}) must be smaller than rcut ({rcut})")
+    if axis_neuron > neuron[-1]:
+        raise ValueError(f"axis_neuron ({axis_neuron}) must not exceed neuron[-1] ({neuron[-1]})")
+    if tebd_input_mode not in ("concat", "strip"):
+        raise ValueError(f"tebd_input_mode must be 'concat' or 'strip', got {tebd_input_mode!r}")
+
+
 class DescrptDPA1(nn.Module):
-    """se_atten descriptor. Arguments are those of the serialized descriptor (§13.4).
+    """se_atten descriptor. Arguments are those of the serialized descriptor (docs/design.md,
+    "Model file (.dp)").
 
     ``forward`` takes the per-slot geometry (see :meth:`forward`) and returns the
     descriptor ``(nf, nloc, ng·na [+ nt])`` in the model's global precision (float64).
@@ -74,20 +88,9 @@ class DescrptDPA1(nn.Module):
         seed: int | None = None,
     ) -> None:
         super().__init__()
-        if rcut_smth >= rcut:
-            raise ValueError(f"rcut_smth ({rcut_smth}) must be smaller than rcut ({rcut})")
-        if axis_neuron > neuron[-1]:
-            raise ValueError(
-                f"axis_neuron ({axis_neuron}) must not exceed neuron[-1] ({neuron[-1]})"
-            )
         if descriptor_type == "se_atten_v2":
             tebd_input_mode, smooth_type_embedding = "strip", True
-        if tebd_input_mode not in ("concat", "strip"):
-            raise ValueError(
-                f"tebd_input_mode must be 'concat' or 'strip', got {tebd_input_mode!r}"
-            )
-        dtype = to_dtype(precision)
-        gen = torch.Generator().manual_seed(seed) if seed is not None else None
+        _check_arguments(rcut, rcut_smth, neuron, axis_neuron, tebd_input_mode)
         self.descriptor_type = descriptor_type
         self.rcut, self.rcut_smth, self.env_protection = (
             float(rcut),
@@ -122,51 +125,65 @@ class DescrptDPA1(nn.Module):
         self.precision = "float64" if precision == "default" else precision
         self.exclude_types = [list(p) for p in exclude_types]
         self.trainable = trainable
-        self.dtype = dtype
+        self.dtype = to_dtype(precision)
         self.strip = tebd_input_mode == "strip"
+        # one generator for every layer, drawn in a fixed order (type embedding, embedding
+        # net(s), attention), so a seed gives the same weights every time
+        gen = torch.Generator().manual_seed(seed) if seed is not None else None
+        self._build_networks(gen)
+        self._register_statistics()
 
+    def _build_networks(self, gen: torch.Generator | None) -> None:
+        """Type embedding, embedding net (plus the strip-mode type net) and attention layers,
+        from the hyperparameters stored by ``__init__``."""
         self.type_embedding = TypeEmbedding(
-            ntypes,
-            tebd_dim,
-            use_econf_tebd=use_econf_tebd,
-            use_tebd_bias=use_tebd_bias,
-            type_map=type_map,
-            dtype=dtype,
+            self.ntypes,
+            self.tebd_dim,
+            use_econf_tebd=self.use_econf_tebd,
+            use_tebd_bias=self.use_tebd_bias,
+            type_map=self.type_map,
+            dtype=self.dtype,
             generator=gen,
-            trainable=trainable,
+            trainable=self.trainable,
         )
-        type_width = tebd_dim if type_one_side else 2 * tebd_dim
+        type_width = self.tebd_dim if self.type_one_side else 2 * self.tebd_dim
         net = dict(
-            activation_function=activation_function,
-            resnet_dt=resnet_dt,
-            dtype=dtype,
+            activation_function=self.activation_function,
+            resnet_dt=self.resnet_dt,
+            dtype=self.dtype,
             generator=gen,
-            trainable=trainable,
+            trainable=self.trainable,
         )
-        self.embedding = EmbeddingNet(1 if self.strip else 1 + type_width, neuron, **net)
+        self.embedding = EmbeddingNet(1 if self.strip else 1 + type_width, self.neuron, **net)
         self.embedding_strip: EmbeddingNet | None = (
-            EmbeddingNet(type_width, neuron, **net) if self.strip else None
+            EmbeddingNet(type_width, self.neuron, **net) if self.strip else None
         )
         self.attention = NeighborGatedAttention(
-            attn_layer,
-            neuron[-1],
-            attn,
-            dotr=attn_dotr,
-            do_mask=attn_mask,
-            scaling_factor=scaling_factor,
-            normalize=normalize,
-            temperature=temperature,
+            self.attn_layer,
+            self.neuron[-1],
+            self.attn,
+            dotr=self.attn_dotr,
+            do_mask=self.attn_mask,
+            scaling_factor=self.scaling_factor,
+            normalize=self.normalize,
+            temperature=self.temperature,
             smooth=self.smooth,
-            trainable_ln=trainable_ln,
-            ln_eps=ln_eps,
-            dtype=dtype,
+            trainable_ln=self.trainable_ln,
+            ln_eps=self.ln_eps,
+            dtype=self.dtype,
             generator=gen,
         )
-        self.register_buffer("davg", torch.zeros(ntypes, self.nnei, 4, dtype=dtype))
-        self.register_buffer("dstd", torch.ones(ntypes, self.nnei, 4, dtype=dtype))
-        self.register_buffer("keep", pair_keep_table(ntypes, self.exclude_types), persistent=False)
+
+    def _register_statistics(self) -> None:
+        """``davg``/``dstd`` buffers (identity until statistics are set) and the pair table."""
+        shape = (self.ntypes, self.nnei, 4)
+        self.register_buffer("davg", torch.zeros(*shape, dtype=self.dtype))
+        self.register_buffer("dstd", torch.ones(*shape, dtype=self.dtype))
+        keep = pair_keep_table(self.ntypes, self.exclude_types)
+        self.register_buffer("keep", keep, persistent=False)
         # Trimming needs davg/dstd constant along the slot axis (always true for statistics
-        # computed as in §9.2); set_stat re-checks it for loaded values.
+        # computed as in docs/design.md, "Descriptor statistics"); set_stat re-checks it for loaded
+        # values.
         self.trim_padding = True
 
     @property
@@ -182,7 +199,7 @@ class DescrptDPA1(nn.Module):
             rij: ``(nf, nloc, nnei, 3)`` neighbour minus centre, any value on padding.
             nei_mask: ``(nf, nloc, nnei)`` true for neighbour slots (after pair exclusion).
             nei_type: ``(nf, nloc, nnei)`` neighbour types ≥ 0; padding slots carry the
-                type of extended atom 0 (§4.2).
+                type of extended atom 0 (docs/design.md, "Type embedding").
             atype: ``(nf, nloc)`` centre types, already clamped ≥ 0.
 
         Returns:
@@ -198,7 +215,8 @@ class DescrptDPA1(nn.Module):
             rij.to(dtype), nei_mask, self.rcut, self.rcut_smth, self.env_protection
         )
         rr = (env - davg) / dstd  # (nf, nloc, nnei, 4)
-        # Descriptor-level exclusion: κ is 1 on padding, so padding keeps −davg/dstd (§3.4).
+        # Descriptor-level exclusion: κ is 1 on padding, so padding keeps −davg/dstd
+        # (docs/design.md, "Padding and exclusion").
         keep = self.pair_kept(nei_mask, nei_type, atype)
         rr = rr * keep.unsqueeze(-1).to(dtype)
         mask = nei_mask & keep
@@ -244,7 +262,8 @@ class DescrptDPA1(nn.Module):
 
         Slots beyond the last neighbour of every atom are identical padding rows: one
         representative slot, weighted by their number, reproduces them exactly (its moment
-        contribution and its share of the smooth softmax denominator); see §3.4, §6.
+        contribution and its share of the smooth softmax denominator); see docs/design.md,
+        "Padding and exclusion" and "Gated attention".
         """
         nnei = nei_mask.shape[-1]
         if not self.trim_padding:
@@ -282,7 +301,8 @@ class DescrptDPA1(nn.Module):
     # --- statistics -------------------------------------------------------------------
     @torch.jit.unused
     def set_stat(self, davg: Tensor, dstd: Tensor) -> None:
-        """Install ``davg``/``dstd`` of shape ``(ntypes, nnei, 4)`` (§9.2)."""
+        """Install ``davg``/``dstd`` of shape ``(ntypes, nnei, 4)`` (docs/design.md,
+        "Descriptor statistics")."""
         with torch.no_grad():
             self.davg.copy_(torch.as_tensor(davg).reshape(self.davg.shape))
             self.dstd.copy_(torch.as_tensor(dstd).reshape(self.dstd.shape))

@@ -1,4 +1,5 @@
-"""Electronic-configuration type-embedding inputs (spec §4.1, ``use_econf_tebd``).
+"""Electronic-configuration type-embedding inputs (docs/design.md, "Type embedding",
+``use_econf_tebd``).
 
 Each element gets a fixed 118-dim vector: for every spatial orbital of the subshells in
 ``SUBSHELLS`` order (59 orbitals; within a subshell doubly occupied first, then singly, then

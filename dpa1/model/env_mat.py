@@ -1,4 +1,4 @@
-"""Switching function and environment matrix (spec §3)."""
+"""Switching function and environment matrix (docs/design.md, "Environment matrix")."""
 
 from __future__ import annotations
 
@@ -14,7 +14,8 @@ def smooth_switch(r: Tensor, rcut_smth: float, rcut: float) -> Tensor:
     u = 1. The expanded form cancels to ``1 − (1 − ε)`` near rcut, leaving s with an absolute
     error of an ulp of 1: in float32 s is then noise (±1e-7, often exactly 0 while its
     derivative is not) within ~0.01 Å of rcut. The attention's dotr gate normalises the
-    environment-matrix rows, which vanish with s there (§6: u = R/max(‖R‖, 1e-12)), and
+    environment-matrix rows, which vanish with s there (docs/design.md, "Gated attention": u =
+    R/max(‖R‖, 1e-12)), and
     differentiating that noise made float32 forces of attention models meaningless (rms
     183 eV/Å against 0.012 for the water example, in DeePMD-kit too). The factored form is
     accurate to its last bits everywhere; in float64 it moves results by round-off only.
@@ -27,7 +28,7 @@ def smooth_switch(r: Tensor, rcut_smth: float, rcut: float) -> Tensor:
 def env_matrix(
     rij: Tensor, mask: Tensor, rcut: float, rcut_smth: float, protection: float
 ) -> tuple[Tensor, Tensor]:
-    """Raw environment-matrix rows ``R̃`` (§3.2).
+    """Raw environment-matrix rows ``R̃`` (docs/design.md, "Environment matrix").
 
     Args:
         rij: ``(nf, nloc, nnei, 3)`` neighbour minus centre; padding slots may hold anything.

@@ -1,4 +1,5 @@
-"""Energy fitting (spec §8.1–8.2): one shared network for all types (mixed types)."""
+"""Energy fitting (docs/design.md, "Fitting net and output bias"): one shared network for all types
+(mixed types)."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
-"""The DPA-1 energy model (spec §8): descriptor + fitting + output bias, with forces
-and virials from one autograd pass.
+"""The DPA-1 energy model: descriptor + fitting + output bias, with forces and virials from
+one autograd pass (docs/design.md, "Fitting net and output bias", "Forces and virials").
 
 Derivatives are taken with respect to the pair vectors ``r_ij = x_n − x_i`` of the
 neighbour list (``g = ∂E/∂r_ij``). Every DeePMD output follows from ``g`` exactly:
@@ -7,7 +7,8 @@ neighbour list (``g = ∂E/∂r_ij``). Every DeePMD output follows from ``g`` ex
 - extended force ``F_e = Σ_j g_ej (e local) − Σ_{(l,j): n_lj = e} g_lj``;
 - virial ``V = −Σ g ⊗ r`` (= ``Σ_e F_e ⊗ x_e``);
 - atomic virial ``AV_e = −Σ_{(l,j): n_lj = e} g_lj ⊗ r_lj``, which is DeePMD's
-  ``F_e ⊗ x_e + C_e`` (§8.4) because ``E_l`` depends on ``x_e`` only through ``r_le``.
+  ``F_e ⊗ x_e + C_e`` (docs/design.md, "Forces and virials") because ``E_l`` depends on
+  ``x_e`` only through ``r_le``.
 
 This needs a single backward pass and no strain trick.
 """
@@ -42,9 +43,11 @@ def _put_centres(x: Tensor, order: Tensor) -> Tensor:
 
 
 class EnergyModel(nn.Module):
-    """Energy model: ``E_i = fitting(descriptor)_i + out_bias[t_i]``, masked (§8.3)."""
+    """Energy model: ``E_i = fitting(descriptor)_i + out_bias[t_i]``, masked
+    (docs/design.md, "Fitting net and output bias")."""
 
-    # The smallest pair distance in the training data (neighbour statistics, §1.6), kept as
+    # The smallest pair distance in the training data (neighbour statistics; docs/design.md,
+    # "Automatic sel"), kept as
     # DeePMD-kit keeps it; None when unknown. Inference warns about closer pairs. Not part of
     # the TorchScript model: frozen files carry it in their metadata.
     min_nbor_dist: float | None
@@ -95,7 +98,7 @@ class EnergyModel(nn.Module):
         self.native = True
         # The accelerated block kernel of a frozen model (see _fitted_energy); None otherwise.
         self.accel: nn.Module | None = None
-        # Model inputs are cast to the global precision (§2.1).
+        # Model inputs are cast to the global precision (docs/design.md, "Neighbour list").
         self.global_dtype = torch.float64
         self.min_nbor_dist = None
 
@@ -168,14 +171,16 @@ class EnergyModel(nn.Module):
         ext_type = ext_atype.clamp(min=0)
         atype = ext_type[:, :nloc]
 
-        # === pairs: model-level exclusion leaves holes after truncation (§2.5) ===
+        # === pairs: model-level exclusion leaves holes after truncation ===
+        # (docs/design.md, "Pair exclusion")
         mask = nlist >= 0
         idx = nlist.clamp(min=0)
         nei_type = torch.gather(ext_type, 1, idx.reshape(nf, -1)).reshape(nf, nloc, nnei)
         if self.has_pair_exclusion:
             mask = mask & self.pair_keep[atype.unsqueeze(-1), nei_type]
-            # Excluded slots are padding from here on (§2.5), so they take the padding type,
-            # that of extended atom 0 (§4.2), not the true neighbour's type.
+            # Excluded slots are padding from here on, so they take the padding type, that of
+            # extended atom 0, not the true neighbour's type (docs/design.md, "Pair exclusion",
+            # "Type embedding").
             nei_type = torch.where(mask, nei_type, ext_type[:, :1].unsqueeze(-1))
         flat_idx = idx.reshape(nf, -1, 1).expand(-1, -1, 3)
         xn = torch.gather(ext_coord, 1, flat_idx).reshape(nf, nloc, nnei, 3)

@@ -1,4 +1,5 @@
-"""Neighbour lists (spec §2): built without gradients, apart from the model.
+"""Neighbour lists (docs/design.md, "Neighbour list"): built without gradients, apart from
+the model.
 
 The model never searches for neighbours itself: it receives extended coordinates
 (local atoms first, then periodic images), a ``mapping`` from extended to local
@@ -91,7 +92,8 @@ def _frame_pairs(
     Raises:
         ValueError: a periodic cell too flat or elongated for vesin's cell grid.
     """
-    # vesin's cutoff is exclusive; DeePMD's is inclusive (§2.4): widen, then filter.
+    # vesin's cutoff is exclusive; DeePMD's is inclusive (docs/design.md, "Neighbour list"):
+    # widen, then filter.
     cutoff = rcut * (1.0 + 1e-12) + 1e-12
     nl = vesin.NeighborList(cutoff=cutoff, full_list=True)
     if box is None:
@@ -293,7 +295,8 @@ def build_extended_system(
 
 
 def format_nlist(ext_coord: Tensor, nlist: Tensor, nnei: int, rcut: float) -> Tensor:
-    """Bring an externally supplied list ``(nf, nloc, n)`` to width ``nnei`` (§2.6)."""
+    """Bring an externally supplied list ``(nf, nloc, n)`` to width ``nnei``
+    (docs/design.md, "External neighbour lists")."""
     nf, nloc, n = nlist.shape
     if n < nnei:
         pad = torch.full((nf, nloc, nnei - n), -1, dtype=nlist.dtype, device=nlist.device)

@@ -1,4 +1,4 @@
-"""Dense layers of DeePMD-kit's "native" networks (spec §5).
+"""Dense layers of DeePMD-kit's "native" networks (docs/design.md, "Dense layers").
 
 One layer computes ``y = φ(x W + b)``, optionally scaled by a timestep ``idt``, with a
 skip connection when the width stays equal (``y + x``) or doubles (``y + [x, x]``).
@@ -39,7 +39,8 @@ ACTIVATIONS = (
 
 
 def parse_activation(name: str) -> tuple[str, float]:
-    """Return the canonical activation name and the ``silut`` threshold (§5.4)."""
+    """Return the canonical activation name and the ``silut`` threshold (docs/design.md,
+    "Dense layers")."""
     low = name.lower()
     base, _, arg = low.partition(":")
     if base not in ACTIVATIONS:
@@ -95,7 +96,7 @@ def _add_doubled(y: Tensor, x: Tensor) -> Tensor:
 
 
 class Layer(nn.Module):
-    """One DeePMD ``NativeLayer`` (§5.1).
+    """One DeePMD ``NativeLayer`` (docs/design.md, "Dense layers").
 
     Args:
         num_in, num_out: widths; ``w`` has shape ``(num_in, num_out)``.
@@ -159,7 +160,8 @@ class Layer(nn.Module):
 
 
 class EmbeddingNet(nn.Module):
-    """A chain of residual layers ``in → neuron[0] → … → neuron[-1]`` (§5.2)."""
+    """A chain of residual layers ``in → neuron[0] → … → neuron[-1]`` (docs/design.md,
+    "Dense layers")."""
 
     def __init__(
         self,
@@ -213,7 +215,8 @@ class EmbeddingNet(nn.Module):
 
 
 class FittingNet(EmbeddingNet):
-    """Hidden residual layers followed by a linear output layer with bias (§5.3)."""
+    """Hidden residual layers followed by a linear output layer with bias (docs/design.md,
+    "Dense layers")."""
 
     def __init__(
         self,
@@ -254,7 +257,8 @@ class FittingNet(EmbeddingNet):
 
 
 class LayerNorm(nn.Module):
-    """LayerNorm over the last axis with DeePMD's serialized ``w``/``b``/``eps`` (§6)."""
+    """LayerNorm over the last axis with DeePMD's serialized ``w``/``b``/``eps``
+    (docs/design.md, "Gated attention")."""
 
     def __init__(self, num: int, eps: float, trainable: bool, dtype: torch.dtype) -> None:
         super().__init__()

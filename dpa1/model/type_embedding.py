@@ -1,4 +1,5 @@
-"""Type embedding table (spec §4.1): a one-layer linear residual net on one-hot
+"""Type embedding table (docs/design.md, "Type embedding"): a one-layer linear residual net on
+one-hot
 (or electronic-configuration) inputs, with an all-zero padding row appended."""
 
 from __future__ import annotations

@@ -1,6 +1,7 @@
 """Adapt a pretrained model to a new ``type_map`` (subset, reordering or extension).
 
-Works on the serialized model dictionary (§13), so the same code serves ``.pt`` and
+Works on the serialized model dictionary (docs/design.md, "Model file (.dp)"), so the same code
+serves ``.pt`` and
 ``.dp`` pretrained models. Known types keep every learned per-type quantity; new types
 get fresh type-embedding rows and neutral statistics, to be filled from the new data.
 """

@@ -1,4 +1,5 @@
-"""Writer and reader of DeePMD-kit's learning-curve file ``lcurve.out`` (spec §12).
+"""Writer and reader of DeePMD-kit's learning-curve file ``lcurve.out`` (docs/design.md,
+"Training loop").
 
 The format is byte-identical to DeePMD-kit 3.2.0 (``deepmd/pt/train/training.py``,
 ``print_header`` / ``print_on_training``), e.g. with validation data::

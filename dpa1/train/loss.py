@@ -1,9 +1,10 @@
-"""Energy/force/virial loss ``"ener"`` with DeePMD-kit PyTorch-backend semantics (spec §10).
+"""Energy/force/virial loss ``"ener"`` with DeePMD-kit PyTorch-backend semantics (docs/design.md,
+"Loss").
 
 Shapes: ``nf`` frames, ``nloc`` local atoms per frame (virtual atoms, ``atype == -1``, included).
 
-Reductions (spec §10.2), with ``N_f`` the number of real atoms of frame ``f`` and ``mean_f`` the
-mean over frames:
+Reductions (docs/design.md, "Loss"), with ``N_f`` the number of real atoms of frame ``f``
+and ``mean_f`` the mean over frames:
 
 * frame terms (energy, virial): ``mean_f[err_f / N_f^q]``; ``q = 1`` (legacy default) or
   ``q = 2`` (``intensive_ener_virial``) for MSE, always ``q = 1`` for MAE, and Huber is applied
@@ -30,7 +31,7 @@ from torch import Tensor
 
 __all__ = ["EnerLoss"]
 
-# Keys of the input.json "loss" section for type "ener" (spec §14.5).
+# Keys of the input.json "loss" section for type "ener" (docs/design.md, "Input file").
 _LOSS_KEYS = (
     "start_pref_e", "limit_pref_e", "start_pref_f", "limit_pref_f", "start_pref_v",
     "limit_pref_v", "start_pref_ae", "limit_pref_ae", "start_pref_pf", "limit_pref_pf",
@@ -123,7 +124,7 @@ class EnerLoss(torch.nn.Module):
             "ae": (float(start_pref_ae), float(limit_pref_ae)),
             "pf": (float(start_pref_pf), float(limit_pref_pf)),
         }
-        # PyTorch backend: active only if BOTH prefactors are non-zero (spec §10.1).
+        # PyTorch backend: active only if BOTH prefactors are non-zero (docs/design.md, "Loss").
         self.active = {k: s != 0.0 and lim != 0.0 for k, (s, lim) in self.prefs.items()}
         self.relative_f = None if relative_f is None else float(relative_f)
         self.enable_atom_ener_coeff = bool(enable_atom_ener_coeff)
@@ -146,7 +147,8 @@ class EnerLoss(torch.nn.Module):
     # ------------------------------------------------------------------ construction
     @classmethod
     def from_config(cls, loss_cfg: Mapping[str, Any], start_lr: float) -> EnerLoss:
-        """Build from the ``"loss"`` section of input.json (spec §14.5) and the LR's ``start_lr``.
+        """Build from the ``"loss"`` section of input.json (docs/design.md, "Input file") and the
+        LR's ``start_lr``.
 
         ``type`` must be ``"ener"``/``"ener_hess"`` (or absent); ``_comment*`` keys are ignored;
         unknown keys raise ``ValueError``. ``null`` values fall back to the defaults.
@@ -356,7 +358,7 @@ class EnerLoss(torch.nn.Module):
 
     @property
     def _q(self) -> int:
-        """Power of N in the MSE energy/virial normalisation (spec §10.2)."""
+        """Power of N in the MSE energy/virial normalisation (docs/design.md, "Loss")."""
         return 2 if self.intensive_ener_virial else 1
 
     def extra_repr(self) -> str:

@@ -1,4 +1,5 @@
-"""Exponential-decay learning-rate schedule ``"exp"`` with optional linear warmup (spec §11).
+"""Exponential-decay learning-rate schedule ``"exp"`` with optional linear warmup (docs/design.md,
+"Learning rate").
 
 Mirrors DeePMD-kit 3.x ``deepmd/dpmodel/utils/learning_rate.py::LearningRateExp``: same
 validation, same ``decay_steps`` auto-adjustment, same float64 arithmetic, so the rates agree
@@ -14,7 +15,8 @@ from typing import Any
 
 __all__ = ["ExpDecayLR"]
 
-# Keys of the input.json "learning_rate" section (spec §14.6) that the "exp" schedule reads.
+# Keys of the input.json "learning_rate" section (docs/design.md, "Input file") that the "exp"
+# schedule reads.
 _LR_KEYS = (
     "start_lr",
     "stop_lr",
@@ -26,7 +28,8 @@ _LR_KEYS = (
     "warmup_start_factor",
     "smooth",
 )
-# Accepted but without effect here: "type" is checked, "scale_by_worker" is TF-only (§11).
+# Accepted but without effect here: "type" is checked, "scale_by_worker" is TF-only (docs/design.md,
+# "Learning rate").
 _LR_IGNORED = ("type", "scale_by_worker")
 
 #: stop_lr used when neither ``stop_lr`` nor ``stop_lr_ratio`` is given (DeePMD argcheck default).
@@ -129,7 +132,7 @@ class ExpDecayLR:
         self.warmup_start_lr = float(warmup_start_factor) * self.start_lr
         self.smooth = bool(smooth)
 
-        decay_total = self.numb_steps - self.warmup_steps  # T of §11
+        decay_total = self.numb_steps - self.warmup_steps  # T of docs/design.md, "Learning rate"
         if decay_rate is None and decay_steps >= decay_total:
             # A period longer than the whole decay phase would never decay: fall back to a
             # sensible period (at most 100 steps, at least 1).
@@ -163,7 +166,8 @@ class ExpDecayLR:
 
     @classmethod
     def from_config(cls, lr_cfg: Mapping[str, Any], numb_steps: int) -> ExpDecayLR:
-        """Build the schedule from the ``"learning_rate"`` section of input.json (spec §14.6).
+        """Build the schedule from the ``"learning_rate"`` section of input.json (docs/design.md,
+        "Input file").
 
         ``type`` must be ``"exp"`` (or absent); ``scale_by_worker`` and ``_comment*`` keys are
         ignored; any other unknown key raises ``ValueError`` (DeePMD's strict argcheck does too).

@@ -1,4 +1,5 @@
-"""The training loop of ``dpa1 train`` (spec §12), DeePMD-kit PyTorch semantics.
+"""The training loop of ``dpa1 train`` (docs/design.md, "Training loop"), DeePMD-kit PyTorch
+semantics.
 
 Start modes: fresh (statistics computed), ``restart`` (weights, optimizer, step and
 data-sampler state restored: the continuation equals an uninterrupted run, so the input
@@ -13,6 +14,8 @@ import json
 import logging
 import math
 import time
+from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +25,14 @@ from dpa1.data import stats as dstats
 from dpa1.data.loader import SystemSampler
 from dpa1.data.system import DeepmdSystem, expand_systems, labels_for_model
 from dpa1.io.atomic import atomic_path
-from dpa1.io.config import ConfigError, normalize_model_section
+from dpa1.io.config import (
+    Config,
+    ConfigError,
+    normalize_model_section,
+    parse_config,
+    parse_model_section,
+)
+from dpa1.io.config_schema import TrainingData
 from dpa1.io.model_file import load_checkpoint, load_energy_model
 from dpa1.io.serialize import model_from_dict, model_to_dict
 from dpa1.io.stat_file import StatFile, open_stat_file
@@ -58,10 +68,9 @@ def _resolve_paths(systems: Any, base: Path) -> list[str]:
     return out
 
 
-def open_systems(data_cfg: dict, type_map: list[str], base: Path) -> list[DeepmdSystem]:
-    paths = expand_systems(
-        _resolve_paths(data_cfg["systems"], base), data_cfg.get("rglob_patterns")
-    )
+def open_systems(data: TrainingData, type_map: list[str], base: Path) -> list[DeepmdSystem]:
+    """The systems of ``training_data`` / ``validation_data``, read with ``type_map``."""
+    paths = expand_systems(_resolve_paths(data.systems, base), data.rglob_patterns)
     return [DeepmdSystem(p, type_map) for p in paths]
 
 
@@ -79,12 +88,27 @@ def _labels(batch: dict, device: torch.device) -> dict:
     return {k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in batch.items()}
 
 
+@dataclass
+class _Resume:
+    """What a ``--restart`` checkpoint restores besides the weights."""
+
+    optimizer: dict | None = None
+    sampler: dict | None = None
+    valid_sampler: dict | None = None
+
+
 class Trainer:
-    """One training run, configured by a normalised input (see :mod:`dpa1.io.config`)."""
+    """One training run, configured by an input (see :mod:`dpa1.io.config`).
+
+    ``config`` is the typed :class:`~dpa1.io.config_schema.Config` or its normalised dict;
+    the trainer keeps its own copy as :attr:`settings` (the resolved ``sel`` and the model
+    section of a restart are written into it) and :attr:`config` is its JSON form, the one
+    ``out.json`` and the checkpoints record.
+    """
 
     def __init__(
         self,
-        config: dict,
+        config: Config | Mapping[str, Any],
         out_dir: Path,
         *,
         input_dir: Path = Path("."),
@@ -95,178 +119,151 @@ class Trainer:
         dist_info: DistInfo = _SINGLE_PROCESS,
         skip_neighbor_stat: bool = False,
     ) -> None:
-        self.config = config
+        self.settings = parse_config(config)
         self.out_dir = Path(out_dir)
         self.device = device
         self.dist = dist_info
-        tcfg = config["training"]
-        mcfg = config["model"]
-        self.type_map = list(mcfg["type_map"])
-        seed = tcfg.get("seed")
-        self.seed = seed
-        if seed is not None:
-            torch.manual_seed(seed + self.dist.rank)
-
-        # === data ===
-        self.train_systems = open_systems(tcfg["training_data"], self.type_map, input_dir)
-        self.valid_systems = (
-            open_systems(tcfg["validation_data"], self.type_map, input_dir)
-            if tcfg.get("validation_data")
-            else []
-        )
-        self.loss_fn = EnerLoss.from_config(
-            config.get("loss") or {}, config["learning_rate"]["start_lr"]
-        )
-        fcfg = mcfg["fitting_net"]
-        self.labels = labels_for_model(fcfg["numb_fparam"], fcfg["numb_aparam"])
-        td = tcfg["training_data"]
-        self.sampler = SystemSampler(
-            self.train_systems,
-            td["batch_size"],
-            auto_prob=td["auto_prob"],
-            sys_probs=td["sys_probs"],
-            seed=seed,
-            labels=self.labels,
-            rank=self.dist.rank,
-            world_size=self.dist.world_size,
-        )
-        self.valid_sampler = None
-        if self.valid_systems:
-            vd = tcfg["validation_data"]
-            self.valid_sampler = SystemSampler(
-                self.valid_systems,
-                vd["batch_size"],
-                auto_prob=vd["auto_prob"],
-                sys_probs=vd["sys_probs"],
-                seed=seed,
-                labels=self.labels,
-            )
-            self.numb_btch = int(vd.get("numb_btch", 1))
-
-        # === steps and learning rate ===
-        numb_steps = tcfg.get("numb_steps")
-        if numb_steps is None:
-            numb_steps = int(math.ceil(tcfg["numb_epoch"] * self.sampler.steps_per_epoch))
-        self.numb_steps = int(numb_steps)
-        self.lr = ExpDecayLR.from_config(config["learning_rate"], self.numb_steps)
-
-        # === model ===
+        self.type_map = list(self.settings.model.type_map)
+        self.seed = self.settings.training.seed
+        if self.seed is not None:
+            torch.manual_seed(self.seed + self.dist.rank)
+        # the order of these steps is the order of the random draws: keep it
+        self._open_data(input_dir)
+        self._set_schedule()
         self.start_step = 0
-        self.sampler_state: dict | None = None
-        self.valid_sampler_state: dict | None = None
-        optimizer_state = None
+        resume = _Resume()
         if restart is not None:
-            model, payload = load_checkpoint(restart)
-            model = self._restart_model(Path(restart), model, payload)
-            self.start_step = int(payload["step"])
-            optimizer_state = payload.get("optimizer")
-            self.sampler_state = payload.get("sampler")
-            self.valid_sampler_state = payload.get("valid_sampler")
-            if payload.get("torch_rng") is not None:
-                torch.set_rng_state(payload["torch_rng"])
+            model = self._restart_model(Path(restart), resume)
         elif init_model is not None:
-            weights, saved = load_energy_model(init_model)
-            if list(weights.type_map) != self.type_map:
-                raise ValueError(
-                    f"--init-model {init_model}: its type_map {weights.type_map} is "
-                    f"not the input's {self.type_map}; use --finetune to change it"
-                )
-            model = self._input_network(weights, Path(init_model), "--init-model", saved)
+            model = self._init_model(Path(init_model))
         elif finetune is not None:
             model = self._finetune_model(Path(finetune))
         else:
             model = self._fresh_model(skip_neighbor_stat)
-        if tcfg.get("stat_file") and any(x is not None for x in (restart, init_model, finetune)):
+        if self.settings.training.stat_file and any(
+            x is not None for x in (restart, init_model, finetune)
+        ):
             log.info(
                 "training.stat_file %s: not used (only a fresh start computes the "
                 "statistics it keeps)",
-                tcfg["stat_file"],
+                self.settings.training.stat_file,
             )
         self.model: EnergyModel = model.to(device)
         self.model.train()
-        opt_cfg = config.get("optimizer") or {"type": "Adam"}
-        opt_cls = torch.optim.AdamW if opt_cfg.get("type") == "AdamW" else torch.optim.Adam
-        params = [p for p in self.model.parameters() if p.requires_grad]
-        self.optimizer = opt_cls(
-            params,
-            lr=self.lr.start_lr,
-            betas=(opt_cfg.get("adam_beta1", 0.9), opt_cfg.get("adam_beta2", 0.999)),
-            weight_decay=opt_cfg.get("weight_decay", 0.0),
-        )
-        if optimizer_state is not None:
-            # load_state_dict also restores the saved hyperparameters (betas, weight decay,
-            # AdamW's decoupling): the input's, which a restart may change, must win
-            settings = [
-                {k: v for k, v in g.items() if k != "params"} for g in self.optimizer.param_groups
-            ]
-            self.optimizer.load_state_dict(optimizer_state)
-            for group, setting in zip(self.optimizer.param_groups, settings, strict=True):
-                group.update(setting)
-        if self.sampler_state is not None:
-            self.sampler.load_state_dict(self.sampler_state)
-        if self.valid_sampler_state is not None and self.valid_sampler is not None:
-            self.valid_sampler.load_state_dict(self.valid_sampler_state)
+        self._make_optimizer(resume.optimizer)
+        self._restore_samplers(resume)
         self.wrapped = self.model
         if self.dist.enabled:
             self.wrapped = torch.nn.parallel.DistributedDataParallel(
                 self.model, device_ids=[device.index] if device.type == "cuda" else None
             )
+        training = self.settings.training
         self.ckpt = CheckpointManager(
-            self.out_dir / (tcfg.get("save_dir") or "."), tcfg["save_ckpt"], tcfg["max_ckpt_keep"]
+            self.out_dir / (training.save_dir or "."), training.save_ckpt, training.max_ckpt_keep
         )
         self.restarted = restart is not None
 
+    @property
+    def config(self) -> dict[str, Any]:
+        """The settings as the normalised JSON dict (``out.json``, checkpoints)."""
+        return self.settings.model_dump(mode="json")
+
+    # === the steps of __init__ ================================================================
+    def _open_data(self, input_dir: Path) -> None:
+        """Training and validation systems, their samplers and the labels the model needs."""
+        training, fitting = self.settings.training, self.settings.model.fitting_net
+        self.train_systems = open_systems(training.training_data, self.type_map, input_dir)
+        valid = training.validation_data
+        self.valid_systems = open_systems(valid, self.type_map, input_dir) if valid else []
+        self.labels = labels_for_model(fitting.numb_fparam, fitting.numb_aparam)
+        self.sampler = self._sampler(self.train_systems, training.training_data, distributed=True)
+        self.valid_sampler = None
+        if valid is not None and self.valid_systems:
+            self.valid_sampler = self._sampler(self.valid_systems, valid, distributed=False)
+            self.numb_btch = valid.numb_btch
+
+    def _sampler(
+        self, systems: list[DeepmdSystem], data: TrainingData, *, distributed: bool
+    ) -> SystemSampler:
+        """The sampler of ``data``; a distributed one gives each rank its own batches."""
+        ranks = {"rank": self.dist.rank, "world_size": self.dist.world_size} if distributed else {}
+        return SystemSampler(
+            systems,
+            data.batch_size,
+            auto_prob=data.auto_prob,
+            sys_probs=data.sys_probs,
+            seed=self.seed,
+            labels=self.labels,
+            **ranks,
+        )
+
+    def _set_schedule(self) -> None:
+        """Loss, number of steps (``numb_epoch`` counts sampler epochs) and learning rate."""
+        settings = self.settings
+        lr_section = settings.learning_rate.model_dump(mode="json")
+        self.loss_fn = EnerLoss.from_config(
+            settings.loss.model_dump(mode="json"), settings.learning_rate.start_lr
+        )
+        numb_steps = settings.training.numb_steps
+        if numb_steps is None:
+            epochs = settings.training.numb_epoch
+            numb_steps = int(math.ceil(epochs * self.sampler.steps_per_epoch))
+        self.numb_steps = int(numb_steps)
+        self.lr = ExpDecayLR.from_config(lr_section, self.numb_steps)
+
+    def _make_optimizer(self, state: dict | None) -> None:
+        """Adam or AdamW over the trainable parameters; a restart's state restored."""
+        opt = self.settings.optimizer
+        opt_cls = torch.optim.AdamW if opt.type == "AdamW" else torch.optim.Adam
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        self.optimizer = opt_cls(
+            params,
+            lr=self.lr.start_lr,
+            betas=(opt.adam_beta1, opt.adam_beta2),
+            weight_decay=opt.weight_decay,
+        )
+        if state is not None:
+            # load_state_dict also restores the saved hyperparameters (betas, weight decay,
+            # AdamW's decoupling): the input's, which a restart may change, must win
+            settings = [
+                {k: v for k, v in g.items() if k != "params"} for g in self.optimizer.param_groups
+            ]
+            self.optimizer.load_state_dict(state)
+            for group, setting in zip(self.optimizer.param_groups, settings, strict=True):
+                group.update(setting)
+
+    def _restore_samplers(self, resume: _Resume) -> None:
+        """A restart continues the samplers' draws where the checkpoint left them."""
+        if resume.sampler is not None:
+            self.sampler.load_state_dict(resume.sampler)
+        if resume.valid_sampler is not None and self.valid_sampler is not None:
+            self.valid_sampler.load_state_dict(resume.valid_sampler)
+
     # === start modes ==========================================================================
-    def _stat_batches(self) -> list[dict]:
-        # Same sample on every rank (the statistics must agree): rank 0's view, fixed seed.
+    def _stat_batches(self, nbatch: int | None = None) -> list[dict]:
+        """``nbatch`` (default ``model.data_stat_nbatch``) batches per training system for
+        the statistics. Same sample on every rank (the statistics must agree): rank 0's
+        view, fixed seed."""
         sampler = SystemSampler(
             self.train_systems,
-            self.config["training"]["training_data"]["batch_size"],
+            self.settings.training.training_data.batch_size,
             seed=self.seed if self.seed is not None else 0,
             labels=self.labels,
         )
-        return sampler.stat_batches(int(self.config["model"]["data_stat_nbatch"]))
+        return sampler.stat_batches(nbatch or self.settings.model.data_stat_nbatch)
 
     def _fresh_model(self, skip_neighbor_stat: bool) -> EnergyModel:
-        mcfg = self.config["model"]
-        sel = mcfg["descriptor"]["sel"]
-        rcut = mcfg["descriptor"]["rcut"]
-        min_dist = None
-        if isinstance(sel, str) and skip_neighbor_stat:
-            raise ValueError(
-                "model.descriptor.sel is 'auto': the neighbour statistics cannot be skipped"
-            )
-        if not skip_neighbor_stat:  # as dp train: sel = "auto" and min_nbor_dist need them
-            max_nnei, min_dist = dstats.neighbor_stat(self.train_systems, rcut)
-            if isinstance(sel, str):
-                sel = dstats.resolve_sel(sel, max_nnei)
-            elif max_nnei > int(sel):
-                log.warning(
-                    "sel %d is less than the largest neighbour count in the training data, "
-                    "%d within rcut %g Å: the farthest neighbours are ignored; run `dpa1 "
-                    "neighbor-stat -s SYSTEMS -r %g` to choose sel, or use sel 'auto'",
-                    int(sel),
-                    max_nnei,
-                    rcut,
-                    rcut,
-                )
-            log.info(
-                "neighbour statistics: max %d neighbours, min distance %.4f Å -> sel %d",
-                max_nnei,
-                min_dist,
-                int(sel),
-            )
-        mcfg["descriptor"]["sel"] = int(sel)  # out.json and checkpoints record the value used
-        model = build_model(mcfg, sel=sel)
+        section = self.settings.model
+        desc = section.descriptor
+        sel, min_dist = self._neighbor_stat(desc.sel, desc.rcut, skip_neighbor_stat)
+        desc.sel = sel  # out.json and checkpoints record the value used
+        model = build_model(section, sel=sel)
         model.min_nbor_dist = min_dist
         cache = self._stat_file(model)
         fit = model.fitting
         stored = cache.stored(model.ntypes, fit.numb_fparam, fit.numb_aparam) if cache else None
         result = dstats.apply_statistics(
-            model,
-            self._stat_batches,
-            stored=stored,
-            protect=float(mcfg.get("data_stat_protect", 1e-2)),
+            model, self._stat_batches, stored=stored, protect=section.data_stat_protect
         )
         if cache is not None:
             computed = sorted(result["computed"])
@@ -285,19 +282,61 @@ class Trainer:
                 log.info("statistics computed and saved to %s", cache.path)
         return model
 
+    def _neighbor_stat(
+        self, sel: int | str, rcut: float, skip: bool
+    ) -> tuple[int, float | None]:
+        """``sel`` resolved ("auto" from the data) and the smallest pair distance of the
+        training data (None when skipped), as ``dp train`` does."""
+        if isinstance(sel, str) and skip:
+            raise ValueError(
+                "model.descriptor.sel is 'auto': the neighbour statistics cannot be skipped"
+            )
+        if skip:
+            return int(sel), None
+        max_nnei, min_dist = dstats.neighbor_stat(self.train_systems, rcut)
+        if isinstance(sel, str):
+            sel = dstats.resolve_sel(sel, max_nnei)
+        elif max_nnei > int(sel):
+            log.warning(
+                "sel %d is less than the largest neighbour count in the training data, "
+                "%d within rcut %g Å: the farthest neighbours are ignored; run `dpa1 "
+                "neighbor-stat -s SYSTEMS -r %g` to choose sel, or use sel 'auto'",
+                int(sel),
+                max_nnei,
+                rcut,
+                rcut,
+            )
+        log.info(
+            "neighbour statistics: max %d neighbours, min distance %.4f Å -> sel %d",
+            max_nnei,
+            min_dist,
+            int(sel),
+        )
+        return int(sel), min_dist
+
     def _stat_file(self, model: EnergyModel) -> StatFile | None:
         """The ``training.stat_file`` cache for ``model`` (relative to the output directory),
         or None."""
-        tcfg = self.config["training"]
-        if not tcfg.get("stat_file"):
+        training = self.settings.training
+        if not training.stat_file:
             return None
         return open_stat_file(
-            self.out_dir / tcfg["stat_file"],
-            tcfg["stat_file_mode"],
+            self.out_dir / training.stat_file,
+            training.stat_file_mode,
             self.type_map,
             model.descriptor,
-            self.config["model"]["descriptor"]["type"],
+            self.settings.model.descriptor.type,
         )
+
+    def _init_model(self, path: Path) -> EnergyModel:
+        """``--init-model``: the input's network with a checkpoint's weights."""
+        weights, saved = load_energy_model(path)
+        if list(weights.type_map) != self.type_map:
+            raise ValueError(
+                f"--init-model {path}: its type_map {weights.type_map} is "
+                f"not the input's {self.type_map}; use --finetune to change it"
+            )
+        return self._input_network(weights, path, "--init-model", saved)
 
     def _finetune_model(self, path: Path) -> EnergyModel:
         pretrained, saved = load_energy_model(path)
@@ -314,28 +353,36 @@ class Trainer:
             for t in new_types:
                 new_davg[t], new_dstd[t] = torch.as_tensor(davg[t]), torch.as_tensor(dstd[t])
             d.set_stat(new_davg, new_dstd)
-        bias_sampler = SystemSampler(
-            self.train_systems,
-            self.config["training"]["training_data"]["batch_size"],
-            seed=self.seed if self.seed is not None else 0,
-            labels=self.labels,
-        )
         dstats.change_energy_bias(
-            model, bias_sampler.stat_batches(int(self.config["model"]["data_bias_nsample"]))
+            model, self._stat_batches(self.settings.model.data_bias_nsample)
         )
         return model
 
     # === the network of a restart, --init-model or --finetune ================================
-    def _restart_model(self, path: Path, model: EnergyModel, payload: dict) -> EnergyModel:
+    def _restart_model(self, path: Path, resume: _Resume) -> EnergyModel:
         """A restart continues the same run: the input must describe the checkpoint's network
         (and its seed). A checkpoint without a readable record of its input gets the input's
-        network with its weights, as ``--init-model`` does."""
+        network with its weights, as ``--init-model`` does. Fills ``resume`` and the start
+        step, and restores the torch RNG."""
+        model, payload = load_checkpoint(path)
+        model = self._checked_restart_network(path, model, payload)
+        self.start_step = int(payload["step"])
+        resume.optimizer = payload.get("optimizer")
+        resume.sampler = payload.get("sampler")
+        resume.valid_sampler = payload.get("valid_sampler")
+        if payload.get("torch_rng") is not None:
+            torch.set_rng_state(payload["torch_rng"])
+        return model
+
+    def _checked_restart_network(
+        self, path: Path, model: EnergyModel, payload: dict
+    ) -> EnergyModel:
         saved = payload.get("config") or {}
         section = _recorded_model_section(saved)
         if section is None:
             return self._input_network(model, path, "--restart", None)
-        keys = _model_differences(section, self.config["model"])
-        seeds = (saved.get("training") or {}).get("seed"), self.config["training"].get("seed")
+        keys = _model_differences(section, self._model_dict())
+        seeds = (saved.get("training") or {}).get("seed"), self.settings.training.seed
         if "training" in saved and seeds[0] != seeds[1]:
             keys.append(f"training.seed ({seeds[0]} in the checkpoint, {seeds[1]} in the input)")
         if keys:
@@ -345,18 +392,23 @@ class Trainer:
                 "changed network from these weights with --init-model (or --finetune for "
                 "another type_map)"
             )
-        self.config["model"] = section  # out.json and new checkpoints record the resolved sel
+        # out.json and new checkpoints record the resolved sel
+        self.settings.model = parse_model_section(section)
         return model
+
+    def _model_dict(self) -> dict[str, Any]:
+        """The input's ``model`` section as its normalised JSON dict."""
+        return self.settings.model.model_dump(mode="json")
 
     def _input_network(
         self, weights: EnergyModel, path: Path, mode: str, saved: dict | None
     ) -> EnergyModel:
         """The input's network (it defines what is trained and what out.json records) with
         the parameters and statistics of ``weights``; they must have the same shapes."""
-        desc = self.config["model"]["descriptor"]
-        if isinstance(desc["sel"], str):
-            desc["sel"] = int(weights.nnei)  # "auto" keeps the neighbour slots of the weights
-        model = build_model(self.config["model"], sel=desc["sel"])
+        desc = self.settings.model.descriptor
+        if isinstance(desc.sel, str):
+            desc.sel = int(weights.nnei)  # "auto" keeps the neighbour slots of the weights
+        model = build_model(self.settings.model, sel=desc.sel)
         mine, theirs = model.state_dict(), weights.state_dict()
         bad = [f"{k} only in the weights" for k in theirs if k not in mine]
         bad += [f"{k} only in the input's network" for k in mine if k not in theirs]
@@ -367,7 +419,7 @@ class Trainer:
         ]
         if bad:
             section = _recorded_model_section(saved or {})
-            keys = _model_differences(section, self.config["model"]) if section else []
+            keys = _model_differences(section, self._model_dict()) if section else []
             why = f"; the input differs from it in {', '.join(keys)}" if keys else ""
             more = f" and {len(bad) - 3} more" if len(bad) > 3 else ""
             raise ValueError(
@@ -414,29 +466,26 @@ class Trainer:
         )
 
     def run(self) -> Path:
-        tcfg = self.config["training"]
-        disp_freq, save_freq = int(tcfg["disp_freq"]), int(tcfg["save_freq"])
-        disp_avg = bool(tcfg.get("disp_avg", False))
+        training = self.settings.training
         main = self.dist.is_main
-        shown = main and bool(tcfg["disp_training"])
+        shown = main and training.disp_training
         lcurve = None
         if main:
             self.out_dir.mkdir(parents=True, exist_ok=True)
             if self.restarted:
-                truncate_lcurve(self.out_dir / tcfg["disp_file"], self.start_step)
+                truncate_lcurve(self.out_dir / training.disp_file, self.start_step)
             lcurve = LCurveWriter(
-                self.out_dir / tcfg["disp_file"],
+                self.out_dir / training.disp_file,
                 self.loss_fn.metric_keys(),
                 has_validation=self.valid_sampler is not None,
                 append=self.restarted,
             )
         progress = TrainProgress(self.numb_steps, self.start_step, enabled=shown)
         board = (
-            _tensorboard(self.out_dir / tcfg.get("tensorboard_log_dir", "log"))
-            if main and tcfg.get("tensorboard")
+            _tensorboard(self.out_dir / training.tensorboard_log_dir)
+            if main and training.tensorboard
             else None
         )
-        board_freq = int(tcfg.get("tensorboard_freq", 1))
         accum: dict[str, float] = {}
         naccum = 0
         t0 = time.perf_counter()
@@ -451,23 +500,27 @@ class Trainer:
                 loss, metrics = self.loss_fn(pred, _labels(batch, self.device), lr)
                 self.optimizer.zero_grad(set_to_none=True)
                 loss.backward()
-                gmax = tcfg.get("gradient_max_norm")
-                if gmax:
-                    torch.nn.utils.clip_grad_norm_(self.model.parameters(), float(gmax))
+                gmax = training.gradient_max_norm
+                if gmax:  # 0 and null: off
+                    torch.nn.utils.clip_grad_norm_(self.model.parameters(), gmax)
                 self.optimizer.step()
                 loss_value = float(loss.detach())
                 if not math.isfinite(loss_value):
                     raise FloatingPointError(
                         f"step {step + 1}: loss is {loss_value}; check the data and lower start_lr"
                     )
-                if board is not None and ((step + 1) % board_freq == 0 or step == 0):
+                if board is not None and (
+                    (step + 1) % training.tensorboard_freq == 0 or step == 0
+                ):
                     _log_scalars(board, step + 1, {"lr": lr, "loss": loss_value, **metrics})
                 for k, v in metrics.items():
                     accum[k] = accum.get(k, 0.0) + v
                 naccum += 1
-                display = (step + 1) % disp_freq == 0 or step == 0
+                display = (step + 1) % training.disp_freq == 0 or step == 0
                 if display:
-                    train_m = {k: v / naccum for k, v in accum.items()} if disp_avg else metrics
+                    train_m = metrics
+                    if training.disp_avg:
+                        train_m = {k: v / naccum for k, v in accum.items()}
                     valid_m = self._validate(lr) if main else None
                     if main and lcurve is not None:
                         lcurve.write(step + 1, train_m, valid_m, lr)
@@ -485,7 +538,7 @@ class Trainer:
                     accum, naccum = {}, 0
                 progress.update(step + 1, metrics, lr)
                 last_step = step + 1
-                if (step + 1) % save_freq == 0 or step + 1 == self.numb_steps:
+                if (step + 1) % training.save_freq == 0 or step + 1 == self.numb_steps:
                     self._save(step + 1)
         finally:
             progress.close()
@@ -495,12 +548,12 @@ class Trainer:
                 board.close()
         if self.numb_steps == 0 and not self.restarted:
             self._save(0)  # as `dp train` with numb_steps 0: the model with its statistics only
-        if main and tcfg.get("change_bias_after_training"):
+        if main and training.change_bias_after_training:
             dstats.change_energy_bias(self.model, self._stat_batches())
             self._save(last_step)
         barrier(self.dist)
         elapsed = time.perf_counter() - t0
-        if main and tcfg["time_training"] and last_step > self.start_step:
+        if main and training.time_training and last_step > self.start_step:
             log.info(
                 "trained %d steps in %.1f s (%.3f s/step)",
                 last_step - self.start_step,

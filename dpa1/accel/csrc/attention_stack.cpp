@@ -14,7 +14,7 @@
 //
 // Shapes: nb centres, n slots, E = embed width (ng), H = hidden width (attn).
 // Per layer, params are [w_in (E, 3H), b_in (3H), w_out (H, E), b_out (E), ln_w (E), ln_b (E)].
-// The math is GatedAttentionLayer.forward's (spec §6). Its (n, n) tables scale/shift/gate, the
+// The math is GatedAttentionLayer.forward's (docs/design.md, "Gated attention"). Its (n, n) tables scale/shift/gate, the
 // same in every layer, are built here per group from what they are made of (build_tables): the
 // slot weights w (smooth: the switches ŝ, else the mask), the directions u (dotr) and the keys'
 // log-multiplicities. Their gradients are summed back to w and u (table_grads). As (nb, n, n)

@@ -1,7 +1,7 @@
 // The evaluation path of the descriptor's embedding net (network.py, EmbeddingNet.along_first):
 // y = N(x) and its derivative along the first input column, dy = ∂y/∂x₀, in one op.
 //
-// Forces need the embedding only through that column (σ = s(r), spec §5.2): the other columns
+// Forces need the embedding only through that column (σ = s(r)): the other columns
 // are type embeddings. So the derivative is carried forward (one tangent per row, beside the
 // values) instead of back-propagated: the backward is then one row dot product, ∂E/∂σ = ⟨∂E/∂y, dy⟩,
 // and nothing of the layers is kept for it.
@@ -13,7 +13,7 @@
 // ATen's (MKL BLAS).
 //
 // Layer l: y = tanh(h·W + b)·idt + skip(h), skip = h (out = in), [h, h] (out = 2·in) or 0
-// (spec §5.1); its tangent: dy = (1 − tanh²)·(dh·W)·idt + skip(dh), with dh₀ = e₀.
+// (docs/design.md, "Dense layers"); its tangent: dy = (1 − tanh²)·(dh·W)·idt + skip(dh), with dh₀ = e₀.
 
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>

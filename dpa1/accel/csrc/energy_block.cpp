@@ -7,7 +7,7 @@
 // glue holds the GIL, which the threads evaluating blocks side by side (block_pool.py) then wait
 // for. Measured: 5-10 % off a 192-atom water evaluation on two threads (docs/benchmarks.md).
 //
-// The math is that of env_mat.py, descriptor.py (§3-§7) and fitting.py (§8.1), for one block of
+// The math is that of env_mat.py, descriptor.py and fitting.py (docs/design.md), for one block of
 // nb centres and n slots, already trimmed:
 //   forward:  R̃ = s(r)·(1/(r+p), r⃗/(r+p)²), R = κ·(R̃ − davg)/dstd, ŝ = s·mask·κ, u = R[1:4]/|R[1:4]|,
 //             G = N_g([R₀, type rows]), G ← attention(G), T1ᵀ = (R·w_slot)ᵀ G / sel,

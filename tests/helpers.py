@@ -1,13 +1,20 @@
-"""Helpers shared by the model tests: small configurations, random systems, evaluation
-and finite-difference derivatives.
+"""Helpers shared by the tests (paths of the data: :mod:`data_paths`).
 
-Conventions (spec §2.2, §8.4): coordinates are row vectors, the rows of the cell ``H``
-are the lattice vectors, and ``virial[3k + j] = Σ F_k x_j``.
+- model tests: small configurations, randomised statistics, random systems, evaluation and
+  finite-difference derivatives;
+- data: the first frames of the water example as arrays;
+- end-to-end training: a tiny water ``input.json``.
+
+Conventions (docs/design.md, "Conventions" and "Forces and virials"): coordinates are row
+vectors, the rows of the cell ``H`` are the lattice vectors, and
+``virial[3k + j] = Σ F_k x_j``.
 """
 
 from __future__ import annotations
 
 import copy
+import json
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -17,6 +24,8 @@ import torch
 from dpa1.io.config import normalize_config
 from dpa1.model.build import build_model
 from dpa1.model.model import EnergyModel
+
+from data_paths import WATER
 
 NTYPES = 3
 TYPE_MAP = ["A", "B", "C"]
@@ -67,7 +76,8 @@ def small_model_config(
 def randomize_statistics(model: EnergyModel, seed: int = 0) -> EnergyModel:
     """Install realistic but non-trivial statistics and biases, in place.
 
-    Like DeePMD's statistics (§9.2), ``davg``/``dstd`` are constant over the neighbour
+    Like DeePMD's statistics (docs/design.md, "Descriptor statistics"), ``davg``/``dstd`` are
+    constant over the neighbour
     slots, the xyz part of ``davg`` is 0 and the three xyz ``dstd`` entries are equal;
     ``davg``'s radial part is non-zero only when ``set_davg_zero`` is false.
     """
@@ -99,6 +109,18 @@ def make_model(model_cfg: dict, stat_seed: int = 0) -> EnergyModel:
     model = build_model(copy.deepcopy(model_cfg))
     randomize_statistics(model, stat_seed)
     return model.eval()
+
+
+def set_random_statistics(model: EnergyModel, out_bias: list[float], seed: int = 0) -> EnergyModel:
+    """Random ``davg`` (zero with ``set_davg_zero``) and ``dstd`` of any slot pattern, and
+    the given per-type ``out_bias``, in place (the model of the data-layout tests)."""
+    desc = model.descriptor
+    shape = (desc.ntypes, desc.nnei, 4)
+    rng = np.random.default_rng(seed)
+    davg = rng.normal(scale=0.1, size=shape) * (not desc.set_davg_zero)
+    desc.set_stat(torch.from_numpy(davg), torch.from_numpy(rng.uniform(0.5, 1.5, size=shape)))
+    model.out_bias[0, :, 0] = torch.tensor(out_bias, dtype=torch.float64)
+    return model
 
 
 # === random systems ========================================================================
@@ -289,6 +311,14 @@ def max_rel_err(a: np.ndarray, b: np.ndarray, floor: float = 1e-6) -> float:
     return float(np.abs(a - b).max() / max(floor, np.abs(b).max()))
 
 
+def assert_same_arrays(a: dict, b: dict, atol: float = 0.0, what: str = "") -> None:
+    """Two dicts of arrays have the same keys and agree to ``atol`` (absolute) everywhere."""
+    assert a.keys() == b.keys(), what
+    for key in a:
+        err = float(np.abs(np.asarray(a[key]) - np.asarray(b[key])).max())
+        assert err <= atol, f"{what}{': ' if what else ''}{key} differs by {err:.3e}"
+
+
 def water_box(seed: int = 1, rattle: float = 0.1, scale: float = 1.0):
     """8 water molecules (24 atoms) in a ~6.2 Å triclinic cell (~1 g/cm³), rattled."""
     from ase import Atoms
@@ -306,3 +336,60 @@ def water_box(seed: int = 1, rattle: float = 0.1, scale: float = 1.0):
     atoms = Atoms(symbols, positions=positions, cell=cell, pbc=True)
     atoms.rattle(rattle, seed=seed)
     return atoms
+
+
+# === water data ============================================================================
+def water_frames(n: int, system: Path = WATER / "data_0") -> dict[str, np.ndarray]:
+    """The first ``n`` frames of a water system as float64 arrays: ``symbols (natoms,)``,
+    ``atype (natoms,)``, ``coord (n, natoms, 3)``, ``box (n, 3, 3)``, ``energy (n,)``,
+    ``force (n, natoms, 3)``."""
+    names = (system / "type_map.raw").read_text().split()
+    types = np.loadtxt(system / "type.raw", dtype=np.int64).reshape(-1)
+    sd = system / "set.000"
+    natoms = types.size
+
+    def load(key: str, *shape: int) -> np.ndarray:  # the files are float32
+        return np.load(sd / f"{key}.npy")[:n].astype(np.float64).reshape(n, *shape)
+
+    return {
+        "symbols": np.array([names[t] for t in types]),
+        "atype": types,
+        "coord": load("coord", natoms, 3),
+        "box": load("box", 3, 3),
+        "energy": load("energy"),
+        "force": load("force", natoms, 3),
+    }
+
+
+# === training inputs (water from ``examples/water/data``) ==================================
+TINY_MODEL: dict[str, Any] = {
+    "type_map": ["O", "H"],
+    "descriptor": {
+        "type": "se_atten", "sel": 40, "rcut": 4.0, "rcut_smth": 0.5, "neuron": [4, 8],
+        "axis_neuron": 4, "attn": 8, "attn_layer": 1, "tebd_dim": 4, "seed": 1,
+    },
+    "fitting_net": {"neuron": [16, 16], "seed": 1},
+}
+
+
+def water_input(
+    tmp: Path, *, numb_steps: int = 20, disp_freq: int = 5, save_freq: int = 10,
+    train: list[str] | None = None, valid: list[str] | None = None, **training: Any,
+) -> Path:
+    """Write a tiny water input.json in ``tmp`` and return its path."""
+    cfg = {
+        "model": copy.deepcopy(TINY_MODEL),
+        "learning_rate": {"type": "exp", "start_lr": 1e-3, "stop_lr": 1e-4, "decay_steps": 10},
+        "loss": {"type": "ener", "start_pref_e": 0.02, "limit_pref_e": 1, "start_pref_f": 1000,
+                 "limit_pref_f": 1},
+        "training": {
+            "training_data": {"systems": train or [str(WATER / "data_0")], "batch_size": 1},
+            "validation_data": {"systems": valid or [str(WATER / "data_2")], "batch_size": 1,
+                                "numb_btch": 2},
+            "numb_steps": numb_steps, "seed": 7, "disp_freq": disp_freq, "save_freq": save_freq,
+            **training,
+        },
+    }
+    path = tmp / "input.json"
+    path.write_text(json.dumps(cfg, indent=1))
+    return path
