@@ -12,3 +12,8 @@ NOPBC = DATA / "nopbc"  # C1H4O2, C4H3O1: gas-phase molecules, type map C H O
 TINY_DP = DATA / "tiny.dp"  # DeePMD-kit 3.2.0 DPA-1 model, type map O H, rcut 4, sel 40
 TINY_INPUT = DATA / "tiny_input.json"  # the input it was trained with
 TINY_REFERENCE = DATA / "tiny_reference.npz"  # DeePMD-kit's predictions with it
+# small water systems (24 and 16 atoms, atoms not sorted by type): water_v has virials and
+# atomic energies, water_nov neither
+DETAIL_SYSTEMS = DATA / "detail"
+DP_TEST_DETAIL = DATA / "dp_test_detail"  # dp test -d files of TINY_DP on DETAIL_SYSTEMS
+DEEPMD_CHANGE_BIAS = DATA / "deepmd_change_bias.json"  # dp change-bias results on them

@@ -92,11 +92,13 @@ def test_standard_and_mixed_layouts_give_identical_errors(alloy, tiny_model_conf
     _assert_errors_equal(only, std["total"], "the one mixed system")
 
     # per frame (the mixed system has virtual atoms: frames of 8-31 atoms padded to 32)
-    for suffix in ("e", "e_peratom"):
-        ref, got = (_detail_by_label(tmp_path / p, suffix) for p in ("std", "mixed"))
-        assert len(ref) == 15 and got.keys() == ref.keys()
-        for lab, pred in ref.items():
-            assert got[lab] == pytest.approx(pred, rel=0, abs=1e-12), (suffix, lab)
+    ref, got = (_detail_by_label(tmp_path / p, "e") for p in ("std", "mixed"))
+    assert len(ref) == 15 and got.keys() == ref.keys()
+    for lab, pred in ref.items():
+        assert got[lab] == pytest.approx(pred, rel=0, abs=1e-12), lab
+    # as dp test, .e_peratom.out divides by the atoms of the layout, virtual ones included
+    e_rows, ea_rows = (np.loadtxt(tmp_path / f"mixed.{s}.out") for s in ("e", "e_peratom"))
+    np.testing.assert_allclose(ea_rows, e_rows / 32, rtol=1e-15)
 
     # per system: each composition written as its own mixed-type system
     groups: dict[str, list] = {}
@@ -206,7 +208,10 @@ def test_dp_test_matches_deep_pot(tiny_models, tmp_path) -> None:
         assert f_out.shape == (nframes * natoms, 6)
         np.testing.assert_allclose(f_out[:, :3], fr["force"][sl].reshape(-1, 3), rtol=1e-12)
         np.testing.assert_allclose(f_out[:, 3:], f[sl].reshape(-1, 3), rtol=1e-9, atol=1e-12)
-        assert not Path(f"{prefix}.v.out").exists()
+        # no virial.npy: dp test still writes .v.out, with zero labels, and no .s.out
+        v_out = np.loadtxt(f"{prefix}.v.out", ndmin=2)
+        assert v_out.shape == (nframes, 18) and not v_out[:, :9].any()
+        assert not Path(f"{prefix}.s.out").exists()
     assert (tmp_path / "parity.png").read_bytes()[:8] == PNG_MAGIC
 
 
@@ -232,8 +237,8 @@ def test_change_bias_refits_out_bias(tiny_model_config, tmp_path) -> None:
     assert abs(before.mean()) > 100.0  # a random model is far off the water energies
     delta = np.linalg.lstsq(counts, before, rcond=None)[0]
 
-    # -n 10 batches of 1 frame: the statistics sample holds all 6 frames
-    _run_ok(["change-bias", str(src_pt), "-s", str(system), "-n", "10", "-b", "1",
+    # -n 10 frames (at most): the statistics sample holds all 6 frames
+    _run_ok(["change-bias", str(src_pt), "-s", str(system), "-n", "10", "--batch-size", "1",
              "-o", str(out_pt)])
     new, payload = load_checkpoint(out_pt)
     assert payload["step"] == 11 and payload["config"] == {"model": {"type_map": ["O", "H"]}}
@@ -245,8 +250,7 @@ def test_change_bias_refits_out_bias(tiny_model_config, tmp_path) -> None:
     np.testing.assert_allclose(after - after.mean(), before - before.mean(), atol=1e-8)
 
     # .dp in, .dp out: the same new bias
-    _run_ok(["change-bias", str(src_dp), "-s", str(system), "-n", "10", "-b", "1",
-             "-o", str(out_dp)])
+    _run_ok(["change-bias", str(src_dp), "-s", str(system), "-n", "10", "-o", str(out_dp)])
     new_dp, _ = load_dp_model(out_dp)
     np.testing.assert_allclose(new_dp.out_bias.numpy(), new.out_bias.numpy(), rtol=1e-12)
     for (k, a), b in zip(new_dp.state_dict().items(), new.state_dict().values(), strict=True):

@@ -1,7 +1,14 @@
-"""``dpa1 change-bias MODEL -s SYSTEMS [-o OUT]``: re-fit the energy bias on new data
-("change-by-statistic", docs/design.md, "Energy bias"): the least-squares fit of label − prediction
-on the
-per-type atom counts is added to ``out_bias``."""
+"""``dpa1 change-bias MODEL [-s SYSTEMS... | -f LIST | -b VALUES...] [-m change|set]
+[-n N] [-o OUT]``: DeePMD-kit's ``dp change-bias`` for the energy bias ``out_bias``.
+
+``-m change`` (default, "change-by-statistic"; docs/design.md, "Energy bias"): the
+least-squares fit of label − prediction on the per-type atom counts is *added* to
+``out_bias``.
+``-m set`` ("set-by-statistic"): ``out_bias`` becomes the fit of the labels alone (and
+fparam/aparam statistics are recomputed). ``-b``: the user's values, one per type in
+type_map order, replace ``out_bias``. ``-n N``: N frames drawn from each system (0 = all),
+as ``dp change-bias -n`` (one frame per batch).
+"""
 
 from __future__ import annotations
 
@@ -10,21 +17,64 @@ from pathlib import Path
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("change-bias", help="re-fit a model's energy bias on labelled systems")
+    p = sub.add_parser("change-bias", help="change a model's energy bias (out_bias)")
     p.add_argument("model", help="checkpoint .pt or DeePMD-kit .dp")
-    p.add_argument("-s", "--systems", nargs="+", required=True)
     p.add_argument(
-        "-n", "--numb-batch", type=int, default=10, help="batches per system (data_stat_nbatch)"
+        "-s", "--system", "--systems", dest="systems", nargs="+",
+        help="systems to fit from: directories, roots searched recursively, or globs "
+        "(default: .)",
     )
-    p.add_argument("-b", "--batch-size", default="auto")
+    p.add_argument("-f", "--datafile",
+                   help="text file naming one system (or root) per line (not with -s)")
+    p.add_argument(
+        "-b", "--bias-value", type=float, nargs="+",
+        help="the new out_bias, one value per type in type_map order (no data needed)",
+    )
+    p.add_argument(
+        "-n", "--numb-batch", type=int, default=None,
+        help="frames drawn from each system (0 = all; default 0)",
+    )
+    p.add_argument(
+        "-m", "--mode", choices=["change", "set"], default=None,
+        help="change (default): add the fit of label - prediction to the bias; "
+        "set: the bias becomes the fit of the labels",
+    )
+    p.add_argument(
+        "--batch-size", default=None,
+        help="frames evaluated at once in -m change: an integer or auto[:N] (default auto)",
+    )
     p.add_argument("-o", "--output", help="output file (default: MODEL with suffix _updated)")
     p.set_defaults(func=run)
 
 
+def _check_flags(args: argparse.Namespace, type_map: list[str]) -> None:
+    """Refuse flags that contradict each other or cannot take effect."""
+    if args.bias_value is not None:
+        given = [flag for flag, value in (("-s", args.systems), ("-f", args.datafile),
+                                          ("-n", args.numb_batch), ("-m", args.mode),
+                                          ("--batch-size", args.batch_size)) if value is not None]
+        if given:
+            raise ValueError(f"-b sets the bias to the given values; {', '.join(given)} "
+                             "(fitting it from data) cannot be used with it")
+        if len(args.bias_value) != len(type_map):
+            raise ValueError(f"-b: {len(args.bias_value)} values for the {len(type_map)} types "
+                             f"of the model's type_map {type_map} (one per type, in that order)")
+        return
+    if args.systems is not None and args.datafile is not None:
+        raise ValueError("-s and -f both name the systems to fit from; give one of them")
+    if args.numb_batch is not None and args.numb_batch < 0:
+        raise ValueError(f"-n {args.numb_batch}: the number of frames must be >= 0 (0 = all)")
+    if args.mode == "set" and args.batch_size is not None:
+        raise ValueError("--batch-size sets how many frames the model evaluates at once; "
+                         "-m set does not evaluate the model")
+
+
 def run(args: argparse.Namespace) -> int:
+    import torch
+
     from dpa1.data import stats
-    from dpa1.data.loader import SystemSampler
-    from dpa1.data.system import DeepmdSystem, expand_systems
+    from dpa1.data.loader import SystemSampler, resolve_batch_sizes
+    from dpa1.data.system import DeepmdSystem, expand_systems, labels_for_model, read_system_list
     from dpa1.io.atomic import check_output_path
     from dpa1.io.model_file import load_checkpoint, save_checkpoint
     from dpa1.io.serialize import load_dp_model, save_dp_model
@@ -38,12 +88,29 @@ def run(args: argparse.Namespace) -> int:
         payload = None
     else:
         model, payload = load_checkpoint(src)
-    systems = [DeepmdSystem(p, model.type_map) for p in expand_systems(args.systems)]
-    bs = int(args.batch_size) if str(args.batch_size).isdigit() else args.batch_size
+    _check_flags(args, list(model.type_map))
     before = model.out_bias.detach().reshape(-1).clone()
-    stats.change_energy_bias(
-        model, SystemSampler(systems, bs, seed=0).stat_batches(args.numb_batch)
-    )
+    if args.bias_value is not None:
+        with torch.no_grad():
+            model.out_bias[0, :, 0] = model.out_bias.new_tensor(args.bias_value)
+    else:
+        # -f: each line searched like -s (dp change-bias expands them the same way)
+        roots = read_system_list(args.datafile) if args.datafile else (args.systems or ["."])
+        systems = [DeepmdSystem(p, model.type_map) for p in expand_systems(roots)]
+        nframes = args.numb_batch or max(s.nframes for s in systems)
+        fitting = model.fitting
+        sampler = SystemSampler(systems, 1, seed=0,
+                                labels=labels_for_model(fitting.numb_fparam, fitting.numb_aparam))
+        batches = sampler.stat_batches(nframes)  # one frame per batch, as DeePMD-kit
+        if args.mode == "set":
+            stats.set_energy_bias(model, batches)
+        else:
+            rule = args.batch_size or "auto"
+            chunk = resolve_batch_sizes(int(rule) if rule.isdigit() else rule,
+                                        [max(s.natoms for s in systems)])[0]
+            if chunk is None:  # filter:N below the atom count
+                raise ValueError(f"--batch-size {rule}: leaves no frame to evaluate")
+            stats.change_energy_bias(model, batches, max_frames=chunk)
     after = model.out_bias.detach().reshape(-1)
     if is_dp:
         save_dp_model(out, model, model_def_script=data.get("model_def_script"))

@@ -1,4 +1,5 @@
-"""``dpa1 test -m MODEL -s SYSTEMS... [-n N] [--detail-file P] [--json F] [--plot F.png]``."""
+"""``dpa1 test -m MODEL (-s SYSTEMS... | -f LIST) [-n N] [-d PREFIX] [-a] [--json F]
+[--plot F.png]``: ``dp test`` (errors and detail files as DeePMD-kit writes them)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import numpy as np
 from dpa1.io.atomic import atomic_path, check_output_path
 
 UNITS = {"energy": "eV", "energy_per_atom": "eV/atom", "force": "eV/Å", "virial": "eV",
-         "virial_per_atom": "eV/atom"}
+         "virial_per_atom": "eV/atom", "atom_energy": "eV"}
 
 
 def add_parser(sub) -> None:
@@ -21,38 +22,26 @@ def add_parser(sub) -> None:
     )
     p.add_argument(
         "-s",
+        "--system",
         "--systems",
+        dest="systems",
         nargs="+",
-        required=True,
-        help="system directories, a root directory searched recursively, or globs",
+        help="system directories, a root directory searched recursively, or globs "
+        "(default: .)",
     )
-    p.add_argument("-n", "--numb-test", type=int, default=0, help="frames per system (0 = all)")
-    p.add_argument("--detail-file", help="prefix for per-frame/per-atom label vs prediction files")
+    p.add_argument(
+        "-f", "--datafile", help="text file naming one system directory per line (not with -s)"
+    )
+    p.add_argument("-n", "--numb-test", type=int, default=0,
+                   help="the first N frames of each system (0 = all)")
+    p.add_argument("-d", "--detail-file", help="prefix of the dp test detail files "
+                   "(PREFIX.e.out, .e_peratom.out, .f.out, .v.out, .v_peratom.out, .s.out)")
+    p.add_argument("-a", "--atomic", action="store_true",
+                   help="also compare atomic energies with atom_ener.npy")
     p.add_argument("--json", help="write the errors as JSON")
     p.add_argument("--plot", help="parity plots (PNG)")
     p.add_argument("--device", default=None)
     p.set_defaults(func=run)
-
-
-def _write_detail(prefix: str, results) -> None:
-    """``PREFIX.{e,e_peratom,f,v}.out``: label and prediction columns, one block per system."""
-    spec = {
-        "energy": ("e", 1, "data_e pred_e"),
-        "energy_per_atom": ("e_peratom", 1, "data_e pred_e"),
-        "force": ("f", 3, "data_fx data_fy data_fz pred_fx pred_fy pred_fz"),
-        "virial": ("v", 9, "data_v[9] pred_v[9]"),
-    }
-    for name, (suffix, k, cols) in spec.items():
-        blocks = [(r.path, r.pairs[name]) for r in results if name in r.pairs]
-        if not blocks:
-            continue
-        with atomic_path(f"{prefix}.{suffix}.out") as tmp, open(tmp, "w") as f:
-            for path, (lab, pred) in blocks:
-                np.savetxt(
-                    f,
-                    np.concatenate([lab.reshape(-1, k), pred.reshape(-1, k)], axis=1),
-                    header=f"{path}: {cols}",
-                )
 
 
 def _plot(path: str, results) -> None:
@@ -100,22 +89,30 @@ def _plot(path: str, results) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from dpa1.data.system import DeepmdSystem, expand_systems
+    from dpa1.data.system import DeepmdSystem, expand_systems, read_system_list
     from dpa1.infer.deep_pot import DeepPot
+    from dpa1.infer.detail_files import check_detail_prefix, write_detail_files
     from dpa1.infer.evaluate import evaluate_system, weighted_total
 
+    if args.datafile and args.systems:
+        raise ValueError("-s and -f both name the systems to test; give one of them")
+    if args.numb_test < 0:
+        raise ValueError(f"-n {args.numb_test}: the number of frames must be >= 0 (0 = all)")
     # results must not be computed and then lost to an unwritable output
     if args.detail_file:
-        check_output_path(f"{args.detail_file}.e.out", "--detail-file")
+        check_detail_prefix(args.detail_file)
     for option, path in (("--json", args.json), ("--plot", args.plot)):
         if path:
             check_output_path(path, option)
+    # -f: each line is one system, as written (dp test -f); -s: searched recursively
+    paths = read_system_list(args.datafile) if args.datafile else expand_systems(
+        args.systems or ["."])
     dp = DeepPot(args.model, device=args.device)
-    paths = expand_systems(args.systems)
     results = []
     for path in paths:
         system = DeepmdSystem(path, dp.get_type_map())
-        res = evaluate_system(dp, system, args.numb_test)
+        res = evaluate_system(dp, system, args.numb_test, detail=bool(args.detail_file),
+                              atomic=args.atomic)
         results.append(res)
         err = res.errors()
         print(f"# system {path}: {res.nframes} frames")
@@ -131,7 +128,7 @@ def run(args: argparse.Namespace) -> int:
                 f"  {key:28s} {total[key]:.6e} {UNITS[key[5:]]}   mae {total['mae_' + key[5:]]:.6e}"
             )
     if args.detail_file:
-        _write_detail(args.detail_file, results)
+        write_detail_files(args.detail_file, [r.detail for r in results])
     if args.json:
         out = {"systems": {r.path: r.errors() for r in results}, "total": total}
         with atomic_path(args.json) as tmp:

@@ -29,6 +29,7 @@ __all__ = [
     "change_energy_bias",
     "compute_descriptor_stats",
     "compute_energy_bias",
+    "set_energy_bias",
     "compute_param_stats",
     "descriptor_stats_from_sums",
     "descriptor_sums",
@@ -232,14 +233,17 @@ def change_energy_bias(
     model: torch.nn.Module,
     batches: Iterable[Batch],
     rcond: float | None = None,
+    max_frames: int | None = None,
 ) -> tuple[np.ndarray, float]:
     """"change-by-statistic": fit the bias to ``E_label − E_model`` and *add* it to
     ``model.out_bias``; ``out_std`` becomes the residual std (as DeePMD-kit does,
     including its handling of ``preset_out_bias``). ``rcond`` as in
-    :func:`compute_energy_bias`. Returns ``(delta, std)``."""
+    :func:`compute_energy_bias`. ``max_frames`` bounds the frames evaluated at once
+    (None: a whole batch). Returns ``(delta, std)``."""
     batches = list(batches)
     counts, energy = _energy_rows(model, batches)
-    predicted = np.concatenate([_predict_energy(model, b) for b in batches if _has_energy(b)])
+    predicted = np.concatenate(
+        [_predict_energy(model, b, max_frames) for b in batches if _has_energy(b)])
     delta, std = _fit_bias(counts, energy - predicted, model.ntypes, model.preset_out_bias,
                            _rcond(model, rcond))
     with torch.no_grad():
@@ -298,18 +302,30 @@ def _fit_bias(
     return bias, std
 
 
-def _predict_energy(model: torch.nn.Module, batch: Batch) -> np.ndarray:
+def _predict_energy(
+    model: torch.nn.Module, batch: Batch, max_frames: int | None = None
+) -> np.ndarray:
+    """``(nf,)`` model energies of a batch, ``max_frames`` frames at a time."""
     dev = _device(model)
     coord = _tensor(batch["coord"], torch.float64, dev)
+    atype = _tensor(batch["atype"], torch.int64, dev)
     box = batch.get("box")
-    out = model(
-        coord,
-        _tensor(batch["atype"], torch.int64, dev),
-        None if box is None else _tensor(box, torch.float64, dev),
-        fparam=_optional(batch, "fparam", dev),
-        aparam=_optional(batch, "aparam", dev),
-    )
-    return out["energy"].detach().reshape(-1).cpu().numpy().astype(np.float64)
+    box = None if box is None else _tensor(box, torch.float64, dev)
+    fparam, aparam = _optional(batch, "fparam", dev), _optional(batch, "aparam", dev)
+    nf = coord.shape[0]
+    step = max_frames or nf
+    energies = []
+    for a in range(0, nf, step):
+        sl = slice(a, a + step)
+        out = model(
+            coord[sl],
+            atype[sl],
+            None if box is None else box[sl],
+            fparam=None if fparam is None else fparam[sl],
+            aparam=None if aparam is None else aparam[sl],
+        )
+        energies.append(out["energy"].detach().reshape(-1).cpu().numpy().astype(np.float64))
+    return np.concatenate(energies) if energies else np.zeros(0)
 
 
 def _optional(batch: Batch, key: str, device: torch.device | None = None) -> torch.Tensor | None:
@@ -346,6 +362,53 @@ def _param_values(batches: Sequence[Batch], key: str, width: int) -> np.ndarray 
     rows = [_numpy(b[key]).reshape(-1, width) for b in batches
             if key in b and float(b.get("find_" + key, 1.0)) > 0.0]
     return np.concatenate(rows) if rows else None
+
+
+def _install_param_stats(
+    model: torch.nn.Module,
+    batches: Callable[[], list[Batch]],
+    stored: Mapping[str, Any],
+    computed: dict[str, Any],
+    protect: float,
+) -> dict[str, np.ndarray]:
+    """Set ``fitting.fparam_avg/_inv_std`` (and aparam) from ``stored`` sums or the
+    batches (their sums are added to ``computed``); returns the installed values."""
+    result = {}
+    fitting = model.fitting
+    for key, width in (("fparam", fitting.numb_fparam), ("aparam", fitting.numb_aparam)):
+        if width == 0:
+            continue
+        if key not in stored:
+            values = _param_values(batches(), key, width)
+            if values is None:
+                if key == "fparam" and fitting.default_fparam is not None:
+                    continue  # the model falls back to default_fparam: nothing to normalise
+                raise DataError(f"the model needs {key} (width {width}) but no sampled system "
+                                f"has {key}.npy")
+            computed[key] = param_sums(values)
+        avg, inv_std = param_stats_from_sums(stored.get(key, computed.get(key)), protect)
+        with torch.no_grad():  # copy_ also moves to the buffer's device
+            getattr(fitting, key + "_avg").copy_(torch.as_tensor(avg))
+            getattr(fitting, key + "_inv_std").copy_(torch.as_tensor(inv_std))
+        result[key + "_avg"], result[key + "_inv_std"] = avg, inv_std
+    return result
+
+
+def set_energy_bias(
+    model: torch.nn.Module, batches: Iterable[Batch], protect: float = 1e-2
+) -> tuple[np.ndarray, float]:
+    """"set-by-statistic" (``change-bias -m set``): ``out_bias`` becomes the fit of the
+    energy labels alone (:func:`compute_energy_bias`, ``preset_out_bias`` honoured),
+    ``out_std`` its residual std, and fparam/aparam statistics are recomputed from the
+    same frames, as DeePMD-kit does. Returns ``(bias, std)``."""
+    batches = list(batches)
+    bias, std = compute_energy_bias(model, batches, model.preset_out_bias)
+    _install_param_stats(model, lambda: batches, {}, {}, protect)
+    with torch.no_grad():
+        ob = model.out_bias
+        ob[0, :, 0] = torch.as_tensor(bias, dtype=ob.dtype, device=ob.device)
+        model.out_std[0, :, 0] = std
+    return bias, std
 
 
 # === everything at once ==================================================================
@@ -392,23 +455,7 @@ def apply_statistics(
                                                               computed.get("descriptor")))
     model.descriptor.set_stat(davg, dstd)
     result: dict[str, Any] = {"davg": davg, "dstd": dstd}
-    fitting = model.fitting
-    for key, width in (("fparam", fitting.numb_fparam), ("aparam", fitting.numb_aparam)):
-        if width == 0:
-            continue
-        if key not in stored:
-            values = _param_values(batches(), key, width)
-            if values is None:
-                if key == "fparam" and fitting.default_fparam is not None:
-                    continue  # the model falls back to default_fparam: nothing to normalise
-                raise DataError(f"the model needs {key} (width {width}) but no sampled system "
-                                f"has {key}.npy")
-            computed[key] = param_sums(values)
-        avg, inv_std = param_stats_from_sums(stored.get(key, computed.get(key)), protect)
-        with torch.no_grad():  # copy_ also moves to the buffer's device
-            getattr(fitting, key + "_avg").copy_(torch.as_tensor(avg))
-            getattr(fitting, key + "_inv_std").copy_(torch.as_tensor(inv_std))
-        result[key + "_avg"], result[key + "_inv_std"] = avg, inv_std
+    result.update(_install_param_stats(model, batches, stored, computed, protect))
     if "energy" in stored:
         bias, std = (np.asarray(x, dtype=np.float64).reshape(-1) for x in stored["energy"])
     else:

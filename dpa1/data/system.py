@@ -620,6 +620,20 @@ def expand_systems(
     return result
 
 
+def read_system_list(path: str | os.PathLike) -> list[str]:
+    """The systems named by a ``-f/--datafile`` file: one path per line (surrounding
+    blanks and empty lines skipped), kept as written; a relative path is relative to
+    the working directory, as in DeePMD-kit."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such file (a list of system directories, one "
+                                "per line)")
+    systems = [line.strip() for line in path.read_text().splitlines() if line.strip()]
+    if not systems:
+        raise DataError(f"{path}: names no system (expected one directory per line)")
+    return systems
+
+
 def _search(root: Path, patterns: Sequence[str] | None) -> list[str]:
     if patterns is None:
         hits = [p.parent for p in root.rglob("type.raw")]
