@@ -164,15 +164,27 @@ class EnergyModel(nn.Module):
             ``atom_virial (nf, nloc, 9)`` and ``extended_virial (nf, nall, 9)``.
         """
         nf, nloc, nnei = nlist.shape
-        nall = ext_coord.shape[1]
         ext_coord = ext_coord.to(self.global_dtype).detach()
-        atype_raw = ext_atype[:, :nloc]
-        real = atype_raw >= 0
+        real = ext_atype[:, :nloc] >= 0
         ext_type = ext_atype.clamp(min=0)
         atype = ext_type[:, :nloc]
+        rij, mask, nei_type = self._pairs(ext_coord, ext_type, nlist)
+        if aparam is not None:
+            aparam = aparam.reshape(nf, nloc, -1)
+        atom_energy, g = self._centre_blocks(rij, mask, nei_type, atype, real, fparam, aparam)
+        out = self._outputs(atom_energy, g, rij, nlist, mapping, nall=ext_coord.shape[1],
+                            do_atomic_virial=do_atomic_virial)
+        out["mask"] = real.to(torch.int32)
+        return out
 
-        # === pairs: model-level exclusion leaves holes after truncation ===
-        # (docs/design.md, "Pair exclusion")
+    def _pairs(
+        self, ext_coord: Tensor, ext_type: Tensor, nlist: Tensor
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """Pair vectors ``r_ij (nf, nloc, nnei, 3)`` (no gradient), the valid-slot mask and the
+        neighbour types, after the model-level pair exclusion."""
+        nf, nloc, nnei = nlist.shape
+        atype = ext_type[:, :nloc]
+        # model-level exclusion leaves holes after truncation (docs/design.md, "Pair exclusion")
         mask = nlist >= 0
         idx = nlist.clamp(min=0)
         nei_type = torch.gather(ext_type, 1, idx.reshape(nf, -1)).reshape(nf, nloc, nnei)
@@ -184,48 +196,61 @@ class EnergyModel(nn.Module):
             nei_type = torch.where(mask, nei_type, ext_type[:, :1].unsqueeze(-1))
         flat_idx = idx.reshape(nf, -1, 1).expand(-1, -1, 3)
         xn = torch.gather(ext_coord, 1, flat_idx).reshape(nf, nloc, nnei, 3)
-        rij = (xn - ext_coord[:, :nloc].unsqueeze(2)).detach()  # (nf, nloc, nnei, 3)
-        if aparam is not None:
-            aparam = aparam.reshape(nf, nloc, -1)
-        # Energies are sums over centres and E_i depends only on its own pairs, so the
-        # gradient rows of a block of centres are exact: evaluation works block by block,
-        # keeping inference memory linear in the number of atoms (training keeps every
-        # block's graph for the loss's backward pass, as one graph would).
+        rij = (xn - ext_coord[:, :nloc].unsqueeze(2)).detach()
+        return rij, mask, nei_type
+
+    def _centre_blocks(
+        self,
+        rij: Tensor,
+        mask: Tensor,
+        nei_type: Tensor,
+        atype: Tensor,
+        real: Tensor,
+        fparam: Tensor | None,
+        aparam: Tensor | None,
+    ) -> tuple[Tensor, Tensor]:
+        """Atomic energies ``(nf, nloc)`` and ``g = ∂E/∂r_ij (nf, nloc, nnei, 3)``, block by
+        block of centres.
+
+        Energies are sums over centres and E_i depends only on its own pairs, so the gradient
+        rows of a block of centres are exact: evaluation works block by block, keeping
+        inference memory linear in the number of atoms (training keeps every block's graph for
+        the loss's backward pass, as one graph would).
+        """
+        nf, nloc, nnei = mask.shape
         chunk = max(1, self.block_atoms // max(nf, 1))
         workers = 1
         if not torch.jit.is_scripting():
             # in evaluation on a CPU: one block per thread, side by side
-            chunk, workers = accel_hook.plan_blocks(nloc, chunk, ext_coord, self.training)
+            chunk, workers = accel_hook.plan_blocks(nloc, chunk, rij, self.training)
         # Blocks of centres with similar neighbour counts: the descriptor trims each block's
         # padding slots down to its own fullest centre (attention cost ~ slots²), so the
         # centres are visited by increasing count and the results put back in place.
         order: Tensor | None = None
         if chunk < nloc and self.descriptor.trim_padding:
-            slot = torch.arange(1, nnei + 1, device=nlist.device)
+            slot = torch.arange(1, nnei + 1, device=mask.device)
             order = torch.argsort(torch.where(mask, slot, 0).amax(dim=-1), dim=1)
-            rij_b, mask_b, type_b = (
+            rij, mask, nei_type = (
                 _take_centres(rij, order),
                 _take_centres(mask, order),
                 _take_centres(nei_type, order),
             )
-            atype_b, real_b = _take_centres(atype, order), _take_centres(real, order)
+            atype, real = _take_centres(atype, order), _take_centres(real, order)
             if aparam is not None:
                 aparam = _take_centres(aparam, order)
-        else:
-            rij_b, mask_b, type_b, atype_b, real_b = rij, mask, nei_type, atype, real
         energies: list[Tensor] = []
         grads: list[Tensor] = []
         starts = list(range(0, nloc, chunk))
         if workers > 1:
             if not torch.jit.is_scripting():  # (workers is 1 in TorchScript)
                 blocks = self._blocks_threaded(
-                    starts, chunk, workers, rij_b, mask_b, type_b, atype_b, real_b, fparam, aparam
+                    starts, chunk, workers, rij, mask, nei_type, atype, real, fparam, aparam
                 )
                 energies, grads = [b[0] for b in blocks], [b[1] for b in blocks]
         else:
             for start in starts:
                 e_c, g_c = self._block(
-                    start, chunk, rij_b, mask_b, type_b, atype_b, real_b, fparam, aparam
+                    start, chunk, rij, mask, nei_type, atype, real, fparam, aparam
                 )
                 energies.append(e_c)
                 grads.append(g_c)
@@ -234,9 +259,24 @@ class EnergyModel(nn.Module):
         if order is not None:
             atom_energy = _put_centres(atom_energy, order)
             g = _put_centres(g, order)
-        energy = atom_energy.sum(dim=1, keepdim=True)
+        return atom_energy, g
 
-        # === forces on extended atoms, folded back to local atoms ===
+    def _outputs(
+        self,
+        atom_energy: Tensor,
+        g: Tensor,
+        rij: Tensor,
+        nlist: Tensor,
+        mapping: Tensor,
+        nall: int,
+        do_atomic_virial: bool,
+    ) -> dict[str, Tensor]:
+        """Every DeePMD output from ``g = ∂E/∂r_ij`` (see the module docstring)."""
+        nf, nloc, _ = nlist.shape
+        energy = atom_energy.sum(dim=1, keepdim=True)
+        # forces on extended atoms, folded back to local atoms
+        idx = nlist.clamp(min=0)
+        flat_idx = idx.reshape(nf, -1, 1).expand(-1, -1, 3)
         ext_force = torch.zeros(nf, nall, 3, dtype=g.dtype, device=g.device)
         ext_force = ext_force.scatter_add(1, flat_idx, -g.reshape(nf, -1, 3))
         local_force = g.sum(dim=2)
@@ -245,7 +285,6 @@ class EnergyModel(nn.Module):
         force = torch.zeros(nf, nloc, 3, dtype=g.dtype, device=g.device).scatter_add(
             1, map3, ext_force
         )
-
         # V[3k+j] = −Σ g_k r_j, one (3 × nloc·nnei)·(nloc·nnei × 3) product per frame
         g_flat, r_flat = g.reshape(nf, -1, 3), rij.reshape(nf, -1, 3)
         virial = -torch.bmm(g_flat.transpose(1, 2), r_flat).reshape(nf, 9)
@@ -255,7 +294,6 @@ class EnergyModel(nn.Module):
             "force": force,
             "virial": virial,
             "extended_force": ext_force,
-            "mask": real.to(torch.int32),
         }
         if do_atomic_virial:
             pair_virial = -g_flat.unsqueeze(-1) * r_flat.unsqueeze(-2)  # (nf, nloc·nnei, 3, 3)
