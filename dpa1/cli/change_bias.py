@@ -11,7 +11,9 @@ from pathlib import Path
 def add_parser(sub) -> None:
     p = sub.add_parser("change-bias", help="re-fit a model's energy bias on labelled systems")
     p.add_argument("model", help="checkpoint .pt or DeePMD-kit .dp")
-    p.add_argument("-s", "--systems", nargs="+", required=True)
+    p.add_argument("-s", "--systems", nargs="+", required=True,
+                   help="system directories, parent directories searched for type.raw, globs, "
+                        "or HDF5 files of systems (file.h5, file.h5#/group)")
     p.add_argument(
         "-n", "--numb-batch", type=int, default=10, help="batches per system (data_stat_nbatch)"
     )

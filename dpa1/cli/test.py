@@ -24,7 +24,8 @@ def add_parser(sub) -> None:
         "--systems",
         nargs="+",
         required=True,
-        help="system directories, a root directory searched recursively, or globs",
+        help="system directories, a root directory searched recursively, globs, or HDF5 "
+        "files of systems (file.h5, file.h5#/group)",
     )
     p.add_argument("-n", "--numb-test", type=int, default=0, help="frames per system (0 = all)")
     p.add_argument("--detail-file", help="prefix for per-frame/per-atom label vs prediction files")
