@@ -127,7 +127,12 @@ class H5Store(SystemStore):
         self.file, self.group = file, group
         self.where = f"{file}#{group}"
         self._handle = _shared_file(file)
-        self._g = _group(self._handle.get(), file, group)
+        _group(self._handle.get(), file, group)  # it exists and is a group
+
+    @property
+    def _g(self) -> Any:
+        """The group, in this process's handle of the file."""
+        return self._handle.get()[self.group]
 
     def _name(self, *parts: str) -> str:
         return "/".join([self.group.rstrip("/"), *parts])
