@@ -158,7 +158,8 @@ def test_empty_system_and_nothing_found(tmp_path: Path) -> None:
         (tmp_path / "x").mkdir()
         DeepmdSystem(tmp_path / "x")
     with raises(
-        f"no system found under {tmp_path / 'x'} (a system is a directory containing type.raw)"
+        f"no system found under {tmp_path / 'x'} (a system is a directory or an HDF5 group "
+        "containing type.raw)"
     ):
         expand_systems(str(tmp_path / "x"))
     with raises(f"system path not found: {tmp_path / 'nope'}"):

@@ -21,8 +21,8 @@ def add_parser(sub) -> None:
     p.add_argument("model", help="checkpoint .pt or DeePMD-kit .dp")
     p.add_argument(
         "-s", "--system", "--systems", dest="systems", nargs="+",
-        help="systems to fit from: directories, roots searched recursively, or globs "
-        "(default: .)",
+        help="systems to fit from: directories, roots searched recursively, globs, or HDF5 "
+        "files of systems (file.h5, file.h5#/group) (default: .)",
     )
     p.add_argument("-f", "--datafile",
                    help="text file naming one system (or root) per line (not with -s)")

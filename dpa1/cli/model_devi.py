@@ -16,8 +16,9 @@ def add_parser(sub) -> None:
     p.add_argument("-m", "--models", nargs="+", required=True,
                    help="two or more model files (.pth, .pt, .dp, .yaml) sharing one type_map")
     p.add_argument("-s", "--system", required=True,
-                   help="a deepmd/npy system, a directory of systems, or an ASE-readable "
-                        "trajectory (extxyz, LAMMPS dump, .traj…)")
+                   help="a deepmd/npy system, a directory of systems, an HDF5 file of "
+                        "systems (file.h5, file.h5#/group), or an ASE-readable trajectory "
+                        "(extxyz, LAMMPS dump, .traj…)")
     p.add_argument("-o", "--output", default="model_devi.out",
                    help="output file (default model_devi.out)")
     p.add_argument("-f", "--frequency", type=int, default=1,

@@ -12,7 +12,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                     "images included, virtual atoms excluded), the smallest pair distance, and the "
                     "sel that 'auto' would give.")
     p.add_argument("-s", "--systems", nargs="+", required=True,
-                   help="system directories, or parent directories searched for type.raw")
+                   help="system directories, parent directories searched for type.raw, or "
+                        "HDF5 files of systems (file.h5, file.h5#/group)")
     p.add_argument("-r", "--rcut", type=float, required=True, help="cutoff radius (Å)")
     p.add_argument("-t", "--type-map", nargs="+", default=None, metavar="TYPE",
                    help="element names of the model (checks that the data use only these)")

@@ -26,8 +26,8 @@ def add_parser(sub) -> None:
         "--systems",
         dest="systems",
         nargs="+",
-        help="system directories, a root directory searched recursively, or globs "
-        "(default: .)",
+        help="system directories, a root directory searched recursively, globs, or HDF5 "
+        "files of systems (file.h5, file.h5#/group) (default: .)",
     )
     p.add_argument(
         "-f", "--datafile", help="text file naming one system directory per line (not with -s)"

@@ -1,7 +1,10 @@
 """DeePMD-kit training data: reading systems, batching, statistics and conversion.
 
-- :mod:`dpa1.data.system`: :class:`DeepmdSystem` (one ``deepmd/npy`` system, standard or
-  mixed-type), :func:`expand_systems` (the ``systems`` value of an input file);
+- :mod:`dpa1.data.system`: :class:`DeepmdSystem` (one ``deepmd/npy`` or ``deepmd/hdf5``
+  system, standard or mixed-type), :func:`expand_systems` (the ``systems`` value of an
+  input file);
+- :mod:`dpa1.data.store`, :mod:`dpa1.data.hdf5`: where a system's arrays are read from
+  (a directory of ``.npy`` files, or a group of an HDF5 file);
 - :mod:`dpa1.data.loader`: :class:`SystemSampler` (batches and system sampling);
 - :mod:`dpa1.data.stats`: neighbour statistics, ``sel = "auto"``, model statistics;
 - :mod:`dpa1.data.convert`: ASE-readable files → ``deepmd/npy``;

@@ -1,13 +1,15 @@
-"""Reading DeePMD-kit ``deepmd/npy`` systems, standard and mixed-type (docs/design.md, "Data layout"
-to "Mixed-type systems and virtual atoms").
+"""Reading DeePMD-kit systems (``deepmd/npy`` and ``deepmd/hdf5``), standard and mixed-type
+(docs/design.md, "Data layout" to "Mixed-type systems and virtual atoms").
 
 A *system* is a directory holding ``type.raw`` (one type index per atom), optionally
 ``type_map.raw`` and an empty ``nopbc`` file, and one or more ``set.*`` directories of
-``.npy`` files whose first axis is the frame. :class:`DeepmdSystem` checks everything
-once when it is opened (shapes, frame counts, types, non-finite values; the values in
-chunks) and then reads only the frames it is asked for: the files are memory-mapped for
-their headers and rows are read on demand, so a system of 10⁶ frames costs no more
-memory than one of 10³.
+``.npy`` files whose first axis is the frame (``deepmd/npy``); or the same layout as
+groups and datasets of an HDF5 file (``deepmd/hdf5``: ``file.h5``, ``file.h5#/group``),
+see :mod:`dpa1.data.store`. :class:`DeepmdSystem` checks everything once when it is
+opened (shapes, frame counts, types, non-finite values; the values in chunks) and then
+reads only the frames it is asked for: ``.npy`` files are memory-mapped for their
+headers, HDF5 datasets opened for their shapes, and rows are read on demand, so a
+system of 10⁶ frames costs no more memory than one of 10³.
 
 Atoms of a standard system are reordered by type with a stable sort, as DeePMD-kit
 does (docs/design.md, "Atom order and type mapping"); ``idx_map`` keeps that permutation.
@@ -20,13 +22,14 @@ from __future__ import annotations
 import glob
 import os
 import warnings
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from dpa1.data.errors import DataError
+from dpa1.data.store import StoredArray, SystemStore, find_systems, open_store
 
 __all__ = [
     "DEFAULT_LABELS",
@@ -90,104 +93,31 @@ def labels_for_model(numb_fparam: int = 0, numb_aparam: int = 0) -> list[Label]:
     return out
 
 
-# === one .npy file ======================================================================
-_NPY_MAGIC = b"\x93NUMPY"
-
-class _NpyFile:
-    """One ``set.*/<key>.npy``: header read at once, rows read on demand.
-
-    ``nframes``/``width`` describe it as a ``(nframes, width)`` table; a file of one
-    frame may drop the frame axis, a per-frame scalar may be ``(nframes,)``.
-
-    The file is memory-mapped (``np.load(mmap_mode="r")``: the header is parsed, no data
-    are read), but rows are fetched with positional reads of just their bytes. Reading
-    through the mapping would leave every page a random batch touched resident in this
-    process, so the resident set would grow towards the file size over a training run;
-    positional reads keep it at the size of the batch.
-    """
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        with open(path, "rb") as f:
-            magic = f.read(len(_NPY_MAGIC))
-        if magic != _NPY_MAGIC:
-            # np.load would try the file as a pickle and suggest loading it unsafely
-            raise DataError(f"{path}: not a NumPy array file (.npy written by numpy.save)")
-        try:
-            self.mm = np.load(path, mmap_mode="r", allow_pickle=False)
-        except Exception as err:  # corrupt header, object arrays, truncated data
-            first = str(err).strip().splitlines()[:1]
-            raise DataError(f"{path}: cannot read as a NumPy array ({''.join(first)})") from None
-        if not (np.issubdtype(self.mm.dtype, np.number) or self.mm.dtype == np.bool_):
-            raise DataError(f"{path}: holds {self.mm.dtype} values, expected numbers")
-        self.shape: tuple[int, ...] = tuple(self.mm.shape)
-        self.nframes = 0
-        self.width = 0
-
-    def layout(self, width: int | None, set_nframes: int | None) -> None:
-        """Decide ``(nframes, width)`` given the expected width (None = free) and, once
-        known, the frame count of the set (a 1-D file is then one frame or one column)."""
-        shape = self.shape
-        if len(shape) == 0:
-            self.nframes, self.width = 1, 1
-        elif len(shape) == 1:
-            n = shape[0]
-            if width == 1 or (width is None and set_nframes not in (None, 1)):
-                self.nframes, self.width = n, 1  # (nframes,): one value per frame
-            else:
-                self.nframes, self.width = 1, n  # one frame, frame axis dropped
-        else:
-            self.nframes, self.width = shape[0], int(np.prod(shape[1:]))
-
-    def rows(self, local: np.ndarray) -> np.ndarray:
-        """Rows ``local`` (any order, repeats allowed) as ``(n, width)``; only these are read."""
-        mm = self.mm
-        if mm.ndim == 0 or (mm.ndim == 1 and self.nframes == 1):  # one tiny frame
-            return np.asarray(mm).reshape(1, -1)[local]
-        if mm.ndim > 1 and not mm.flags.c_contiguous:  # Fortran order: rows are scattered
-            return np.asarray(mm[local]).reshape(len(local), self.width)
-        uniq, inverse = np.unique(local, return_inverse=True)
-        out = np.empty((uniq.size, self.width), dtype=mm.dtype)
-        row_bytes = self.width * mm.dtype.itemsize
-        # consecutive frames are read in one go (sequential scans read whole chunks)
-        starts = np.flatnonzero(np.diff(uniq, prepend=-2) != 1)
-        ends = np.append(starts[1:], uniq.size)
-        with open(self.path, "rb", buffering=0) as fh:
-            for a, b in zip(starts.tolist(), ends.tolist(), strict=True):
-                fh.seek(mm.offset + int(uniq[a]) * row_bytes)
-                view = memoryview(out[a:b]).cast("B")
-                if fh.readinto(view) != view.nbytes:
-                    raise DataError(f"{self.path}: file is shorter than its header says")
-        return out[inverse.reshape(-1)]
-
-    def chunks(self, nframes_per_chunk: int) -> Iterator[tuple[int, np.ndarray]]:
-        """``(first_frame, rows)`` of consecutive frames, in order."""
-        for a in range(0, self.nframes, nframes_per_chunk):
-            yield a, self.rows(np.arange(a, min(self.nframes, a + nframes_per_chunk)))
-
-
 @dataclass
 class _Set:
-    """The files of one ``set.*`` directory."""
+    """The arrays of one ``set.*`` directory (group)."""
 
-    path: Path
+    name: str
+    path: str  # for messages
     nframes: int
-    files: dict[str, _NpyFile]
+    files: dict[str, StoredArray]
 
 
 # === the system =========================================================================
 class DeepmdSystem:
-    """A ``deepmd/npy`` system (standard or mixed-type) opened for random frame access.
+    """A ``deepmd/npy`` or ``deepmd/hdf5`` system (standard or mixed-type) opened for
+    random frame access.
 
     Args:
-        path: the system directory.
+        path: the system directory, ``file.h5`` (a system at the root of the file) or
+            ``file.h5#/group``.
         type_map: the model's element names; data types are translated to indices
             into it by name (docs/design.md, "Atom order and type mapping"). ``None`` keeps the
             data's own indices.
         check_finite: scan every array for NaN/inf when opening (chunked, flat memory).
 
     Attributes:
-        path: the directory, as given.
+        path: the directory or HDF5 path, as given.
         natoms: atoms per frame (virtual atoms of mixed-type data included).
         nframes: frames over all sets.
         nopbc: no periodic box (``box`` absent from :meth:`get_frames`).
@@ -210,16 +140,15 @@ class DeepmdSystem:
         *,
         check_finite: bool = True,
     ) -> None:
-        self.path = str(path)
-        root = Path(path)
-        if not root.is_dir():
-            raise DataError(f"system not found: {root} is not a directory")
-        self._root = root
-        self.nopbc = (root / "nopbc").exists()
-        file_types = _read_type_raw(root)
+        self.path = os.fspath(path)
+        store = open_store(path)
+        self._store = store
+        self._root = store.where  # the system's name in messages
+        self.nopbc = store.has_marker("nopbc")
+        file_types = store.read_types()
         self.natoms = int(file_types.size)
-        self.data_type_map = _read_type_map_raw(root)
-        self.sets = self._open_sets(root)
+        self.data_type_map = store.read_type_map()
+        self.sets = self._open_sets(store)
         self.mixed_type = "real_atom_types" in self.sets[0].files
         self._check_labels_consistent()
         self.labels = sorted(k for k in self.sets[0].files if k in LABELS)
@@ -227,13 +156,14 @@ class DeepmdSystem:
         self.aparam_dim = self._free_width("aparam") // self.natoms
         self.nframes = int(sum(s.nframes for s in self.sets))
         if self.nframes == 0:
-            raise DataError(f"{root}: the system has no frames (every coord.npy is empty)")
+            raise DataError(f"{self._root}: the system has no frames (every coord.npy is "
+                            "empty)")
         self._ends = np.cumsum([s.nframes for s in self.sets])
 
         # --- types (docs/design.md, "Atom order and type mapping") ---
         if self.mixed_type and self.data_type_map is None:
             raise DataError(
-                f"{root / 'type_map.raw'}: missing; a mixed-type system "
+                f"{store.member('type_map.raw')}: missing; a mixed-type system "
                 "(set.*/real_atom_types.npy) needs type_map.raw to name its types")
         self._lookup = self._type_lookup(type_map, file_types)
         if type_map is not None:
@@ -255,33 +185,33 @@ class DeepmdSystem:
         self._scan(check_finite)
 
     # --- opening -------------------------------------------------------------------
-    def _open_sets(self, root: Path) -> list[_Set]:
-        set_dirs = sorted(p for p in root.glob("set.*") if p.is_dir())
-        if not set_dirs:
-            raise DataError(f"{root}: no set.* directories (a system keeps its frames in "
-                            "set.000, ...)")
+    def _open_sets(self, store: SystemStore) -> list[_Set]:
+        set_names = store.set_names()
+        if not set_names:
+            raise DataError(f"{store.where}: no set.* {store.sets_are} (a system keeps its frames "
+                            "in set.000, ...)")
         sets = []
-        for sd in set_dirs:
+        for name in set_names:
             files = {}
-            for f in sorted(sd.glob("*.npy")):
-                key = f.stem
+            for stem in store.array_names(name):
+                key = stem
                 if key.startswith("atomic_"):  # DeePMD also reads atomic_ener.npy as atom_ener
                     key = "atom_" + key[len("atomic_"):]
                 if key in _KNOWN_FILES and key not in files:  # other files are not ours to judge
-                    files[key] = _NpyFile(f)
-            sets.append(self._check_set(sd, files))
+                    files[key] = store.open_array(name, stem)
+            sets.append(self._check_set(name, store.member(name), files))
         modes = {("real_atom_types" in s.files) for s in sets}
         if len(modes) > 1:
-            mixed = [s.path.name for s in sets if "real_atom_types" in s.files]
+            mixed = [s.name for s in sets if "real_atom_types" in s.files]
             raise DataError(
-                f"{root}: only some sets ({', '.join(mixed)}) have real_atom_types.npy; a "
+                f"{store.where}: only some sets ({', '.join(mixed)}) have real_atom_types.npy; a "
                 "system is either mixed-type in every set or in none")
         return sets
 
-    def _check_set(self, sd: Path, files: dict[str, _NpyFile]) -> _Set:
+    def _check_set(self, name: str, sd: str, files: dict[str, StoredArray]) -> _Set:
         natoms = self.natoms
         if "coord" not in files:
-            raise DataError(f"{sd / 'coord.npy'}: missing; every set needs coordinates")
+            raise DataError(f"{sd}/coord.npy: missing; every set needs coordinates")
         coord = files["coord"]
         coord.layout(natoms * 3, None)
         if coord.width != natoms * 3:
@@ -291,7 +221,7 @@ class DeepmdSystem:
         nframes = coord.nframes
         if not self.nopbc and "box" not in files:
             raise DataError(
-                f"{sd / 'box.npy'}: missing and the system has no 'nopbc' file; periodic data need "
+                f"{sd}/box.npy: missing and the system has no 'nopbc' file; periodic data need "
                 "a box per frame (add an empty file named nopbc for non-periodic data)")
         if self.nopbc:
             files.pop("box", None)  # ignored without PBC (docs/design.md, "Data layout")
@@ -318,15 +248,15 @@ class DeepmdSystem:
                 raise DataError(
                     f"{f.path}: {f.nframes} frames, but coord.npy of the same set has {nframes}; "
                     "every file of a set needs one row per frame")
-        return _Set(sd, nframes, files)
+        return _Set(name, sd, nframes, files)
 
     def _check_labels_consistent(self) -> None:
         """A label must be in every set: a per-set ``find`` flag would silently train
         some frames against default values."""
         for key in LABELS:
-            have = [s.path.name for s in self.sets if key in s.files]
+            have = [s.name for s in self.sets if key in s.files]
             if have and len(have) != len(self.sets):
-                miss = [s.path.name for s in self.sets if key not in s.files]
+                miss = [s.name for s in self.sets if key not in s.files]
                 raise DataError(
                     f"{self._root}: {key}.npy is in {', '.join(have)} but not in "
                     f"{', '.join(miss)}; a label must be present in every set of a system (or "
@@ -348,8 +278,9 @@ class DeepmdSystem:
         if type_map is not None and tm_data is not None:
             missing = [name for name in tm_data if name not in type_map]
             if missing:
+                plural = "s" if len(missing) > 1 else ""
                 raise DataError(
-                    f"{self._root / 'type_map.raw'}: element{'s' if len(missing) > 1 else ''} "
+                    f"{self._store.member('type_map.raw')}: element{plural} "
                     f"{', '.join(missing)} not in the model type_map [{' '.join(type_map)}]")
             table = [list(type_map).index(name) for name in tm_data]
         else:  # no names on one side: indices pass through unchanged
@@ -358,7 +289,7 @@ class DeepmdSystem:
         return np.array(table + [-1], dtype=np.int64)  # index −1 reads the last entry
 
     def _check_file_types(self, file_types: np.ndarray) -> None:
-        tr = self._root / "type.raw"
+        tr = self._store.member("type.raw")
         bad = np.flatnonzero(file_types < 0)
         if bad.size:
             raise DataError(
@@ -387,7 +318,7 @@ class DeepmdSystem:
         start = 0
         for s in self.sets:
             keys = [k for k in s.files if k == "real_atom_types" or check_finite]
-            row_bytes = sum(s.files[k].width * s.files[k].mm.dtype.itemsize for k in keys)
+            row_bytes = sum(s.files[k].width * s.files[k].dtype.itemsize for k in keys)
             chunk = max(1, SCAN_CHUNK_BYTES // max(1, row_bytes))
             warned = False
             readers = {k: s.files[k].chunks(chunk) for k in keys}
@@ -418,7 +349,7 @@ class DeepmdSystem:
             start += s.nframes
 
     def _check_real_types(
-        self, f: _NpyFile, a: int, rows: np.ndarray, ntypes: int, start: int
+        self, f: StoredArray, a: int, rows: np.ndarray, ntypes: int, start: int
     ) -> None:
         if np.issubdtype(rows.dtype, np.floating) and not np.array_equal(rows, np.round(rows)):
             bad = np.argwhere(rows != np.round(rows))[0]
@@ -548,75 +479,46 @@ def _as_label(request: LabelRequest) -> Label:
                          "(pass a Label for anything else)") from None
 
 
-def _read_type_raw(root: Path) -> np.ndarray:
-    path = root / "type.raw"
-    if not path.is_file():
-        raise DataError(f"{path}: missing; a system directory needs type.raw (one type index "
-                        "per atom)")
-    words = path.read_text().split()
-    if not words:
-        raise DataError(f"{path}: empty; expected one type index per atom")
-    try:
-        return np.array([int(w) for w in words], dtype=np.int64)
-    except ValueError:
-        bad = next(w for w in words if not _is_int(w))
-        raise DataError(f"{path}: {bad!r} is not an integer type index") from None
-
-
-def _is_int(word: str) -> bool:
-    try:
-        int(word)
-        return True
-    except ValueError:
-        return False
-
-
-def _read_type_map_raw(root: Path) -> list[str] | None:
-    path = root / "type_map.raw"
-    if not path.is_file():
-        return None
-    names = path.read_text().split()
-    if not names:
-        raise DataError(f"{path}: empty; expected one element name per data type")
-    if len(set(names)) != len(names):
-        raise DataError(f"{path}: repeated element names {names}")
-    return names
-
-
 # === system lists =======================================================================
 def expand_systems(
     systems: str | os.PathLike | Sequence[str | os.PathLike],
     rglob_patterns: Sequence[str] | None = None,
 ) -> list[str]:
-    """The system directories named by a ``training_data.systems`` value.
+    """The systems named by a ``training_data.systems`` value.
 
-    Each entry (a single string counts as a one-entry list) is searched recursively
-    for directories containing ``type.raw``, itself included, as DeePMD-kit does; with
-    ``rglob_patterns`` only directories matching one of the patterns below the entry
-    are kept. Entries with glob characters (``*?[``) are expanded first. The result
-    keeps the order of the entries, sorted within each, without duplicates.
+    Each entry (a single string counts as a one-entry list) is a directory, an HDF5
+    file (``file.h5``) or a group in one (``file.h5#/path``). As in DeePMD-kit, a
+    directory is searched recursively for directories containing ``type.raw``, itself
+    included; an HDF5 group (the file's root group for ``file.h5``) is a system if it
+    holds ``type.raw``, and so are its child groups that hold one (DeePMD-kit looks no
+    deeper; see :func:`dpa1.data.hdf5.find_hdf5_systems`). With ``rglob_patterns`` only
+    the systems below the entry whose path relative to it matches one of the patterns
+    are kept. Glob characters (``*?[``) in an entry (in the file name of an HDF5 entry)
+    are expanded first. The result keeps the order of the entries, sorted within each,
+    without duplicates. HDF5 systems come back as ``file.h5#/group``.
 
     Raises:
-        DataError: an entry matches nothing, or no system is found at all.
+        DataError: an entry matches nothing, an HDF5 group is missing, or no system is
+            found at all.
     """
     if isinstance(systems, (str, os.PathLike)):
         systems = [systems]
     found: list[str] = []
     for entry in systems:
         entry = os.fspath(entry)
-        if "#" in entry or entry.endswith((".h5", ".hdf5")):
-            raise DataError(f"{entry}: HDF5 systems are not supported; convert them to "
-                            "deepmd/npy directories")
-        roots = sorted(glob.glob(entry)) if glob.has_magic(entry) else [entry]
+        # a directory whose name holds "#" stays a directory, as in DeePMD-kit
+        file, sep, group = (entry, "", "") if os.path.isdir(entry) else entry.partition("#")
+        roots = sorted(glob.glob(file)) if glob.has_magic(file) else [file]
         if not roots or not all(os.path.exists(r) for r in roots):
-            raise DataError(f"system path not found: {entry}")
+            raise DataError(f"system path not found: {file}"
+                            + (f" (system path {entry})" if sep else ""))
         for root in roots:
-            found.extend(_search(Path(root), rglob_patterns))
+            found.extend(find_systems(root + sep + group, rglob_patterns))
     result = list(dict.fromkeys(found))
     if not result:
         shown = ", ".join(os.fspath(s) for s in systems)
-        raise DataError(f"no system found under {shown} (a system is a directory containing "
-                        "type.raw)")
+        raise DataError(f"no system found under {shown} (a system is a directory or an HDF5 "
+                        "group containing type.raw)")
     return result
 
 
@@ -632,13 +534,3 @@ def read_system_list(path: str | os.PathLike) -> list[str]:
     if not systems:
         raise DataError(f"{path}: names no system (expected one directory per line)")
     return systems
-
-
-def _search(root: Path, patterns: Sequence[str] | None) -> list[str]:
-    if patterns is None:
-        hits = [p.parent for p in root.rglob("type.raw")]
-        if (root / "type.raw").is_file():
-            hits.append(root)
-    else:
-        hits = [d for pat in patterns for d in root.rglob(pat) if (d / "type.raw").is_file()]
-    return sorted({str(h) for h in hits})

@@ -204,8 +204,9 @@ def read_npy_system(
     path: str | os.PathLike, type_map: Sequence[str], dim_fparam: int = 0,
     dim_aparam: int = 0, chunk: int = 64,
 ) -> Iterator[Frames]:
-    """Frames of a ``deepmd/npy`` system (standard or mixed-type), ``chunk`` at a time, in
-    the atom order of the files (as ``dp model-devi``, which reads with ``sort_atoms=False``).
+    """Frames of a ``deepmd/npy`` or ``deepmd/hdf5`` system (standard or mixed-type),
+    ``chunk`` at a time, in the atom order of the files (as ``dp model-devi``, which reads
+    with ``sort_atoms=False``).
 
     Types are translated by name through ``type_map.raw`` to the model's ``type_map``
     (see :class:`dpa1.data.system.DeepmdSystem`); a ``nopbc`` marker means no cell.
@@ -274,13 +275,28 @@ def read_ase_frames(path: str | os.PathLike, type_map: Sequence[str]) -> Iterato
     yield flush()
 
 
+def _is_deepmd_data(path: str) -> bool:
+    """A directory of deepmd/npy systems, or an HDF5 file or group of deepmd/hdf5 ones
+    (``file.h5``, ``file.h5#/group``); anything else is read as a trajectory."""
+    if os.path.isdir(path):
+        return True
+    from dpa1.data.store import is_hdf5_path, split_hdf5_path
+
+    if not is_hdf5_path(path):
+        return False
+    import h5py
+
+    return "#" in path or h5py.is_hdf5(split_hdf5_path(path)[0])
+
+
 def make_model_devi(
     models: Sequence[ModelLike], system: str | os.PathLike, output: str | os.PathLike,
     frequency: int = 1, atomic: bool = False, relative: float | None = None,
     relative_v: float | None = None, device=None,
 ) -> list[np.ndarray]:
     """``dp model-devi``: deviation tables of every system under ``system`` (a deepmd/npy
-    system or a directory of them) or of an ASE-readable trajectory file, written to
+    system or a directory of them, an HDF5 file of deepmd/hdf5 systems or a group in one)
+    or of an ASE-readable trajectory file, written to
     ``output`` as one block per system headed by its path.
 
     Steps are numbered ``0, frequency, 2·frequency, …`` over all frames of a system.
@@ -288,13 +304,13 @@ def make_model_devi(
     dps = _as_deep_pots(models, device=device)
     first = dps[0]
     tmap = first.get_type_map()
-    system = Path(system)
-    if not system.exists():
+    system = os.fspath(system)
+    if not _is_deepmd_data(system) and not Path(system).exists():
         raise FileNotFoundError(f"{system}: no such system or trajectory")
-    if system.is_dir():
+    if _is_deepmd_data(system):
         from dpa1.data.system import expand_systems
 
-        paths = expand_systems(system)  # the directory itself and/or systems below it
+        paths = expand_systems(system)  # the directory/group itself and/or systems below it
         sources = [(str(p), read_npy_system(p, tmap, first.get_dim_fparam(),
                                             first.get_dim_aparam())) for p in paths]
     else:

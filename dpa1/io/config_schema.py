@@ -624,7 +624,12 @@ class TrainingData(Section):
         _one_or_list(
             lambda v: isinstance(v, str) and v != "", "a path or a non-empty list of paths"
         ),
-    ] = _key(..., "A system dir, a parent dir (searched for type.raw), or a list of them")
+    ] = _key(
+        ...,
+        "A system dir, a parent dir (searched for type.raw), an HDF5 file or group "
+        "(file.h5, file.h5#/path: it and its child groups holding type.raw), a glob, or a "
+        "list of them",
+    )
     rglob_patterns: list[str] | None = _key(None, "Custom glob patterns for the system search")
     batch_size: Annotated[int | list[int] | str, PlainValidator(_batch_size)] = _key(
         "auto", "int, one int per system, 'auto' (= 'auto:32'), 'auto:N', 'max:N' or 'filter:N'"

@@ -59,12 +59,14 @@ def _resolve_paths(systems: Any, base: Path) -> list[str]:
     items = [systems] if isinstance(systems, str) else list(systems)
     out = []
     for s in items:
-        p = Path(s)
-        is_glob = any(ch in s for ch in "*?[")
-        found_here = bool(list(Path().glob(s))) if is_glob else p.exists()
+        # an HDF5 entry "file.h5#/group" is resolved by its file name
+        name, sep, group = (s, "", "") if Path(s).is_dir() else s.partition("#")
+        p = Path(name)
+        is_glob = any(ch in name for ch in "*?[")
+        found_here = bool(list(Path().glob(name))) if is_glob else p.exists()
         if not p.is_absolute() and not found_here and (is_glob or (base / p).exists()):
             p = base / p
-        out.append(str(p))
+        out.append(str(p) + sep + group)
     return out
 
 
