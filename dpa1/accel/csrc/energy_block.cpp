@@ -354,6 +354,19 @@ Tensor block_backward(const Tensor& de, const Tensor& rij, const Tensor& nei_mas
 // DeePMD-kit's LAMMPS plugin) that takes forces with torch.autograd.grad runs the C++ path both ways. Only
 // the pair vectors get a gradient (the parameters go in as constants), and only once: training, which
 // differentiates forces again, keeps the PyTorch modules.
+// Rows [b, b + len) of a per-centre tensor; empty tensors (absent inputs) pass through.
+Tensor rows(const Tensor& t, int64_t b, int64_t len) { return t.numel() == 0 ? t : t.narrow(0, b, len); }
+
+// Chunk boundaries over nb centres: one chunk per intra-op thread, at least kMinChunk centres each.
+constexpr int64_t kMinChunk = 8;
+std::vector<int64_t> chunk_bounds(int64_t nb) {
+  const int64_t threads = at::in_parallel_region() ? 1 : at::get_num_threads();
+  const int64_t n = std::max<int64_t>(1, std::min<int64_t>(threads, nb / kMinChunk));
+  std::vector<int64_t> bounds(n + 1);
+  for (int64_t i = 0; i <= n; ++i) bounds[i] = nb * i / n;
+  return bounds;
+}
+
 class EnergyBlockFunction : public torch::autograd::Function<EnergyBlockFunction> {
  public:
   static Tensor forward(torch::autograd::AutogradContext* ctx, const Tensor& rij, const Tensor& nei_mask,
@@ -364,11 +377,37 @@ class EnergyBlockFunction : public torch::autograd::Function<EnergyBlockFunction
                         const std::vector<int64_t>& fit_skips, const std::vector<double>& geometry,
                         const std::vector<int64_t>& sizes, double scaling, bool normalize, bool smooth, bool do_mask,
                         bool dotr, double ln_eps) {
-    std::vector<Tensor> out = block_forward(rij, nei_mask, keep, davg, dstd, atype, type_rows, slot_weight, extra,
-                                            emb, emb_skips, attn, fit, fit_skips, geometry, sizes, scaling, normalize,
-                                            smooth, do_mask, dotr, ln_eps);
+    // One chunk of centres per intra-op thread, each through the whole block on its own thread (the
+    // ATen ops inside a parallel region run inline): what evaluation blocks side by side do in Python
+    // (block_pool.py), here also for TorchScript callers, which evaluate one block at a time.
+    const auto bounds = chunk_bounds(rij.size(0));
+    const int64_t nchunks = static_cast<int64_t>(bounds.size()) - 1;
+    std::vector<std::vector<Tensor>> outs(nchunks);
+    auto run = [&](int64_t ci) {
+      const int64_t b = bounds[ci], len = bounds[ci + 1] - bounds[ci];
+      outs[ci] = block_forward(rows(rij, b, len), rows(nei_mask, b, len), rows(keep, b, len), davg, dstd,
+                               rows(atype, b, len), rows(type_rows, b, len), slot_weight, rows(extra, b, len), emb,
+                               emb_skips, attn, fit, fit_skips, geometry, sizes, scaling, normalize, smooth, do_mask,
+                               dotr, ln_eps);
+    };
+    if (nchunks == 1) {
+      run(0);
+    } else {
+      at::parallel_for(0, nchunks, 1, [&](int64_t cb, int64_t ce) {
+        for (int64_t ci = cb; ci < ce; ++ci) run(ci);
+      });
+    }
+    std::vector<Tensor> energies, saved;
+    std::vector<int64_t> counts;
+    for (auto& o : outs) {
+      energies.push_back(o[0]);
+      saved.insert(saved.end(), o.begin() + 1, o.end());
+      counts.push_back(static_cast<int64_t>(o.size()) - 1);
+    }
     ctx->save_for_backward({rij, nei_mask, keep, dstd, atype, slot_weight});
-    ctx->saved_data["saved"] = std::vector<Tensor>(out.begin() + 1, out.end());
+    ctx->saved_data["saved"] = saved;
+    ctx->saved_data["counts"] = counts;
+    ctx->saved_data["bounds"] = bounds;
     ctx->saved_data["emb"] = emb;
     ctx->saved_data["emb_skips"] = emb_skips;
     ctx->saved_data["attn"] = attn;
@@ -379,7 +418,7 @@ class EnergyBlockFunction : public torch::autograd::Function<EnergyBlockFunction
     ctx->saved_data["scaling"] = scaling;
     ctx->saved_data["flags"] = std::vector<bool>{normalize, smooth, do_mask, dotr};
     ctx->saved_data["ln_eps"] = ln_eps;
-    return out[0];
+    return nchunks == 1 ? energies[0] : at::cat(energies);
   }
 
   static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
@@ -389,13 +428,35 @@ class EnergyBlockFunction : public torch::autograd::Function<EnergyBlockFunction
                 "(model.train()) to differentiate forces");
     const auto in = ctx->get_saved_variables();
     const auto flags = ctx->saved_data["flags"].toBoolList();
-    Tensor g = block_backward(grads[0], in[0], in[1], in[2], in[3], in[4], in[5],
-                              ctx->saved_data["saved"].toTensorVector(), ctx->saved_data["emb"].toTensorVector(),
-                              ctx->saved_data["emb_skips"].toIntVector(), ctx->saved_data["attn"].toTensorVector(),
-                              ctx->saved_data["fit"].toTensorVector(), ctx->saved_data["fit_skips"].toIntVector(),
-                              ctx->saved_data["geometry"].toDoubleVector(), ctx->saved_data["sizes"].toIntVector(),
-                              ctx->saved_data["scaling"].toDouble(), flags.get(0), flags.get(1), flags.get(2),
-                              flags.get(3), ctx->saved_data["ln_eps"].toDouble());
+    const auto saved = ctx->saved_data["saved"].toTensorVector();
+    const auto counts = ctx->saved_data["counts"].toIntVector();
+    const auto bounds = ctx->saved_data["bounds"].toIntVector();
+    const auto emb = ctx->saved_data["emb"].toTensorVector(), attn = ctx->saved_data["attn"].toTensorVector(),
+               fit = ctx->saved_data["fit"].toTensorVector();
+    const auto emb_skips = ctx->saved_data["emb_skips"].toIntVector(),
+               fit_skips = ctx->saved_data["fit_skips"].toIntVector(), sizes = ctx->saved_data["sizes"].toIntVector();
+    const auto geometry = ctx->saved_data["geometry"].toDoubleVector();
+    const double scaling = ctx->saved_data["scaling"].toDouble(), ln_eps = ctx->saved_data["ln_eps"].toDouble();
+    const int64_t nchunks = static_cast<int64_t>(counts.size());
+    std::vector<int64_t> first(nchunks + 1, 0);
+    for (int64_t ci = 0; ci < nchunks; ++ci) first[ci + 1] = first[ci] + counts[ci];
+    std::vector<Tensor> gs(nchunks);
+    auto run = [&](int64_t ci) {
+      const int64_t b = bounds[ci], len = bounds[ci + 1] - bounds[ci];
+      const std::vector<Tensor> saved_c(saved.begin() + first[ci], saved.begin() + first[ci + 1]);
+      gs[ci] = block_backward(rows(grads[0], b, len), rows(in[0], b, len), rows(in[1], b, len), rows(in[2], b, len),
+                              in[3], rows(in[4], b, len), in[5], saved_c, emb, emb_skips, attn, fit, fit_skips,
+                              geometry, sizes, scaling, flags.get(0), flags.get(1), flags.get(2), flags.get(3),
+                              ln_eps);
+    };
+    if (nchunks == 1) {
+      run(0);
+    } else {
+      at::parallel_for(0, nchunks, 1, [&](int64_t cb, int64_t ce) {
+        for (int64_t ci = cb; ci < ce; ++ci) run(ci);
+      });
+    }
+    Tensor g = nchunks == 1 ? gs[0] : at::cat(gs);
     torch::autograd::variable_list out(22);  // one per forward argument: the pair vectors' only
     out[0] = g;
     return out;
