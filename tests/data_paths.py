@@ -12,3 +12,13 @@ NOPBC = DATA / "nopbc"  # C1H4O2, C4H3O1: gas-phase molecules, type map C H O
 TINY_DP = DATA / "tiny.dp"  # DeePMD-kit 3.2.0 DPA-1 model, type map O H, rcut 4, sel 40
 TINY_INPUT = DATA / "tiny_input.json"  # the input it was trained with
 TINY_REFERENCE = DATA / "tiny_reference.npz"  # DeePMD-kit's predictions with it
+
+# DeePMD-kit 3.2.0 PyTorch checkpoints (dp --pt train) and DeePMD-kit's predictions with them
+DEEPMD_CKPT = DATA / "deepmd_ckpt.pt"  # single task, se_atten (concat), type map O H, sel 40
+DEEPMD_CKPT_REFERENCE = DATA / "deepmd_ckpt_reference.npz"
+DEEPMD_MULTITASK = DATA / "deepmd_multitask.pt"  # branches water_a (alias A), water_b, water_se
+DEEPMD_MULTITASK_REFERENCE = {
+    "water_a": DATA / "deepmd_multitask_water_a_reference.npz",
+    "water_b": DATA / "deepmd_multitask_water_b_reference.npz",
+}
+TINY_DESCRIPTOR = DATA / "tiny_descriptor.npz"  # DeePMD-kit's eval_descriptor with tiny.dp

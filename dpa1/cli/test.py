@@ -1,4 +1,5 @@
-"""``dpa1 test -m MODEL -s SYSTEMS... [-n N] [--detail-file P] [--json F] [--plot F.png]``."""
+"""``dpa1 test -m MODEL -s SYSTEMS... [-n N] [--detail-file P] [--json F] [--plot F.png]
+[--model-branch B]``."""
 
 from __future__ import annotations
 
@@ -17,7 +18,8 @@ UNITS = {"energy": "eV", "energy_per_atom": "eV/atom", "force": "eV/Å", "virial
 def add_parser(sub) -> None:
     p = sub.add_parser("test", help="energy/force/virial errors of a model on labelled systems")
     p.add_argument(
-        "-m", "--model", required=True, help="frozen .pth, checkpoint .pt or DeePMD-kit .dp"
+        "-m", "--model", required=True,
+        help="frozen .pth, checkpoint .pt (dpa1's or DeePMD-kit's) or DeePMD-kit .dp",
     )
     p.add_argument(
         "-s",
@@ -31,6 +33,8 @@ def add_parser(sub) -> None:
     p.add_argument("--json", help="write the errors as JSON")
     p.add_argument("--plot", help="parity plots (PNG)")
     p.add_argument("--device", default=None)
+    p.add_argument("--model-branch", "--head", dest="model_branch", default=None,
+                   help="the branch of a multi-task DeePMD-kit checkpoint to test")
     p.set_defaults(func=run)
 
 
@@ -110,7 +114,7 @@ def run(args: argparse.Namespace) -> int:
     for option, path in (("--json", args.json), ("--plot", args.plot)):
         if path:
             check_output_path(path, option)
-    dp = DeepPot(args.model, device=args.device)
+    dp = DeepPot(args.model, device=args.device, model_branch=args.model_branch)
     paths = expand_systems(args.systems)
     results = []
     for path in paths:

@@ -23,7 +23,7 @@ from dpa1.data.loader import SystemSampler
 from dpa1.data.system import DeepmdSystem, expand_systems, labels_for_model
 from dpa1.io.atomic import atomic_path
 from dpa1.io.config import ConfigError, normalize_model_section
-from dpa1.io.model_file import load_checkpoint, load_energy_model
+from dpa1.io.model_file import CKPT_FORMAT, load_checkpoint, load_energy_model
 from dpa1.io.serialize import model_from_dict, model_to_dict
 from dpa1.io.stat_file import StatFile, open_stat_file
 from dpa1.model.build import build_model
@@ -91,10 +91,14 @@ class Trainer:
         restart: Path | None = None,
         init_model: Path | None = None,
         finetune: Path | None = None,
+        model_branch: str | None = None,
         device: torch.device = _CPU,
         dist_info: DistInfo = _SINGLE_PROCESS,
         skip_neighbor_stat: bool = False,
     ) -> None:
+        if model_branch is not None and init_model is None and finetune is None:
+            raise ValueError("model_branch picks the branch of the init_model or finetune "
+                             "checkpoint; give one of them")
         self.config = config
         self.out_dir = Path(out_dir)
         self.device = device
@@ -157,6 +161,11 @@ class Trainer:
         optimizer_state = None
         if restart is not None:
             model, payload = load_checkpoint(restart)
+            if payload.get("format") != CKPT_FORMAT:
+                raise ValueError(
+                    f"--restart {restart}: a DeePMD-kit checkpoint cannot continue as a dpa1 "
+                    "run; start from its weights with --init-model or --finetune"
+                )
             model = self._restart_model(Path(restart), model, payload)
             self.start_step = int(payload["step"])
             optimizer_state = payload.get("optimizer")
@@ -165,7 +174,7 @@ class Trainer:
             if payload.get("torch_rng") is not None:
                 torch.set_rng_state(payload["torch_rng"])
         elif init_model is not None:
-            weights, saved = load_energy_model(init_model)
+            weights, saved = load_energy_model(init_model, model_branch)
             if list(weights.type_map) != self.type_map:
                 raise ValueError(
                     f"--init-model {init_model}: its type_map {weights.type_map} is "
@@ -173,7 +182,7 @@ class Trainer:
                 )
             model = self._input_network(weights, Path(init_model), "--init-model", saved)
         elif finetune is not None:
-            model = self._finetune_model(Path(finetune))
+            model = self._finetune_model(Path(finetune), model_branch)
         else:
             model = self._fresh_model(skip_neighbor_stat)
         if tcfg.get("stat_file") and any(x is not None for x in (restart, init_model, finetune)):
@@ -299,8 +308,8 @@ class Trainer:
             self.config["model"]["descriptor"]["type"],
         )
 
-    def _finetune_model(self, path: Path) -> EnergyModel:
-        pretrained, saved = load_energy_model(path)
+    def _finetune_model(self, path: Path, model_branch: str | None = None) -> EnergyModel:
+        pretrained, saved = load_energy_model(path, model_branch)
         mdict, new_types = change_type_map(model_to_dict(pretrained), self.type_map, seed=self.seed)
         if saved and isinstance(saved.get("model"), dict):
             saved = {**saved, "model": {**saved["model"], "type_map": self.type_map}}
