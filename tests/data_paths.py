@@ -17,3 +17,13 @@ TINY_REFERENCE = DATA / "tiny_reference.npz"  # DeePMD-kit's predictions with it
 DETAIL_SYSTEMS = DATA / "detail"
 DP_TEST_DETAIL = DATA / "dp_test_detail"  # dp test -d files of TINY_DP on DETAIL_SYSTEMS
 DEEPMD_CHANGE_BIAS = DATA / "deepmd_change_bias.json"  # dp change-bias results on them
+
+# DeePMD-kit 3.2.0 PyTorch checkpoints (dp --pt train) and DeePMD-kit's predictions with them
+DEEPMD_CKPT = DATA / "deepmd_ckpt.pt"  # single task, se_atten (concat), type map O H, sel 40
+DEEPMD_CKPT_REFERENCE = DATA / "deepmd_ckpt_reference.npz"
+DEEPMD_MULTITASK = DATA / "deepmd_multitask.pt"  # branches water_a (alias A), water_b, water_se
+DEEPMD_MULTITASK_REFERENCE = {
+    "water_a": DATA / "deepmd_multitask_water_a_reference.npz",
+    "water_b": DATA / "deepmd_multitask_water_b_reference.npz",
+}
+TINY_DESCRIPTOR = DATA / "tiny_descriptor.npz"  # DeePMD-kit's eval_descriptor with tiny.dp

@@ -297,6 +297,7 @@ def test_reference_doc_lists_every_key() -> None:
         "`start_pref_h`",
     ):
         assert key in doc
+
     committed = ROOT / "docs" / "input_reference.md"
     assert committed.read_text() == reference_doc(), (
         "regenerate: python -m dpa1.io.config_doc > docs/input_reference.md"

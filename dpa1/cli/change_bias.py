@@ -8,6 +8,10 @@ least-squares fit of label − prediction on the per-type atom counts is *added*
 fparam/aparam statistics are recomputed). ``-b``: the user's values, one per type in
 type_map order, replace ``out_bias``. ``-n N``: N frames drawn from each system (0 = all),
 as ``dp change-bias -n`` (one frame per batch).
+
+The output has the input's format: a dpa1 checkpoint, a ``.dp`` file, or a DeePMD-kit
+checkpoint (every tensor kept, the ``--model-branch`` branch's ``out_bias`` replaced, as
+``dp --pt change-bias`` writes it).
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ from pathlib import Path
 
 def add_parser(sub) -> None:
     p = sub.add_parser("change-bias", help="change a model's energy bias (out_bias)")
-    p.add_argument("model", help="checkpoint .pt or DeePMD-kit .dp")
+    p.add_argument("model", help="checkpoint .pt (dpa1's or DeePMD-kit's) or DeePMD-kit .dp")
     p.add_argument(
         "-s", "--system", "--systems", dest="systems", nargs="+",
         help="systems to fit from: directories, roots searched recursively, globs, or HDF5 "
@@ -44,6 +48,8 @@ def add_parser(sub) -> None:
         help="frames evaluated at once in -m change: an integer or auto[:N] (default auto)",
     )
     p.add_argument("-o", "--output", help="output file (default: MODEL with suffix _updated)")
+    p.add_argument("--model-branch", default=None,
+                   help="the branch of a multi-task DeePMD-kit checkpoint to change")
     p.set_defaults(func=run)
 
 
@@ -69,6 +75,22 @@ def _check_flags(args: argparse.Namespace, type_map: list[str]) -> None:
                          "-m set does not evaluate the model")
 
 
+def save_deepmd_checkpoint(path: Path, payload: dict, model) -> None:
+    """The loaded DeePMD-kit checkpoint with the read branch's ``out_bias`` replaced."""
+    import torch
+
+    from dpa1.io.atomic import atomic_path
+    from dpa1.io.deepmd_checkpoint import out_bias_key, state_dict_of
+
+    raw = payload["deepmd"]
+    state = state_dict_of(raw)
+    key = out_bias_key(payload["deepmd_branch"])
+    old = state[key]
+    state[key] = model.out_bias.detach().to(dtype=old.dtype).reshape(old.shape).clone()
+    with atomic_path(path) as tmp:
+        torch.save(raw, tmp)
+
+
 def run(args: argparse.Namespace) -> int:
     import torch
 
@@ -76,7 +98,12 @@ def run(args: argparse.Namespace) -> int:
     from dpa1.data.loader import SystemSampler, resolve_batch_sizes
     from dpa1.data.system import DeepmdSystem, expand_systems, labels_for_model, read_system_list
     from dpa1.io.atomic import check_output_path
-    from dpa1.io.model_file import load_checkpoint, save_checkpoint
+    from dpa1.io.model_file import (
+        DEEPMD_FORMAT,
+        load_checkpoint,
+        refuse_model_branch,
+        save_checkpoint,
+    )
     from dpa1.io.serialize import load_dp_model, save_dp_model
 
     src = Path(args.model)
@@ -84,10 +111,11 @@ def run(args: argparse.Namespace) -> int:
     check_output_path(out, "-o")
     is_dp = src.suffix.lower() in (".dp", ".yaml", ".yml")
     if is_dp:
+        refuse_model_branch(src, args.model_branch)
         model, data = load_dp_model(src)
         payload = None
     else:
-        model, payload = load_checkpoint(src)
+        model, payload = load_checkpoint(src, args.model_branch)
     _check_flags(args, list(model.type_map))
     before = model.out_bias.detach().reshape(-1).clone()
     if args.bias_value is not None:
@@ -114,6 +142,8 @@ def run(args: argparse.Namespace) -> int:
     after = model.out_bias.detach().reshape(-1)
     if is_dp:
         save_dp_model(out, model, model_def_script=data.get("model_def_script"))
+    elif payload.get("format") == DEEPMD_FORMAT:
+        save_deepmd_checkpoint(out, payload, model)
     else:
         save_checkpoint(out, model, config=payload.get("config"), step=payload.get("step", 0))
     for name, b0, b1 in zip(model.type_map, before.tolist(), after.tolist(), strict=True):

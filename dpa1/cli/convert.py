@@ -1,7 +1,9 @@
 """``dpa1 convert IN OUT``: convert a model between dpa1's and DeePMD-kit's file formats.
 
 =========================  =====================================================
-``.pt``                    dpa1 training checkpoint (read / write)
+``.pt``                    dpa1 training checkpoint (read / write); DeePMD-kit's
+                           ``dp --pt train`` checkpoint (read; ``--model-branch``
+                           picks a multi-task branch)
 ``.dp`` / ``.yaml``        DeePMD-kit's backend-independent serialized model (read / write)
 ``.pth``                   frozen TorchScript model (write only)
 =========================  =====================================================
@@ -27,14 +29,16 @@ def add_parser(sub) -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("input", metavar="IN", help="model to read: .pt, .dp or .yaml")
     p.add_argument("output", metavar="OUT", help="model to write: .dp, .yaml, .pt or .pth")
+    p.add_argument("--model-branch", default=None,
+                   help="the branch of a multi-task DeePMD-kit checkpoint to convert")
     p.set_defaults(func=run)
 
 
-def read_model(path: Path) -> tuple[Any, dict[str, Any]]:
+def read_model(path: Path, model_branch: str | None = None) -> tuple[Any, dict[str, Any]]:
     """The model in ``path`` and what else the output formats can carry:
     ``model_def_script`` (the model section of the input), ``config`` (a checkpoint's full
     training input), ``step`` and ``min_nbor_dist``."""
-    from dpa1.io.model_file import load_checkpoint
+    from dpa1.io.model_file import load_checkpoint, refuse_model_branch
     from dpa1.io.serialize import load_dp_model
 
     if not path.exists():
@@ -44,13 +48,14 @@ def read_model(path: Path) -> tuple[Any, dict[str, Any]]:
         raise ValueError(f"{path}: a frozen TorchScript model (.pth) cannot be converted; "
                          "convert the checkpoint (.pt) or .dp file it was made from")
     if suffix in DP_SUFFIXES:
+        refuse_model_branch(path, model_branch)
         model, data = load_dp_model(path)
         mnd = (data.get("@variables") or {}).get("min_nbor_dist")
         return model, {"model_def_script": data.get("model_def_script"), "config": None,
                        "step": 0, "min_nbor_dist": None if mnd is None else float(mnd)}
     if suffix != ".pt":
         raise ValueError(f"{path}: unknown model format {suffix!r} (expected .pt, .dp or .yaml)")
-    model, payload = load_checkpoint(path)
+    model, payload = load_checkpoint(path, model_branch)
     config = payload.get("config")
     mds = _resolved_model_section(config.get("model") if config else None, model)
     return model, {"model_def_script": mds, "config": config, "step": int(payload.get("step", 0)),
@@ -106,7 +111,7 @@ def run(args: argparse.Namespace) -> int:
     src, dst = Path(args.input), Path(args.output)
     check_output_format(dst)
     check_output_path(dst, "OUT")
-    model, info = read_model(src)
+    model, info = read_model(src, args.model_branch)
     write_model(dst, model.eval(), info)
     print(f"dpa1 convert: {src} -> {dst}")
     return 0

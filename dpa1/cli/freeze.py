@@ -12,8 +12,11 @@ from dpa1.io.model_file import freeze, load_energy_model
 def add_parser(sub) -> None:
     p = sub.add_parser("freeze", help="write a self-contained TorchScript model (.pth)")
     p.add_argument("-c", "--checkpoint", default="model.ckpt.pt",
-                   help="checkpoint file (or a directory holding model.ckpt.pt), or a .dp file")
+                   help="checkpoint file, dpa1's or DeePMD-kit's (or a directory holding "
+                   "model.ckpt.pt), or a .dp file")
     p.add_argument("-o", "--output", default="frozen_model.pth", help="output .pth file")
+    p.add_argument("--model-branch", "--head", dest="model_branch", default=None,
+                   help="the branch of a multi-task DeePMD-kit checkpoint to freeze")
     p.set_defaults(func=run)
 
 
@@ -22,7 +25,7 @@ def run(args: argparse.Namespace) -> int:
     src = Path(args.checkpoint)
     if src.is_dir():
         src = src / "model.ckpt.pt"
-    model, config = load_energy_model(src)
+    model, config = load_energy_model(src, args.model_branch)
     freeze(model, args.output, config=(config or {}).get("model") if config else None)
     print(f"froze {src} -> {args.output}")
     return 0

@@ -1,5 +1,6 @@
 """``dpa1 test -m MODEL (-s SYSTEMS... | -f LIST) [-n N] [-d PREFIX] [-a] [--json F]
-[--plot F.png]``: ``dp test`` (errors and detail files as DeePMD-kit writes them)."""
+[--plot F.png] [--model-branch B]``: ``dp test`` (errors and detail files as DeePMD-kit
+writes them)."""
 
 from __future__ import annotations
 
@@ -18,7 +19,8 @@ UNITS = {"energy": "eV", "energy_per_atom": "eV/atom", "force": "eV/Å", "virial
 def add_parser(sub) -> None:
     p = sub.add_parser("test", help="energy/force/virial errors of a model on labelled systems")
     p.add_argument(
-        "-m", "--model", required=True, help="frozen .pth, checkpoint .pt or DeePMD-kit .dp"
+        "-m", "--model", required=True,
+        help="frozen .pth, checkpoint .pt (dpa1's or DeePMD-kit's) or DeePMD-kit .dp",
     )
     p.add_argument(
         "-s",
@@ -41,6 +43,8 @@ def add_parser(sub) -> None:
     p.add_argument("--json", help="write the errors as JSON")
     p.add_argument("--plot", help="parity plots (PNG)")
     p.add_argument("--device", default=None)
+    p.add_argument("--model-branch", "--head", dest="model_branch", default=None,
+                   help="the branch of a multi-task DeePMD-kit checkpoint to test")
     p.set_defaults(func=run)
 
 
@@ -107,7 +111,7 @@ def run(args: argparse.Namespace) -> int:
     # -f: each line is one system, as written (dp test -f); -s: searched recursively
     paths = read_system_list(args.datafile) if args.datafile else expand_systems(
         args.systems or ["."])
-    dp = DeepPot(args.model, device=args.device)
+    dp = DeepPot(args.model, device=args.device, model_branch=args.model_branch)
     results = []
     for path in paths:
         system = DeepmdSystem(path, dp.get_type_map())

@@ -29,6 +29,12 @@ def add_parser(sub) -> None:
         metavar="MODEL",
         help="fine-tune a pretrained model (.pt or .dp) on this input's data",
     )
+    p.add_argument(
+        "--model-branch",
+        default=None,
+        help="the branch of a multi-task DeePMD-kit checkpoint given to --init-model or "
+        "--finetune",
+    )
     p.add_argument("-o", "--output", default=".", help="output directory (default: current)")
     p.add_argument(
         "--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available)"
@@ -88,6 +94,9 @@ def run(args: argparse.Namespace) -> int:
     from dpa1.train.distributed import cleanup, init_distributed, pick_device
     from dpa1.train.trainer import Trainer, write_out_json
 
+    if args.model_branch is not None and not (args.init_model or args.finetune):
+        raise ValueError("--model-branch picks the branch of the --init-model or --finetune "
+                         "checkpoint; give one of them")
     settings = load_settings(args.input)
     out_dir = check_outputs(settings, Path(args.output))
     device = pick_device(args.device)
@@ -101,6 +110,7 @@ def run(args: argparse.Namespace) -> int:
             restart=Path(args.restart) if args.restart else None,
             init_model=Path(args.init_model) if args.init_model else None,
             finetune=Path(args.finetune) if args.finetune else None,
+            model_branch=args.model_branch,
             device=device,
             dist_info=info,
             skip_neighbor_stat=args.skip_neighbor_stat,

@@ -10,6 +10,7 @@ from collections.abc import Iterator, Sequence
 import numpy as np
 import torch
 
+from dpa1.infer.descriptor import descriptor_lower
 from dpa1.io.model_file import load_model
 from dpa1.model.neighbor import PairSummary, build_extended_system, overlap_distance
 
@@ -26,6 +27,8 @@ class DeepPot:
             loaded :class:`~dpa1.model.model.EnergyModel`.
         device: ``"cpu"``, ``"cuda"``…; default: cuda when available.
         batch_frames: frames evaluated together (bounds memory for long trajectories).
+        model_branch: the branch of a multi-task DeePMD-kit checkpoint (alias ``head``, as
+            in DeePMD-kit); refused for other models.
     """
 
     def __init__(
@@ -33,16 +36,24 @@ class DeepPot:
         model: str | os.PathLike | torch.nn.Module,
         device: str | torch.device | None = None,
         batch_frames: int = 16,
+        model_branch: str | None = None,
+        head: str | None = None,
     ) -> None:
         self.device = torch.device(device) if device is not None else default_device()
+        if head is not None and model_branch is not None and head != model_branch:
+            raise ValueError(f"model_branch {model_branch!r} and head {head!r} disagree; "
+                             "give one of them")
+        model_branch = model_branch if model_branch is not None else head
         if isinstance(model, torch.nn.Module):
+            if model_branch is not None:
+                raise ValueError("model_branch applies to a model file, not a loaded model")
             self.module = model.to(self.device).eval()
             self.meta = {"type_map": list(model.type_map), "rcut": model.rcut, "sel": model.nnei,
                          "dim_fparam": model.fitting.numb_fparam,
                          "dim_aparam": model.fitting.numb_aparam,
                          "min_nbor_dist": getattr(model, "min_nbor_dist", None)}
         else:
-            self.module, self.meta = load_model(model, self.device)
+            self.module, self.meta = load_model(model, self.device, model_branch)
         self.batch_frames = max(1, int(batch_frames))
         self._dtype = torch.float64
         # geometry warnings already given (each once per model, not at every MD step)
@@ -154,23 +165,68 @@ class DeepPot:
             result += (out["atom_energy"], out["atom_virial"])
         return result
 
-    def _eval_batch(
-        self, coord, atype, box, fparam, aparam, atomic, first: int, nf: int
-    ) -> dict[str, np.ndarray]:
+    def _extended(self, coord, atype, box, first: int, nf: int) -> tuple[torch.Tensor, ...]:
+        """Extended system of a batch of frames (after the overlap/``sel`` checks)."""
         dev, dt = self.device, self._dtype
         coord_t = torch.as_tensor(coord, dtype=dt, device=dev)
         atype_t = torch.as_tensor(np.array(atype, dtype=np.int64), device=dev)
         box_t = None if box is None else torch.as_tensor(box, dtype=dt, device=dev)
         summary: list[PairSummary] = []
-        ext_coord, ext_atype, mapping, nlist = build_extended_system(
+        extended = build_extended_system(
             coord_t, atype_t, box_t, self.get_rcut(), int(self.meta["sel"]), summary
         )
         self._check_pairs(summary, first, nf)
+        return extended
+
+    def _eval_batch(
+        self, coord, atype, box, fparam, aparam, atomic, first: int, nf: int
+    ) -> dict[str, np.ndarray]:
+        dev, dt = self.device, self._dtype
+        ext_coord, ext_atype, mapping, nlist = self._extended(coord, atype, box, first, nf)
         fp_t = None if fparam is None else torch.as_tensor(fparam, dtype=dt, device=dev)
         ap_t = None if aparam is None else torch.as_tensor(aparam, dtype=dt, device=dev)
         out = self.module.forward_lower(ext_coord, ext_atype, nlist, mapping, fp_t, ap_t, atomic)
         keys = ["energy", "force", "virial"] + (["atom_energy", "atom_virial"] if atomic else [])
         return {k: out[k].detach().cpu().numpy() for k in keys}
+
+    def eval_descriptor(
+        self,
+        coords: np.ndarray,
+        cells: np.ndarray | None,
+        atom_types: Sequence[int] | Sequence[str] | np.ndarray,
+        fparam: np.ndarray | None = None,
+        aparam: np.ndarray | None = None,
+        mixed_type: bool = False,
+    ) -> np.ndarray:
+        """The per-atom descriptor, as ``deepmd.infer.DeepPot.eval_descriptor``.
+
+        Args:
+            coords, cells, atom_types: as in :meth:`eval`; with ``mixed_type``
+                ``atom_types`` must be ``(nf, natoms)``.
+            fparam, aparam: accepted for DeePMD-kit's signature; the DPA-1 descriptor does
+                not depend on them (the fitting network does).
+
+        Returns:
+            ``(nf, natoms, dim_out)`` float64, in the caller's atom order.
+        """
+        atype = self.types_from(atom_types)
+        if mixed_type and atype.ndim != 2:
+            raise ValueError(f"mixed_type: atom_types must be (nframes, natoms), got shape "
+                             f"{atype.shape}")
+        coords = np.asarray(coords, dtype=np.float64)
+        natoms = atype.shape[-1]
+        coords = coords.reshape(-1, natoms, 3)
+        nf = coords.shape[0]
+        atype = np.broadcast_to(atype.reshape(-1, natoms), (nf, natoms))
+        box = None if cells is None else np.asarray(cells, dtype=np.float64).reshape(nf, 3, 3)
+        out = []
+        for start in range(0, nf, self.batch_frames):
+            sl = slice(start, start + self.batch_frames)
+            ext_coord, ext_atype, _, nlist = self._extended(
+                coords[sl], atype[sl], None if box is None else box[sl], start, nf
+            )
+            out.append(descriptor_lower(self.module, ext_coord, ext_atype, nlist).cpu().numpy())
+        return np.concatenate(out)
 
     @contextlib.contextmanager
     def naming(

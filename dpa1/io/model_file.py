@@ -13,6 +13,8 @@
   frozen with the C++ ops needs them to load; where they cannot load, the plain model is
   rebuilt from ``dpa1_model.pt`` (same numbers, slower).
 - ``*.dp`` / ``*.yaml`` — DeePMD-kit's serialized format.
+- ``*.pt`` written by ``dp --pt train`` — DeePMD-kit's checkpoints, told from ours by
+  content (:mod:`dpa1.io.deepmd_checkpoint`); ``model_branch`` picks a multi-task branch.
 """
 
 from __future__ import annotations
@@ -30,12 +32,14 @@ import torch
 
 from dpa1.accel.build import native_ops
 from dpa1.io.atomic import atomic_path
+from dpa1.io.deepmd_checkpoint import is_deepmd_checkpoint, read_branch
 from dpa1.io.serialize import load_dp_model, model_from_dict, model_to_dict, save_dp_model
 from dpa1.model import accel_hook
 from dpa1.model.model import EnergyModel
 
 CKPT_FORMAT = "dpa1-checkpoint"
 CKPT_VERSION = 1
+DEEPMD_FORMAT = "deepmd-kit"  # the payload format of a DeePMD-kit checkpoint read as ours
 FROZEN_META = "dpa1.json"
 FROZEN_MODEL = "dpa1_model.pt"
 _PICKLE_PROTOCOL_2_PLUS = b"\x80"  # first byte of torch's pre-1.6 (non-zip) format
@@ -121,8 +125,9 @@ def save_checkpoint(
         torch.save(payload, tmp)
 
 
-def load_checkpoint(path: str | os.PathLike) -> tuple[EnergyModel, dict]:
-    """Load a checkpoint (``weights_only=True``): the model and the raw payload."""
+def read_torch_file(path: str | os.PathLike) -> dict:
+    """``torch.load`` (``weights_only=True``) of a ``.pt`` file: a dpa1 or a DeePMD-kit
+    checkpoint, told apart by content; one-line errors for anything else."""
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"{path}: no such checkpoint")
@@ -137,14 +142,58 @@ def load_checkpoint(path: str | os.PathLike) -> tuple[EnergyModel, dict]:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # pickle/zip errors of many kinds
         raise ValueError(f"{path}: not a readable dpa1 checkpoint ({_first_line(err)})") from None
+    if is_deepmd_checkpoint(payload):
+        return payload
     if not isinstance(payload, dict) or payload.get("format") != CKPT_FORMAT:
-        raise ValueError(f"{path}: not a dpa1 checkpoint (no format tag {CKPT_FORMAT!r})")
+        raise ValueError(
+            f"{path}: not a checkpoint (neither the format tag {CKPT_FORMAT!r} of dpa1 nor "
+            "the model_params of a DeePMD-kit checkpoint)"
+        )
     if payload.get("version", 0) > CKPT_VERSION:
         raise ValueError(f"{path}: checkpoint version {payload['version']} is newer than this dpa1")
+    return payload
+
+
+def load_checkpoint(
+    path: str | os.PathLike, model_branch: str | None = None
+) -> tuple[EnergyModel, dict]:
+    """Load a checkpoint (``weights_only=True``): the model and the payload.
+
+    A DeePMD-kit checkpoint (``dp --pt train``; see :mod:`dpa1.io.deepmd_checkpoint`) comes
+    back with a payload in dpa1's layout: ``format`` ``"deepmd-kit"``, ``config``
+    ``{"model": <the branch's model section>}``, ``step``, ``min_nbor_dist``,
+    ``model_branch`` (the branch read; None for a single task) and ``deepmd`` (the loaded
+    file, for writers that update it in place). ``model_branch`` picks the branch of a
+    multi-task DeePMD-kit checkpoint and is refused for every other file.
+    """
+    payload = read_torch_file(path)
+    if is_deepmd_checkpoint(payload):
+        got = read_branch(path, payload, model_branch)
+        return got.model, {
+            "format": DEEPMD_FORMAT,
+            "config": {"model": got.section},
+            "step": got.step,
+            "optimizer": None,
+            "min_nbor_dist": got.model.min_nbor_dist,
+            "model_branch": got.branch if got.multi_task else None,
+            "deepmd_branch": got.branch,
+            "deepmd": payload,
+        }
+    refuse_model_branch(path, model_branch)
     model = model_from_dict(_to_numpy(payload["model"]))
     if payload.get("min_nbor_dist") is not None:
         model.min_nbor_dist = float(payload["min_nbor_dist"])
     return model, payload
+
+
+def refuse_model_branch(path: str | os.PathLike, model_branch: str | None) -> None:
+    """``--model-branch`` names a branch of a multi-task DeePMD-kit checkpoint; any other
+    model file has one model only."""
+    if model_branch is not None:
+        raise ValueError(
+            f"{path}: --model-branch {model_branch!r} applies to multi-task DeePMD-kit "
+            "checkpoints only; this file holds a single model"
+        )
 
 
 def _unwrap(model: torch.nn.Module) -> EnergyModel:
@@ -246,27 +295,37 @@ def _rebuilt_plain(path: str | os.PathLike, meta: dict, device: str | torch.devi
     return model.to(device).eval(), meta
 
 
-def load_model(path: str | os.PathLike, device: str | torch.device = "cpu"):
+def load_model(
+    path: str | os.PathLike,
+    device: str | torch.device = "cpu",
+    model_branch: str | None = None,
+):
     """Load any supported model file for evaluation.
+
+    Args:
+        model_branch: the branch of a multi-task DeePMD-kit checkpoint (refused otherwise).
 
     Returns:
         ``(module, meta)``: ``module`` has ``forward_lower``; ``meta`` has ``type_map``,
-        ``rcut``, ``sel`` and ``kind`` (``checkpoint``, ``frozen`` or ``dp``).
+        ``rcut``, ``sel`` and ``kind`` (``checkpoint``, ``deepmd-checkpoint``, ``frozen``
+        or ``dp``).
     """
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"{path}: no such model file")
     suffix = path.suffix.lower()
     if suffix in (".dp", ".yaml", ".yml", ".hlo"):
+        refuse_model_branch(path, model_branch)
         model, data = load_dp_model(path)
         kind = "dp"
     elif suffix == ".pth":
+        refuse_model_branch(path, model_branch)
         module, meta = load_frozen(path, device)
         meta["kind"] = "frozen"
         return module, meta
     else:
-        model, data = load_checkpoint(path)
-        kind = "checkpoint"
+        model, data = load_checkpoint(path, model_branch)
+        kind = "deepmd-checkpoint" if data.get("format") == DEEPMD_FORMAT else "checkpoint"
     model = model.to(device).eval()
     meta = {
         "type_map": model.type_map,
@@ -280,13 +339,18 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu"):
     return model, meta
 
 
-def load_energy_model(path: str | os.PathLike) -> tuple[EnergyModel, dict | None]:
-    """Load an editable (non-TorchScript) model from a checkpoint or ``.dp`` file.
+def load_energy_model(
+    path: str | os.PathLike, model_branch: str | None = None
+) -> tuple[EnergyModel, dict | None]:
+    """Load an editable (non-TorchScript) model from a checkpoint (dpa1's or DeePMD-kit's;
+    ``model_branch`` picks a multi-task branch) or a ``.dp`` file.
 
-    Returns the model and the training config stored with it (None for ``.dp``).
+    Returns the model and the training config stored with it (None for ``.dp``; for a
+    DeePMD-kit checkpoint ``{"model": <the branch's model section>}``).
     """
     path = Path(path)
     if path.suffix.lower() in (".dp", ".yaml", ".yml", ".hlo"):
+        refuse_model_branch(path, model_branch)
         model, data = load_dp_model(path)
         return model, None
     if path.suffix.lower() == ".pth":
@@ -303,13 +367,15 @@ def load_energy_model(path: str | os.PathLike) -> tuple[EnergyModel, dict | None
                 f"{path}: not a model file ({_WHAT_IT_IS[kind]}); expected a dpa1 "
                 "checkpoint (.pt) or a DeePMD-kit model (.dp)"
             )
-    model, payload = load_checkpoint(path)
+    model, payload = load_checkpoint(path, model_branch)
     return model, payload.get("config")
 
 
 __all__ = [
     "save_checkpoint",
     "load_checkpoint",
+    "read_torch_file",
+    "refuse_model_branch",
     "freeze",
     "load_frozen",
     "load_model",

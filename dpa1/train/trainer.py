@@ -33,7 +33,7 @@ from dpa1.io.config import (
     parse_model_section,
 )
 from dpa1.io.config_schema import TrainingData
-from dpa1.io.model_file import load_checkpoint, load_energy_model
+from dpa1.io.model_file import CKPT_FORMAT, load_checkpoint, load_energy_model
 from dpa1.io.serialize import model_from_dict, model_to_dict
 from dpa1.io.stat_file import StatFile, open_stat_file
 from dpa1.model.build import build_model
@@ -117,10 +117,14 @@ class Trainer:
         restart: Path | None = None,
         init_model: Path | None = None,
         finetune: Path | None = None,
+        model_branch: str | None = None,
         device: torch.device = _CPU,
         dist_info: DistInfo = _SINGLE_PROCESS,
         skip_neighbor_stat: bool = False,
     ) -> None:
+        if model_branch is not None and init_model is None and finetune is None:
+            raise ValueError("model_branch picks the branch of the init_model or finetune "
+                             "checkpoint; give one of them")
         self.settings = parse_config(config)
         self.out_dir = Path(out_dir)
         self.device = device
@@ -137,9 +141,9 @@ class Trainer:
         if restart is not None:
             model = self._restart_model(Path(restart), resume)
         elif init_model is not None:
-            model = self._init_model(Path(init_model))
+            model = self._init_model(Path(init_model), model_branch)
         elif finetune is not None:
-            model = self._finetune_model(Path(finetune))
+            model = self._finetune_model(Path(finetune), model_branch)
         else:
             model = self._fresh_model(skip_neighbor_stat)
         if self.settings.training.stat_file and any(
@@ -330,9 +334,9 @@ class Trainer:
             self.settings.model.descriptor.type,
         )
 
-    def _init_model(self, path: Path) -> EnergyModel:
+    def _init_model(self, path: Path, model_branch: str | None = None) -> EnergyModel:
         """``--init-model``: the input's network with a checkpoint's weights."""
-        weights, saved = load_energy_model(path)
+        weights, saved = load_energy_model(path, model_branch)
         if list(weights.type_map) != self.type_map:
             raise ValueError(
                 f"--init-model {path}: its type_map {weights.type_map} is "
@@ -340,8 +344,8 @@ class Trainer:
             )
         return self._input_network(weights, path, "--init-model", saved)
 
-    def _finetune_model(self, path: Path) -> EnergyModel:
-        pretrained, saved = load_energy_model(path)
+    def _finetune_model(self, path: Path, model_branch: str | None = None) -> EnergyModel:
+        pretrained, saved = load_energy_model(path, model_branch)
         mdict, new_types = change_type_map(model_to_dict(pretrained), self.type_map, seed=self.seed)
         if saved and isinstance(saved.get("model"), dict):
             saved = {**saved, "model": {**saved["model"], "type_map": self.type_map}}
@@ -367,6 +371,11 @@ class Trainer:
         network with its weights, as ``--init-model`` does. Fills ``resume`` and the start
         step, and restores the torch RNG."""
         model, payload = load_checkpoint(path)
+        if payload.get("format") != CKPT_FORMAT:
+            raise ValueError(
+                f"--restart {path}: a DeePMD-kit checkpoint cannot continue as a dpa1 run; "
+                "start from its weights with --init-model or --finetune"
+            )
         model = self._checked_restart_network(path, model, payload)
         self.start_step = int(payload["step"])
         resume.optimizer = payload.get("optimizer")
