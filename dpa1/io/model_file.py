@@ -142,16 +142,28 @@ def _unwrap(model: torch.nn.Module) -> EnergyModel:
     return getattr(model, "module", model)  # DDP wrapper
 
 
-def freeze(model: EnergyModel, path: str | os.PathLike, config: dict | None = None) -> None:
-    """Write a self-contained TorchScript model that needs no training code to run."""
+def freeze(
+    model: EnergyModel, path: str | os.PathLike, config: dict | None = None, *, lammps: bool = False
+) -> None:
+    """Write a self-contained TorchScript model that needs no training code to run.
+
+    With ``lammps``, the model is wrapped in :class:`dpa1.export.lammps.LammpsModel`: the
+    interface DeePMD-kit's C++ library (``pair_style deepmd``) calls; dpa1 reads it too.
+    """
     model = _unwrap(model)
     was_training = model.training
     model.eval()
     try:
-        scripted = torch.jit.script(model)
+        if lammps:
+            from dpa1.export.lammps import LammpsModel
+
+            scripted = torch.jit.script(LammpsModel(model))
+        else:
+            scripted = torch.jit.script(model)
     finally:
         model.train(was_training)
     meta = {
+        "lammps": lammps,
         "type_map": model.type_map,
         "rcut": model.rcut,
         "sel": model.nnei,
