@@ -12,7 +12,8 @@
 #    1e-8 relative; a frame without pairs within 1e-3 Å of rcut), `mpirun -np 2` against one
 #    rank, and against DeePMD-kit's own conversion of the same .dp (`dp convert-backend`);
 # 2. a short NVE run (tiny.dp, 0.5 fs): total energy drift, dpa1's export and DeePMD-kit's
-#    conversion (tiny.dp is barely trained and non-smooth: the drift is the model's);
+#    conversion (tiny.dp is barely trained and non-smooth: the drift is the model's), and
+#    DeePMD-kit's conversion rerun on dpa1's trajectory (same energies);
 # 3. ms/step, dpa1's export against DeePMD-kit's conversion of the same weights, for a model
 #    of examples/water/input.json's shape (untrained: timing only), at 192 and 1,536 atoms,
 #    one rank with 2 threads and 2 ranks with 1 thread each.
@@ -30,7 +31,7 @@ TIMING=1
 for arg in "$@"; do
   case "$arg" in
     --no-timing) TIMING=0 ;;
-    -h|--help) sed -n '2,22p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,24p' "$0"; exit 0 ;;
     *) echo "lammps.sh: unknown argument $arg" >&2; exit 2 ;;
   esac
 done
@@ -79,9 +80,15 @@ $HELP same --log run0_1.log --dump run0_1.dump --log2 run0_dp.log --dump2 run0_d
 echo "== NVE: tiny.dp, 192 atoms, $NVE_STEPS steps, dpa1's export then DeePMD-kit's conversion"
 for model in tiny_lmp tiny_dp; do
   one 1 1 "nve_$model.log" -var data water.lmp -var model "$model.pth" -var nsteps "$NVE_STEPS" \
-    -in "$IN/in.nve"
+    -var out "nve_$model" -in "$IN/in.nve"
   $HELP drift --log "nve_$model.log" --natoms 192
 done
+# Non-smooth attention makes the two runs part after a few dozen steps (a pair crossing rcut
+# one step earlier or later): the same potential shows in a rerun of one run's trajectory.
+one 1 1 rerun_dp.log -var data water.lmp -var model tiny_dp.pth -var traj nve_tiny_lmp.dump \
+  -in "$IN/in.rerun"
+$HELP rerun --log nve_tiny_lmp.log --log2 rerun_dp.log --dump nve_tiny_lmp.dump --ref water.npz \
+  --rcut 4.0 2>/dev/null || status=1
 
 if [ "$TIMING" = 1 ]; then
   echo "== ms/step: model of examples/water/input.json's shape (untrained), $BENCH_STEPS steps"

@@ -9,7 +9,9 @@ Run with the Python of the environment that holds LAMMPS and DeePMD-kit, dpa1 in
     python benchmarks/lammps_helper.py compare --model m.pth --ref water.npz --log log.lammps \
         --dump forces.dump
     python benchmarks/lammps_helper.py same --log a.log --dump a.dump --log2 b.log --dump2 b.dump
-    python benchmarks/lammps_helper.py drift --log nve.log
+    python benchmarks/lammps_helper.py drift --log nve.log --natoms 192
+    python benchmarks/lammps_helper.py rerun --log nve.log --log2 rerun.log --dump nve.dump \
+        --ref water.npz --rcut 4
     python benchmarks/lammps_helper.py looptime --log run.log
 """
 
@@ -25,14 +27,28 @@ import numpy as np
 NKTV2P = 1.6021765e6  # LAMMPS metal units: bar per eV/Å^3
 
 
+def _near_rcut(coord: np.ndarray, box: np.ndarray, rcut: float, margin: float) -> bool:
+    """Whether a pair of the periodic frame is within ``margin`` of ``rcut``: there, with
+    non-smooth attention, round-off decides the energy (docs/design.md, "Directions near
+    rcut"), so two codes cannot be compared to 1e-9."""
+    import torch
+
+    from dpa1.model.neighbor import build_extended_system
+
+    ext, _, _, nlist = build_extended_system(
+        torch.from_numpy(coord[None]), torch.zeros(1, len(coord), dtype=torch.long),
+        torch.from_numpy(box[None]), rcut + margin, 10_000,
+    )
+    idx = nlist[0].clamp(min=0)
+    r = torch.linalg.norm(ext[0][idx] - ext[0, : len(coord)].unsqueeze(1), dim=-1)
+    return bool(torch.any((r[nlist[0] >= 0] - rcut).abs() < margin))
+
+
 def cmd_data(args: argparse.Namespace) -> int:
     """A LAMMPS data file (atom_style atomic, types in type-map order with their masses,
     coordinates wrapped into the box) of one frame, and the same frame as .npz."""
     import ase.io
-    import torch
     from ase import Atoms
-
-    from dpa1.model.neighbor import build_extended_system
 
     system = Path(args.system)
     type_map = (system / "type_map.raw").read_text().split()
@@ -45,17 +61,7 @@ def cmd_data(args: argparse.Namespace) -> int:
         atoms = Atoms(np.array(type_map)[atype], positions=coord, cell=box, pbc=True)
         atoms = atoms.repeat(args.replicate)
         atoms.wrap()
-        # no pair within `margin` of rcut: LAMMPS and dpa1 must agree on which pairs count
-        ext, _, _, nlist = build_extended_system(
-            torch.from_numpy(atoms.positions[None]),
-            torch.zeros(1, len(atoms), dtype=torch.long),
-            torch.from_numpy(np.asarray(atoms.cell)[None]),
-            args.rcut + args.margin, 10_000,
-        )
-        idx = nlist[0].clamp(min=0)
-        r = torch.linalg.norm(ext[0][idx] - ext[0, : len(atoms)].unsqueeze(1), dim=-1)
-        r = r[nlist[0] >= 0]
-        if torch.any((r - args.rcut).abs() < args.margin):
+        if _near_rcut(atoms.positions, np.asarray(atoms.cell), args.rcut, args.margin):
             if args.frame >= 0:
                 raise SystemExit(f"frame {f}: a pair within {args.margin} Å of rcut")
             continue
@@ -173,15 +179,56 @@ def cmd_drift(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_rerun(args: argparse.Namespace) -> int:
+    """The energies of a trajectory from the run that made it against a ``rerun``."""
+    run, rerun = _thermo_table(args.log), _thermo_table(args.log2)
+    steps = {int(s): e for s, e in zip(run["Step"], run["PotEng"], strict=True)}
+    box = np.load(args.ref)["box"]
+    frames = _dump_frames(args.dump)
+    pairs, near = [], 0
+    for s, e in zip(rerun["Step"], rerun["PotEng"], strict=True):
+        if int(s) not in steps:
+            continue
+        if _near_rcut(frames[int(s)], box, args.rcut, args.margin):
+            near += 1
+            continue
+        pairs.append((steps[int(s)], e))
+    if not pairs:
+        raise SystemExit(f"{args.log}, {args.log2}: no common steps without pairs near rcut")
+    a, b = np.array(pairs).T
+    de = np.abs(a - b).max() / np.abs(a).max()
+    ok = de <= args.etol
+    print(f"{'PASS' if ok else 'FAIL'} {args.log2} on {args.log}'s trajectory: {len(a)} frames "
+          f"({near} more with a pair within {args.margin:g} Å of rcut left out), energy max rel "
+          f"{de:.1e} (tol {args.etol:g}; the run's energies are printed with 10 decimals)")
+    return 0 if ok else 1
+
+
+def _dump_frames(dump: str) -> dict[int, np.ndarray]:
+    """Positions ``(natoms, 3)`` by step of a ``dump custom ... id type x y z`` file."""
+    lines = Path(dump).read_text().splitlines()
+    frames = {}
+    for i, ln in enumerate(lines):
+        if ln.startswith("ITEM: TIMESTEP"):
+            step, n = int(lines[i + 1]), int(lines[i + 3])
+            cols = lines[i + 8].split()[2:]
+            rows = np.array([r.split() for r in lines[i + 9:i + 9 + n]], dtype=np.float64)
+            rows = rows[np.argsort(rows[:, cols.index("id")])]
+            frames[step] = rows[:, [cols.index(c) for c in ("x", "y", "z")]]
+    return frames
+
+
 def cmd_looptime(args: argparse.Namespace) -> int:
     """ms/step of the last ``run`` of a LAMMPS log."""
-    found = re.findall(r"Loop time of (\S+) on (\d+) procs for (\d+) steps with (\d+) atoms",
-                       Path(args.log).read_text())
-    if not found:
+    text = Path(args.log).read_text()
+    found = re.findall(r"Loop time of (\S+) on \d+ procs for (\d+) steps with (\d+) atoms", text)
+    tasks = re.findall(r"with (\d+) MPI tasks x (\d+) OpenMP threads", text)
+    if not found or not tasks:
         raise SystemExit(f"{args.log}: no 'Loop time' line")
-    sec, procs, steps, atoms = found[-1]
+    sec, steps, atoms = found[-1]
+    ranks, threads = tasks[-1]
     ms = 1e3 * float(sec) / int(steps)
-    print(f"{args.label}\t{atoms} atoms\t{procs} rank(s)\t{ms:.1f} ms/step")
+    print(f"{args.label}\t{atoms} atoms\t{ranks} rank(s) x {threads} thread(s)\t{ms:.1f} ms/step")
     return 0
 
 
@@ -220,6 +267,15 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--dt", type=float, default=0.0005, help="timestep, ps")
     r.add_argument("--natoms", type=int, required=True)
     r.set_defaults(func=cmd_drift)
+    u = sub.add_parser("rerun")
+    u.add_argument("--log", required=True)
+    u.add_argument("--log2", required=True)
+    u.add_argument("--dump", required=True, help="the trajectory (dump custom id type x y z)")
+    u.add_argument("--ref", required=True, help="the .npz of `data` (for the box)")
+    u.add_argument("--rcut", type=float, required=True)
+    u.add_argument("--margin", type=float, default=1e-3)
+    u.add_argument("--etol", type=float, default=1e-12)
+    u.set_defaults(func=cmd_rerun)
     t = sub.add_parser("looptime")
     t.add_argument("--log", required=True)
     t.add_argument("--label", default="")
