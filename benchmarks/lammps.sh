@@ -83,12 +83,13 @@ for model in tiny_lmp tiny_dp; do
     -var out "nve_$model" -in "$IN/in.nve"
   $HELP drift --log "nve_$model.log" --natoms 192
 done
-# Non-smooth attention makes the two runs part after a few dozen steps (a pair crossing rcut
-# one step earlier or later): the same potential shows in a rerun of one run's trajectory.
+# The two runs part after a few dozen steps: within ~1.5e-4 Å of rcut the non-smooth model's
+# energy is decided by round-off (docs/design.md, "Directions near rcut"). The same potential
+# shows in a rerun of one run's trajectory, on the frames without a pair in that band.
 one 1 1 rerun_dp.log -var data water.lmp -var model tiny_dp.pth -var traj nve_tiny_lmp.dump \
   -in "$IN/in.rerun"
 $HELP rerun --log nve_tiny_lmp.log --log2 rerun_dp.log --dump nve_tiny_lmp.dump --ref water.npz \
-  --rcut 4.0 2>/dev/null || status=1
+  --rcut 4.0 --margin 2e-4 2>/dev/null || status=1
 
 if [ "$TIMING" = 1 ]; then
   echo "== ms/step: model of examples/water/input.json's shape (untrained), $BENCH_STEPS steps"
