@@ -62,10 +62,27 @@ def native_ops() -> bool:
     return _state["ok"]
 
 
-def library_path() -> Path | None:
-    """The compiled op library (``.so``), building it if needed; None when it cannot be built.
-    DeePMD-kit's C++ loads it from ``DP_PLUGIN_PATH`` to run models frozen with the ops."""
-    return _library.get("path") if native_ops() else None
+def library_path() -> Path:
+    """The compiled op library (``.so``) for this torch, building it first if needed: what
+    DeePMD-kit's C++ loads from ``DP_PLUGIN_PATH`` to run models frozen with the ops.
+
+    Raises:
+        OSError: the ops are switched off (``DPA1_NATIVE=0``) or could not be built.
+    """
+    if switched_off():
+        raise OSError("DPA1_NATIVE=0 switches the C++ ops off: unset it to build or find them")
+    if not native_ops():
+        raise OSError(
+            "dpa1's C++ ops could not be built (see the warning above); a C++ compiler "
+            f"and the headers of torch {torch.__version__} are needed"
+        )
+    if "path" in _library:
+        return _library["path"]
+    # loaded by the host process: torch.ops.load_library records the path
+    found = sorted(p for p in torch.ops.loaded_libraries if Path(p).name.startswith("dpa1_native"))
+    if not found:
+        raise OSError("dpa1's C++ ops are loaded but torch did not record their library file")
+    return Path(found[-1])
 
 
 def switched_off() -> bool:
@@ -141,8 +158,11 @@ def _load() -> bool:
 
 
 def _digest() -> str:
-    """Sources (headers included), torch version and compiler: what a build depends on."""
+    """Sources (headers included), torch version and compiler: what a build depends on; and
+    where the sources lie (the build recipe names them: two checkouts sharing a cache would
+    otherwise rebuild each other's library)."""
     h = hashlib.sha1(torch.__version__.encode())
+    h.update(str(Path(__file__).resolve().parent).encode())
     for path in sorted((Path(__file__).parent / "csrc").iterdir()):
         if path.suffix in (".cpp", ".h"):
             h.update(path.name.encode() + path.read_bytes())

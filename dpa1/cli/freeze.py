@@ -17,6 +17,9 @@ def add_parser(sub) -> None:
     p.add_argument("-o", "--output", default="frozen_model.pth", help="output .pth file")
     p.add_argument("--model-branch", "--head", dest="model_branch", default=None,
                    help="the branch of a multi-task DeePMD-kit checkpoint to freeze")
+    p.add_argument("--lammps", action="store_true",
+                   help="write the interface DeePMD-kit's C++ library calls, for LAMMPS "
+                        "pair_style deepmd (dpa1 reads the file too)")
     p.set_defaults(func=run)
 
 
@@ -26,6 +29,11 @@ def run(args: argparse.Namespace) -> int:
     if src.is_dir():
         src = src / "model.ckpt.pt"
     model, config = load_energy_model(src, args.model_branch)
-    freeze(model, args.output, config=(config or {}).get("model") if config else None)
+    freeze(model, args.output, config=(config or {}).get("model") if config else None,
+           lammps=args.lammps)
     print(f"froze {src} -> {args.output}")
+    if args.lammps:
+        print(f"LAMMPS: pair_style deepmd {args.output}; pair_coeff * * "
+              f"{' '.join(model.type_map)} (LAMMPS atom types 1..{model.ntypes} in this order); "
+              "run lmp with DP_PLUGIN_PATH=$(dpa1 ops-path)")
     return 0

@@ -20,7 +20,7 @@ from typing import TextIO
 # verb modules, in the order shown by --help
 VERBS = (
     "train", "freeze", "test", "change_bias", "neighbor_stat", "convert_data", "convert",
-    "show", "eval_desc", "md", "model_devi", "plot",
+    "show", "eval_desc", "md", "model_devi", "plot", "ops_path",
 )
 
 

@@ -200,24 +200,35 @@ def _unwrap(model: torch.nn.Module) -> EnergyModel:
     return getattr(model, "module", model)  # DDP wrapper
 
 
-def freeze(model: EnergyModel, path: str | os.PathLike, config: dict | None = None) -> None:
+def freeze(
+    model: EnergyModel, path: str | os.PathLike, config: dict | None = None, *, lammps: bool = False
+) -> None:
     """Write a self-contained TorchScript model that needs no training code to run.
 
     Where the C++ ops are available and cover the model, the module calls the block op
     (``dpa1::energy_block``, with its backward in C++), as eager evaluation does; loading it
     then needs the op library (:func:`load_frozen` loads it; DeePMD-kit's C++ takes it from
-    ``DP_PLUGIN_PATH``)."""
+    ``DP_PLUGIN_PATH``, see ``dpa1 ops-path``). With ``lammps``, the model is wrapped in
+    :class:`dpa1.export.lammps.LammpsModel`: the interface DeePMD-kit's C++ library
+    (``pair_style deepmd``) calls; dpa1 reads it too.
+    """
     model = _unwrap(model)
     was_training = model.training
     model.eval()
     kernel = accel_hook.script_kernel(model)
     model.accel = kernel
     try:
-        scripted = torch.jit.script(model)
+        if lammps:
+            from dpa1.export.lammps import LammpsModel
+
+            scripted = torch.jit.script(LammpsModel(model))
+        else:
+            scripted = torch.jit.script(model)
     finally:
         model.accel = None
         model.train(was_training)
     meta = {
+        "lammps": lammps,
         "type_map": model.type_map,
         "rcut": model.rcut,
         "sel": model.nnei,
