@@ -20,7 +20,9 @@
 #
 # Environment: LMP_VENV (default /tmp/lmpvenv), LMP_WORK (default /tmp/dpa1_lammps),
 # TORCH_EXTENSIONS_DIR (default /tmp/ext_lmp: dpa1's ops for the venv's torch),
-# NVE_STEPS (default 1000), BENCH_STEPS (default 20).
+# NVE_STEPS (default 1000), BENCH_STEPS (default 20), LMP_PRELOAD (default 1: LD_PRELOAD the
+# venv torch's libtorch_cpu.so, whose MKL dgemm_ the wheel's liblammps otherwise shadows with
+# its own unoptimised reference BLAS; 0 measures without).
 set -euo pipefail
 REPO=$(cd "$(dirname "$0")/.." && pwd)
 VENV=${LMP_VENV:-/tmp/lmpvenv}
@@ -49,12 +51,17 @@ cd "$WORK"
 DP_PLUGIN_PATH=$(dpa1 ops-path)
 export DP_PLUGIN_PATH
 echo "dpa1 ops: $DP_PLUGIN_PATH"
+PRELOAD=""
+if [ "${LMP_PRELOAD:-1}" = 1 ]; then
+  PRELOAD=$(python -c "import os, torch; print(os.path.join(os.path.dirname(torch.__file__), 'lib', 'libtorch_cpu.so'))")
+  echo "LD_PRELOAD=$PRELOAD (torch's MKL before liblammps's reference dgemm_)"
+fi
 
 one() {  # one() THREADS RANKS LOG lmp-args...: LAMMPS with DeePMD-kit's thread settings
   local threads=$1 ranks=$2 log=$3
   shift 3
   local env=(OMP_NUM_THREADS="$threads" DP_INTRA_OP_PARALLELISM_THREADS="$threads"
-             DP_INTER_OP_PARALLELISM_THREADS=1)
+             DP_INTER_OP_PARALLELISM_THREADS=1 LD_PRELOAD="$PRELOAD")
   # DeePMD-kit's messages (plugin and model loading) go to ${log%.log}.out
   if [ "$ranks" = 1 ]; then
     env "${env[@]}" lmp -log "$log" -screen none "$@" > "${log%.log}.out" 2>&1
