@@ -11,7 +11,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from helpers import set_random_statistics, water_frames, water_input
 
 from dpa1.cli.main import main
 from dpa1.infer.deep_pot import DeepPot
@@ -20,6 +19,7 @@ from dpa1.io.serialize import load_dp_model, save_dp_model
 from dpa1.model.build import build_model
 
 from data_paths import TINY_DP, WATER
+from helpers import set_random_statistics, water_frames, water_input
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 ERROR_KEYS = ("energy", "energy_per_atom", "force", "virial", "virial_per_atom")

@@ -10,7 +10,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from helpers import assert_same_arrays
 
 from dpa1.cli.main import main
 from dpa1.infer.deep_pot import DeepPot
@@ -20,6 +19,7 @@ from dpa1.io.serialize import load_dp_model
 from dpa1.model.build import build_model
 
 from data_paths import TINY_DP, TINY_INPUT
+from helpers import assert_same_arrays
 
 pytestmark = [
     pytest.mark.filterwarnings("ignore:The given NumPy array is not writable"),

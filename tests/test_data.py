@@ -10,13 +10,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from helpers import set_random_statistics
 
 from dpa1.data.loader import SystemSampler, resolve_batch_sizes, system_probabilities
 from dpa1.data.system import DeepmdSystem, Label, expand_systems, labels_for_model
 from dpa1.model.build import build_model
 
 from data_paths import NOPBC, WATER
+from helpers import set_random_statistics
 
 
 def write_system(

@@ -9,10 +9,11 @@ import sys
 
 import numpy as np
 import pytest
-from helpers import water_input
 
 from dpa1.io.model_file import load_checkpoint
 from dpa1.train.lcurve import read_lcurve
+
+from helpers import water_input
 
 
 @pytest.mark.slow

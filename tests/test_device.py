@@ -17,17 +17,17 @@ import os
 import numpy as np
 import pytest
 import torch
-from helpers import (
-    make_system,
-    params_for,
-    single_thread,  # noqa: F401  (autouse fixture)
-)
 
 from dpa1.data.stats import apply_statistics, change_energy_bias, compute_descriptor_stats
 from dpa1.infer.deep_pot import DeepPot
 from dpa1.io.model_file import freeze
 from dpa1.train.loss import EnerLoss
 
+from helpers import (
+    make_system,
+    params_for,
+    single_thread,  # noqa: F401  (autouse fixture)
+)
 from test_model_physics import NAMES, assert_close, model_for, tol
 
 CUDA = os.environ.get("DPA1_TEST_DEVICE", "cuda")

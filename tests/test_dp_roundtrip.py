@@ -11,6 +11,11 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
+
+from dpa1.io.dp_file import load_dp
+from dpa1.io.serialize import load_dp_model, save_dp_model
+
+from data_paths import TINY_DP
 from helpers import (
     assert_same_arrays,
     evaluate,
@@ -20,11 +25,6 @@ from helpers import (
     single_thread,  # noqa: F401  (autouse fixture)
     small_model_config,
 )
-
-from dpa1.io.dp_file import load_dp
-from dpa1.io.serialize import load_dp_model, save_dp_model
-
-from data_paths import TINY_DP
 
 CONFIGS = {
     # The case that matters: se_atten_v2 with davg ≠ 0, random dstd, out_bias and bias_atom_e.

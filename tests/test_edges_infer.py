@@ -16,11 +16,6 @@ import numpy as np
 import pytest
 from ase import Atoms
 from ase.io import write
-from helpers import (
-    single_thread,  # noqa: F401  (autouse fixture)
-    water_box,
-    water_input,
-)
 
 from dpa1.calculator import DP
 from dpa1.cli.main import main
@@ -31,6 +26,11 @@ from dpa1.io.model_file import freeze, load_checkpoint, save_checkpoint
 from dpa1.io.serialize import load_dp_model, save_dp_model
 
 from data_paths import ROOT, TINY_DP, WATER  # tiny.dp: O/H, rcut 4, sel 40
+from helpers import (
+    single_thread,  # noqa: F401  (autouse fixture)
+    water_box,
+    water_input,
+)
 
 TINY_MIN_DIST = 0.8854385688525499  # its min_nbor_dist
 

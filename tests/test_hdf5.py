@@ -19,7 +19,6 @@ import h5py
 import numpy as np
 import pytest
 import torch
-from helpers import water_input
 
 import dpa1.data.hdf5 as hdf5_module
 from dpa1.cli.main import main
@@ -30,6 +29,7 @@ from dpa1.model.build import build_model
 from dpa1.train.lcurve import read_lcurve
 
 from data_paths import NOPBC, TINY_DP, WATER
+from helpers import water_input
 
 CHO = ["C", "H", "O"]
 

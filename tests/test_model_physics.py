@@ -24,6 +24,9 @@ import functools
 import numpy as np
 import pytest
 import torch
+
+from dpa1.model.neighbor import build_extended_system, format_nlist
+
 from helpers import (
     RCUT,
     evaluate,
@@ -37,8 +40,6 @@ from helpers import (
     single_thread,  # noqa: F401  (autouse fixture)
     small_model_config,
 )
-
-from dpa1.model.neighbor import build_extended_system, format_nlist
 
 # name -> (descriptor overrides, fitting overrides, model-level overrides)
 CONFIGS: dict[str, tuple[dict, dict, dict]] = {

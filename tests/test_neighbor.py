@@ -13,10 +13,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from helpers import (
-    random_cell,
-    single_thread,  # noqa: F401  (autouse fixture)
-)
 
 from dpa1.model.neighbor import (
     _by_centre_then_distance,
@@ -25,6 +21,11 @@ from dpa1.model.neighbor import (
     build_extended_system,
     format_nlist,
     frame_neighbors,
+)
+
+from helpers import (
+    random_cell,
+    single_thread,  # noqa: F401  (autouse fixture)
 )
 
 RCUT = 3.0

@@ -6,14 +6,14 @@ from __future__ import annotations
 import functools
 
 import numpy as np
-from helpers import (
-    evaluate,
-    single_thread,  # noqa: F401  (autouse fixture)
-)
 
 from dpa1.io.serialize import load_dp_model
 
 from data_paths import TINY_DP, TINY_REFERENCE
+from helpers import (
+    evaluate,
+    single_thread,  # noqa: F401  (autouse fixture)
+)
 
 TOL = 1e-10
 

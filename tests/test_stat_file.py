@@ -12,11 +12,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from helpers import WATER, water_input
 
 from dpa1.cli.main import main
 from dpa1.io.model_file import load_checkpoint
 from dpa1.train.trainer import Trainer
+
+from helpers import WATER, water_input
 
 pytestmark = pytest.mark.skipif(not WATER.exists(), reason="shared water data not available")
 

@@ -10,13 +10,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from helpers import water_input
 
 from dpa1.cli.main import main
 from dpa1.io.model_file import load_checkpoint
 from dpa1.train.lcurve import read_lcurve
 
 from data_paths import WATER
+from helpers import water_input
 
 
 def _lcurve(path: Path) -> tuple[list[str], np.ndarray]:

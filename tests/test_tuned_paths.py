@@ -29,18 +29,18 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import (
-    make_system,
-    params_for,
-    single_thread,  # noqa: F401  (autouse fixture)
-    water_frames,
-)
 
 from dpa1.data.stats import apply_statistics
 from dpa1.io.config import normalize_config
 from dpa1.model.build import build_model
 from dpa1.model.env_mat import smooth_switch
 
+from helpers import (
+    make_system,
+    params_for,
+    single_thread,  # noqa: F401  (autouse fixture)
+    water_frames,
+)
 from test_model_physics import NAMES, _compare, evaluate, model_for, tol
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "water"

@@ -1,7 +1,7 @@
 """The descriptor of a model on an extended system (``DeepPot.eval_descriptor``).
 
 Works on an :class:`~dpa1.model.model.EnergyModel` and on its frozen TorchScript module
-alike: both have ``descriptor``, ``has_pair_exclusion`` and ``pair_keep``.
+alike: both have ``descriptor`` and ``neighbor_pairs``.
 """
 
 from __future__ import annotations
@@ -13,9 +13,9 @@ from torch import Tensor
 def descriptor_lower(module, ext_coord: Tensor, ext_atype: Tensor, nlist: Tensor) -> Tensor:
     """The per-atom descriptor that the model's fitting network receives.
 
-    The neighbour slots are prepared as ``EnergyModel.forward_lower`` prepares them:
+    The neighbour slots are those of ``EnergyModel.forward_lower`` (its ``neighbor_pairs``):
     model-level pair exclusion turns excluded slots into padding, and padding slots take
-    the type of extended atom 0 (spec §2.5, §4.2).
+    the type of extended atom 0 (docs/design.md, "Pair exclusion").
 
     Args:
         ext_coord: ``(nf, nall, 3)``; ext_atype: ``(nf, nall)`` (−1 = virtual/padding);
@@ -24,17 +24,8 @@ def descriptor_lower(module, ext_coord: Tensor, ext_atype: Tensor, nlist: Tensor
     Returns:
         ``(nf, nloc, dim_out)`` float64.
     """
-    nf, nloc, nnei = nlist.shape
-    ext_coord = ext_coord.to(torch.float64)
+    nloc = nlist.shape[1]
     ext_type = ext_atype.clamp(min=0)
-    atype = ext_type[:, :nloc]
-    mask = nlist >= 0
-    idx = nlist.clamp(min=0)
-    nei_type = torch.gather(ext_type, 1, idx.reshape(nf, -1)).reshape(nf, nloc, nnei)
-    if module.has_pair_exclusion:
-        mask = mask & module.pair_keep[atype.unsqueeze(-1), nei_type]
-        nei_type = torch.where(mask, nei_type, ext_type[:, :1].unsqueeze(-1))
-    xn = torch.gather(ext_coord, 1, idx.reshape(nf, -1, 1).expand(-1, -1, 3))
-    rij = xn.reshape(nf, nloc, nnei, 3) - ext_coord[:, :nloc].unsqueeze(2)
+    rij, mask, nei_type = module.neighbor_pairs(ext_coord.to(torch.float64), ext_type, nlist)
     with torch.no_grad():
-        return module.descriptor(rij, mask, nei_type, atype)
+        return module.descriptor(rij, mask, nei_type, ext_type[:, :nloc])

@@ -9,9 +9,9 @@ the one branch ``Default``; a multi-task model's ``model_params`` has a ``model_
 keys (and their ``model_branch_alias`` lists) name the branches.
 
 A branch is read by rebuilding the DeePMD-kit serialized dictionary (the ``model`` section
-of a ``.dp`` file, spec §13) from ``model_params`` and the state dict, then building the
-model with :func:`dpa1.io.serialize.model_from_dict`: ``.dp`` files and checkpoints share
-one mapping to dpa1's modules. DeePMD-kit itself is not needed.
+of a ``.dp`` file; docs/design.md, "Model file (.dp)") from ``model_params`` and the state
+dict, then building the model with :func:`dpa1.io.serialize.model_from_dict`: ``.dp`` files
+and checkpoints share one mapping to dpa1's modules. DeePMD-kit itself is not needed.
 """
 
 from __future__ import annotations

@@ -168,7 +168,7 @@ class EnergyModel(nn.Module):
         real = ext_atype[:, :nloc] >= 0
         ext_type = ext_atype.clamp(min=0)
         atype = ext_type[:, :nloc]
-        rij, mask, nei_type = self._pairs(ext_coord, ext_type, nlist)
+        rij, mask, nei_type = self.neighbor_pairs(ext_coord, ext_type, nlist)
         if aparam is not None:
             aparam = aparam.reshape(nf, nloc, -1)
         atom_energy, g = self._centre_blocks(rij, mask, nei_type, atype, real, fparam, aparam)
@@ -177,11 +177,13 @@ class EnergyModel(nn.Module):
         out["mask"] = real.to(torch.int32)
         return out
 
-    def _pairs(
+    @torch.jit.export
+    def neighbor_pairs(
         self, ext_coord: Tensor, ext_type: Tensor, nlist: Tensor
     ) -> tuple[Tensor, Tensor, Tensor]:
         """Pair vectors ``r_ij (nf, nloc, nnei, 3)`` (no gradient), the valid-slot mask and the
-        neighbour types, after the model-level pair exclusion."""
+        neighbour types, after the model-level pair exclusion; ``ext_type`` has no −1 (virtual
+        atoms clamped to type 0)."""
         nf, nloc, nnei = nlist.shape
         atype = ext_type[:, :nloc]
         # model-level exclusion leaves holes after truncation (docs/design.md, "Pair exclusion")
