@@ -13,7 +13,9 @@
 #    rank, and against DeePMD-kit's own conversion of the same .dp (`dp convert-backend`);
 # 2. a short NVE run (tiny.dp, 0.5 fs): total energy drift, dpa1's export and DeePMD-kit's
 #    conversion (tiny.dp is barely trained and non-smooth: the drift is the model's), and
-#    DeePMD-kit's conversion rerun on dpa1's trajectory (same energies);
+#    DeePMD-kit's conversion rerun on dpa1's trajectory (same energies); then energy
+#    conservation with a smooth model (se_atten_v2 of lammps/smooth_input.json's shape,
+#    untrained: smoothness, not training, is what conserves energy);
 # 3. ms/step, dpa1's export against DeePMD-kit's conversion of the same weights, for a model
 #    of examples/water/input.json's shape (untrained: timing only), at 192 and 1,536 atoms,
 #    one rank with 2 threads and 2 ranks with 1 thread each.
@@ -97,6 +99,13 @@ one 1 1 rerun_dp.log -var data water.lmp -var model tiny_dp.pth -var traj nve_ti
   -in "$IN/in.rerun"
 $HELP rerun --log nve_tiny_lmp.log --log2 rerun_dp.log --dump nve_tiny_lmp.dump --ref water.npz \
   --rcut 4.0 --margin 2e-4 2>/dev/null || status=1
+
+echo "== NVE: smooth (se_atten_v2) model, 192 atoms, $NVE_STEPS steps, dpa1's export"
+$HELP model --input "$IN/smooth_input.json" --out smooth.pt 2>/dev/null
+dpa1 freeze -c smooth.pt -o smooth_lmp.pth --lammps > /dev/null
+one 1 1 nve_smooth.log -var data water.lmp -var model smooth_lmp.pth -var nsteps "$NVE_STEPS" \
+  -var out nve_smooth -in "$IN/in.nve"
+$HELP drift --log nve_smooth.log --natoms 192
 
 if [ "$TIMING" = 1 ]; then
   echo "== ms/step: model of examples/water/input.json's shape (untrained), $BENCH_STEPS steps"
