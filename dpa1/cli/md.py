@@ -270,25 +270,11 @@ def thermo(atoms, step: int, dt_fs: float) -> tuple[str, dict[str, float]]:
     return line, vals
 
 
-def _progress(disable: bool):
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
-
-    return Progress(TextColumn("[bold]MD[/]"), BarColumn(), MofNCompleteColumn(),
-                    TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TimeRemainingColumn(),
-                    disable=disable, transient=False)
-
-
 # === the run ================================================================================
 def run(args: argparse.Namespace) -> int:
     from dpa1.infer.calculator import DP
     from dpa1.io.atomic import check_output_path
+    from dpa1.train.progress import progress_bar
 
     if args.steps < 0 or args.dt <= 0 or args.traj_freq < 1:
         raise ValueError("--steps must be ≥ 0, --dt > 0 and --traj-freq ≥ 1")
@@ -330,7 +316,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         if log is not None:
             log.write(LOG_HEADER)
-        with _progress(args.no_progress) as progress:
+        with progress_bar("MD", disable=args.no_progress) as progress:
             task = progress.add_task("md", total=args.steps, info="")
             dyn.attach(observe, interval=1)
             dyn.run(args.steps)

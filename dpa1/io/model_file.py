@@ -253,7 +253,6 @@ def load_frozen(path: str | os.PathLike, device: str | torch.device = "cpu"):
 
     The module is TorchScript; for a model frozen with the C++ ops where they cannot be
     loaded, it is the plain model rebuilt from the weights in the file (one warning)."""
-    extra = {FROZEN_META: "", FROZEN_MODEL: b""}
     if not Path(path).exists():
         raise FileNotFoundError(f"{path}: no such model file")
     kind = file_kind(path)
@@ -266,7 +265,7 @@ def load_frozen(path: str | os.PathLike, device: str | torch.device = "cpu"):
     if meta.get("native_ops") and not native_ops():
         return _rebuilt_plain(path, meta, device)
     try:
-        module = torch.jit.load(str(path), map_location=device, _extra_files=extra)
+        module = torch.jit.load(str(path), map_location=device)
     except Exception as err:
         if "dpa1::" in str(err) and meta:
             return _rebuilt_plain(path, meta, device)
@@ -274,23 +273,34 @@ def load_frozen(path: str | os.PathLike, device: str | torch.device = "cpu"):
     return module, meta
 
 
-def _frozen_meta(path: str | os.PathLike) -> dict:
-    """``dpa1.json`` of a frozen model, read from the archive without loading the module."""
+def _extra_file(path: str | os.PathLike, name: str) -> bytes | None:
+    """One of a frozen model's extra files, read from the archive without loading the module
+    (None when the file has none)."""
     try:
         with zipfile.ZipFile(path) as archive:
-            name = next((n for n in archive.namelist() if n.endswith(f"extra/{FROZEN_META}")), None)
-            return json.loads(archive.read(name)) if name else {}
-    except (zipfile.BadZipFile, OSError, ValueError):
+            member = next((n for n in archive.namelist() if n.endswith(f"extra/{name}")), None)
+            return archive.read(member) if member else None
+    except (zipfile.BadZipFile, OSError):
+        return None
+
+
+def _frozen_meta(path: str | os.PathLike) -> dict:
+    """``dpa1.json`` of a frozen model ({} when absent or unreadable)."""
+    raw = _extra_file(path, FROZEN_META)
+    try:
+        return json.loads(raw) if raw else {}
+    except ValueError:
         return {}
 
 
 def _rebuilt_plain(path: str | os.PathLike, meta: dict, device: str | torch.device):
     """The plain model of a frozen file whose C++ ops cannot be loaded here."""
+    raw = _extra_file(path, FROZEN_MODEL)
     try:
-        with zipfile.ZipFile(path) as archive:
-            name = next(n for n in archive.namelist() if n.endswith(f"extra/{FROZEN_MODEL}"))
-            payload = torch.load(io.BytesIO(archive.read(name)), weights_only=True)
-    except (StopIteration, zipfile.BadZipFile, OSError, RuntimeError) as err:
+        if raw is None:
+            raise ValueError(f"no {FROZEN_MODEL} in the file")
+        payload = torch.load(io.BytesIO(raw), weights_only=True)
+    except (ValueError, RuntimeError) as err:
         raise ValueError(
             f"{path}: frozen with dpa1's C++ ops, which cannot be loaded here, and holds no "
             f"weights to rebuild the plain model from ({_first_line(err)})"

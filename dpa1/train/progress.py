@@ -5,6 +5,25 @@ from __future__ import annotations
 import sys
 
 
+def progress_bar(label: str, disable: bool):
+    """A rich ``Progress``: label, bar, done/total, elapsed, time remaining and the task's
+    ``info`` field (training and ``dpa1 md`` share it)."""
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    return Progress(
+        TextColumn(f"[bold]{label}[/]"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+        TextColumn("eta"), TimeRemainingColumn(), TextColumn("{task.fields[info]}"),
+        transient=False, disable=disable,
+    )
+
+
 class TrainProgress:
     def __init__(self, total: int, start: int, enabled: bool = True) -> None:
         self.enabled = enabled and total > start
@@ -12,20 +31,7 @@ class TrainProgress:
         self._task: int | None = None
         if not self.enabled:
             return
-        from rich.progress import (
-            BarColumn,
-            MofNCompleteColumn,
-            Progress,
-            TextColumn,
-            TimeElapsedColumn,
-            TimeRemainingColumn,
-        )
-
-        self._progress = Progress(
-            TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-            TextColumn("eta"), TimeRemainingColumn(), TextColumn("{task.fields[info]}"),
-            transient=False, disable=not sys.stderr.isatty(),
-        )
+        self._progress = progress_bar("train", disable=not sys.stderr.isatty())
         self._progress.start()
         self._task = self._progress.add_task("train", total=total, completed=start, info="")
 
