@@ -290,8 +290,11 @@ def rep_for(natoms: int) -> int:
 
 
 # === models ================================================================================
-def example_config(precision: str = "float64", attn_layer: int | None = None) -> dict[str, Any]:
-    """The normalised example input (``examples/water/input.json``) with overrides."""
+def example_config(
+    precision: str = "float64", attn_layer: int | None = None, descriptor: str | None = None
+) -> dict[str, Any]:
+    """The normalised example input (``examples/water/input.json``) with overrides
+    (``descriptor``: the descriptor ``type``, e.g. ``se_atten_v2``)."""
     from dpa1.io.config import normalize_config
 
     raw = json.loads(EXAMPLE_INPUT.read_text())
@@ -299,16 +302,20 @@ def example_config(precision: str = "float64", attn_layer: int | None = None) ->
     raw["model"]["fitting_net"]["precision"] = precision
     if attn_layer is not None:
         raw["model"]["descriptor"]["attn_layer"] = attn_layer
+    if descriptor is not None:
+        raw["model"]["descriptor"]["type"] = descriptor
     return normalize_config(raw)
 
 
-def build_ours(precision: str = "float64", attn_layer: int | None = None):
+def build_ours(
+    precision: str = "float64", attn_layer: int | None = None, descriptor: str | None = None
+):
     """Our model: random (seeded) weights, statistics (davg/dstd, out_bias) from the data."""
     from dpa1.data.stats import apply_statistics
     from dpa1.model.build import build_model
 
     torch.manual_seed(0)
-    model = build_model(example_config(precision, attn_layer)["model"])
+    model = build_model(example_config(precision, attn_layer, descriptor)["model"])
     apply_statistics(model, stat_batches())  # davg/dstd and energy bias from the data
     return model
 
@@ -334,6 +341,7 @@ VARIANTS = {
     "float64": dict(precision="float64"),
     "float32": dict(precision="float32"),
     "attn0": dict(precision="float64", attn_layer=0),
+    "v2": dict(precision="float64", descriptor="se_atten_v2"),  # strip type embedding, smooth
 }
 
 

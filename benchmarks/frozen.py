@@ -7,7 +7,7 @@ TorchScript). Each is timed against the eager model on the same frame, interleav
 ``--repeat``; energies and forces are checked equal first. Target: the frozen model within
 1.2x of the eager one.
 
-    python benchmarks/frozen.py [--atoms 192,1536] [--repeat 7]
+    python benchmarks/frozen.py [--atoms 192,1536] [--repeat 7] [--variant float64|float32|v2]
 """
 
 from __future__ import annotations
@@ -31,10 +31,13 @@ def main() -> None:
     )
     ap.add_argument("--atoms", default="192,1536", help="192·n³ atoms, comma-separated")
     ap.add_argument("--repeat", type=int, default=7)
-    ap.add_argument("--precision", default="float64", choices=["float64", "float32"])
+    ap.add_argument("--variant", default="float64", choices=sorted(common.VARIANTS),
+                    help="the example model (float64, float32), without attention (attn0) or "
+                    "as se_atten_v2 (v2)")
     a = ap.parse_args()
     common.print_machine()
-    model = common.build_ours(a.precision).eval()
+    variant = common.VARIANTS[a.variant]
+    model = common.build_ours(**variant).eval()
     rows, ok = [], True
     with tempfile.TemporaryDirectory() as tmp:
         fast, plain = Path(tmp) / "ops.pth", Path(tmp) / "plain.pth"
@@ -49,7 +52,7 @@ def main() -> None:
             ref = pots["eager"].eval(*args)
             for name in ("frozen", "frozen, no ops"):
                 got = pots[name].eval(*args)
-                tol = 1e-10 if a.precision == "float64" else 1e-4
+                tol = 1e-10 if variant["precision"] == "float64" else 1e-4
                 for x, y in zip(got, ref, strict=True):
                     np.testing.assert_allclose(x, y, rtol=tol, atol=tol)
             t = common.interleaved(

@@ -86,6 +86,24 @@ one 1 1 run0_dp.log -var data water.lmp -var model tiny_dp.pth -var out run0_dp 
 $HELP same --log run0_1.log --dump run0_1.dump --log2 run0_dp.log --dump2 run0_dp.dump \
   --etol 1e-9 --ftol 1e-8 || status=1
 
+echo "== bad input: one dpa1 line, or DeePMD-kit's/LAMMPS's own message naming the cause"
+expect() {  # expect LOG PATTERN: the run failed and its output has the line
+  if grep -q "$2" "${1%.log}.out" "$1" 2>/dev/null; then
+    echo "  $1: $(grep -h -m1 -o "$2.\{0,160\}" "${1%.log}.out" "$1" 2>/dev/null | head -1)"
+  else
+    echo "  $1: no line matching '$2' (see ${1%.log}.out)"; status=1
+  fi
+}
+run0_args=(-var data water.lmp -var model tiny_lmp.pth -var out bad -in "$IN/in.run0")
+python -c "import sys; from pathlib import Path; from dpa1.accel.build import build_loader, \
+library_path; build_loader(library_path(), '1.0.0', Path(sys.argv[1]))" old_torch_loader.so
+DP_PLUGIN_PATH="$WORK/old_torch_loader.so" one 1 1 bad_torch.log "${run0_args[@]}" || true
+expect bad_torch.log "dpa1: not loading the op library"
+DP_PLUGIN_PATH="" one 1 1 bad_noops.log "${run0_args[@]}" || true
+expect bad_noops.log "Unknown builtin op: dpa1::energy_block"
+one 1 1 bad_type.log "${run0_args[@]}" -var elements "O C" || true
+expect bad_type.log "element C not found"
+
 echo "== NVE: tiny.dp, 192 atoms, $NVE_STEPS steps, dpa1's export then DeePMD-kit's conversion"
 for model in tiny_lmp tiny_dp; do
   one 1 1 "nve_$model.log" -var data water.lmp -var model "$model.pth" -var nsteps "$NVE_STEPS" \

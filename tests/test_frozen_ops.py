@@ -19,6 +19,7 @@ from dpa1.io.model_file import freeze, load_frozen
 from dpa1.io.serialize import load_dp_model
 
 from data_paths import TINY_DP, TINY_REFERENCE
+from helpers import make_model, make_system, small_model_config
 
 
 def _reference():
@@ -70,7 +71,7 @@ def test_frozen_block_op_is_differentiable_once(frozen_with_ops: Path) -> None:
     rows = torch.randn(nb, n, kernel.emb[0].shape[0] - 1, dtype=torch.float64)  # type rows
     ng, na = kernel.emb[-3].shape[-1], kernel.sizes[1]
     extra = torch.randn(nb, kernel.fit[0].shape[0] - ng * na, dtype=torch.float64)
-    e = kernel(rij, mask, mask, atype, empty, rows, extra, davg, dstd)
+    e = kernel(rij, mask, mask, atype, empty, rows, empty, extra, davg, dstd)
     (g,) = torch.autograd.grad(e.sum(), rij, retain_graph=True)
     assert g.shape == rij.shape and g.abs().sum() > 0
     # against a central difference along one pair vector
@@ -78,8 +79,8 @@ def test_frozen_block_op_is_differentiable_once(frozen_with_ops: Path) -> None:
     shift = torch.zeros_like(rij)
     shift[1, 3, 2] = h
     with torch.no_grad():
-        ep = kernel(rij + shift, mask, mask, atype, empty, rows, extra, davg, dstd).sum()
-        em = kernel(rij - shift, mask, mask, atype, empty, rows, extra, davg, dstd).sum()
+        ep = kernel(rij + shift, mask, mask, atype, empty, rows, empty, extra, davg, dstd).sum()
+        em = kernel(rij - shift, mask, mask, atype, empty, rows, empty, extra, davg, dstd).sum()
     assert abs((ep - em).item() / (2 * h) - g[1, 3, 2].item()) < 1e-6 * max(1.0, abs(g[1, 3, 2]))
     with pytest.raises(RuntimeError, match="differentiable once"):
         torch.autograd.grad(e.sum(), rij, create_graph=True)
@@ -113,6 +114,26 @@ def test_frozen_model_falls_back_without_the_ops(frozen_with_ops: Path) -> None:
     got = np.load(out)
     np.testing.assert_allclose(got, np.concatenate([x.ravel() for x in want]), rtol=1e-12,
                                atol=1e-12)
+
+
+@pytest.mark.parametrize("smooth", [True, False])
+def test_frozen_strip_model_runs_the_block_op(tmp_path: Path, smooth: bool) -> None:
+    """A strip-mode model (``se_atten_v2``, and its non-smooth variant) frozen with the ops
+    runs the block op too, and its energies, forces and virials are the plain modules'."""
+    if os.environ.get("DPA1_NATIVE", "1") == "0" or not native_ops():
+        pytest.skip("the C++ ops are switched off (DPA1_NATIVE=0)")
+    desc = {"type": "se_atten_v2"} if smooth else {"tebd_input_mode": "strip"}
+    model = make_model(small_model_config(desc))
+    freeze(model, tmp_path / "strip.pth")
+    module, meta = load_frozen(tmp_path / "strip.pth")
+    assert meta["native_ops"] and "dpa1.energy_block" in module.accel.code
+    coord, atype, box = make_system("pbc", 3, natoms=14)
+    got = DeepPot(tmp_path / "strip.pth").eval(coord[None], box[None], atype, atomic=True)
+    model.native = False
+    want = DeepPot(model).eval(coord[None], box[None], atype, atomic=True)
+    for name, a, b in zip(("energy", "force", "virial", "atom_energy", "atom_virial"), got, want,
+                          strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-11, atol=1e-12, err_msg=name)
 
 
 def test_model_frozen_without_the_ops_is_plain(tmp_path: Path) -> None:

@@ -180,16 +180,3 @@ def test_frozen_file_reads_in_dpa1(frozen_path) -> None:
     e, f, v = dp.eval(ref["coord"][:1], ref["box"][:1], ref["atype"])
     assert abs(e.item() - ref["energy"][0]) <= TOL
     assert np.abs(f.reshape(-1) - ref["force"][0]).max() <= TOL
-
-
-def test_ops_path(capsys, monkeypatch) -> None:
-    """``dpa1 ops-path`` prints the library torch loaded the ops from (DP_PLUGIN_PATH)."""
-    assert main(["ops-path"]) == 0
-    path = capsys.readouterr().out.strip()
-    assert path.endswith(".so") and path in torch.ops.loaded_libraries
-    assert hasattr(torch.ops.dpa1, "energy_block")
-    monkeypatch.setenv("DPA1_NATIVE", "0")
-    assert main(["ops-path"]) == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert err == ["dpa1 ops-path: error: DPA1_NATIVE=0 switches the C++ ops off: unset it to "
-                   "build or find them"]

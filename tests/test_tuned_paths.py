@@ -485,7 +485,7 @@ def test_native_ops_run_in_evaluation_not_training(monkeypatch: pytest.MonkeyPat
 
 @pytest.mark.parametrize("name", NAMES)
 def test_native_block_equals_modules(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Every configuration the block op covers (concat type embedding, tanh nets) gives the
+    """Every configuration the block op covers (tanh nets, either type-embedding mode) gives the
     modules' energies, forces and virials, per atom too, with trimming, several blocks, virtual
     atoms, exclusions, fparam/aparam and vacuum energies; the others keep the modules. Its
     backward is not differentiable again."""
@@ -502,9 +502,7 @@ def test_native_block_equals_modules(name: str, monkeypatch: pytest.MonkeyPatch)
     coords, atype, boxes, fp, ap = pbc_frames(model, (3, 4))
     got = evaluate(model, coords, atype, boxes, fp, ap)
     d, f = model.descriptor, model.fitting
-    covered = (
-        d.tebd_input_mode == "concat" and d.activation_function == f.activation_function == "tanh"
-    )
+    covered = d.activation_function == f.activation_function == "tanh"
     assert bool(used) == covered, (name, len(used))
     model.native = False
     want = evaluate(model, coords, atype, boxes, fp, ap)

@@ -17,6 +17,10 @@ It is built once per machine and torch version into PyTorch's extension cache
 (``$TORCH_EXTENSIONS_DIR``, default ``~/.cache/torch_extensions``; ~30 s with gcc) and loaded
 from there afterwards. The library's name carries a digest of the sources, the torch version
 and the compiler, so two checkouts with different sources do not rebuild over each other.
+Programs outside Python (LAMMPS through DeePMD-kit's C++) load the library through a small
+loader, ``csrc/plugin/ops_loader.cpp``, built beside it by :func:`plugin_path`: it checks the
+process's torch release before loading the ops, so a mismatch is one clear line, not an
+undefined symbol or a crash.
 Without a C++ compiler, or with ``DPA1_NATIVE=0``, the same math runs as PyTorch and NumPy code
 (slower, same numbers up to round-off; identical neighbour lists). A failed build is reported
 as a warning and recorded in the cache (``dpa1_build_failed_<name>.txt``): later processes warn
@@ -46,6 +50,7 @@ _SOURCES = [
         "neighbor_list.cpp",
     )
 ]
+_LOADER_SOURCE = Path(__file__).parent / "csrc" / "plugin" / "ops_loader.cpp"
 _lock = threading.Lock()
 _state: dict[str, bool] = {}
 _library: dict[str, Path] = {}
@@ -83,6 +88,47 @@ def library_path() -> Path:
     if not found:
         raise OSError("dpa1's C++ ops are loaded but torch did not record their library file")
     return Path(found[-1])
+
+
+def plugin_path() -> Path:
+    """The library to put in ``DP_PLUGIN_PATH``: the op loader (``csrc/plugin/ops_loader.cpp``)
+    for this torch's op library, built beside it on first use (a second or so).
+
+    Loaded by a program, it loads the op library only where the torch in that process is the
+    release the library was built for; otherwise it prints one line saying which torch each
+    is and how to get a matching library.
+
+    Raises:
+        OSError: the ops are switched off or could not be built, or the loader failed to build.
+    """
+    ops = library_path()
+    h = hashlib.sha1(_LOADER_SOURCE.read_bytes() + torch.__version__.encode()).hexdigest()[:10]
+    target = ops.parent / f"dpa1_ops_loader_{h}.so"
+    if not target.is_file():
+        build_loader(ops, torch.__version__, target)
+    return target
+
+
+def build_loader(ops_library: Path, torch_version: str, target: Path) -> None:
+    """Compile the op loader for ``ops_library`` (built against ``torch_version``) to ``target``,
+    atomically (a concurrent build leaves one complete file)."""
+    for what, value in (("op library path", str(ops_library)), ("torch version", torch_version)):
+        if any(c in value for c in '"\\\n'):
+            raise OSError(f"cannot build the op loader: the {what} {value!r} contains a quote, "
+                          "backslash or newline")
+    cxx = os.environ.get("CXX", "c++")
+    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    cmd = [cxx, "-shared", "-fPIC", "-O2", "-std=c++17",
+           f'-DDPA1_OPS_LIBRARY="{ops_library}"', f'-DDPA1_TORCH_VERSION="{torch_version}"',
+           str(_LOADER_SOURCE), "-o", str(tmp), "-ldl"]
+    try:
+        run = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    except (OSError, subprocess.SubprocessError) as exc:
+        raise OSError(f"cannot build the op loader with {cxx}: {exc}") from exc
+    if run.returncode != 0:
+        tmp.unlink(missing_ok=True)
+        raise OSError(f"building the op loader failed: {_first_error(RuntimeError(run.stderr))}")
+    os.replace(tmp, target)
 
 
 def switched_off() -> bool:

@@ -24,9 +24,9 @@ from dpa1.accel.settings import TUNING, evaluates_natively
 
 def applies(model, rij: Tensor) -> bool:
     """Whether :class:`EnergyKernel` evaluates ``model``'s blocks: in evaluation on a CPU with the
-    C++ ops (``model.native`` and the attention's and embedding's switches on), for a concat type
-    embedding, tanh nets and one precision in descriptor and fitting. Other models keep the
-    modules, whose attention and embedding still run their own C++ ops."""
+    C++ ops (``model.native`` and the attention's and embedding's switches on), for tanh nets and
+    one precision in descriptor and fitting (either type-embedding mode). Other models keep the
+    modules, whose attention still runs its own C++ op."""
     return evaluates_natively(model, rij) and covers(model)
 
 
@@ -36,7 +36,6 @@ def covers(model) -> bool:
     return (
         d.embedding.native
         and d.attention.native
-        and d.embedding_strip is None
         and d.activation_function == "tanh"
         and f.activation_function == "tanh"
         and d.dtype == f.dtype
@@ -83,7 +82,8 @@ class EnergyKernel(nn.Module):
         layer0 = d.attention.layers[0] if d.attention.layer_num > 0 else None
         self.scaling = float(layer0.scaling) if layer0 is not None else 1.0
         self.normalize = bool(layer0.normalize) if layer0 is not None else False
-        self.smooth = bool(layer0.smooth) if layer0 is not None else False
+        # the descriptor's: the attention layers share it, and strip mode's type factor uses it
+        self.smooth = bool(d.smooth)
         self.do_mask = bool(layer0.do_mask) if layer0 is not None else False
         self.dotr = bool(layer0.dotr) if layer0 is not None else False
         self.ln_eps = float(layer0.layer_norm.eps) if layer0 is not None else 1e-5
@@ -99,14 +99,17 @@ class EnergyKernel(nn.Module):
         atype: Tensor,
         slot_weight: Tensor,
         type_rows: Tensor,
+        strip_rows: Tensor,
         extra: Tensor,
         davg: Tensor,
         dstd: Tensor,
     ) -> Tensor:
         """Args (``nb`` centres, ``n`` slots, trimmed): rij ``(nb, n, 3)`` in the descriptor's
         precision; nei_mask, keep ``(nb, n)`` bool; atype ``(nb,)``; slot_weight ``(n,)`` or
-        empty; type_rows ``(nb, n, tebd)``; extra ``(nb, n_extra)`` or empty; davg, dstd
-        ``(ntypes, n, 4)``. Differentiable once along ``rij``."""
+        empty; type_rows ``(nb, n, tebd)`` (concat; width 0 in strip mode); strip_rows
+        ``(nb, n, ng)`` strip mode's type factor ``N_t`` (empty in concat mode); extra
+        ``(nb, n_extra)`` or empty; davg, dstd ``(ntypes, n, 4)``. Differentiable once along
+        ``rij``."""
         return torch.ops.dpa1.energy_block(
             rij,
             nei_mask,
@@ -115,6 +118,7 @@ class EnergyKernel(nn.Module):
             dstd,
             atype,
             type_rows,
+            strip_rows,
             slot_weight,
             extra,
             self.emb,

@@ -223,12 +223,11 @@ class DescrptDPA1(nn.Module):
         sw = sw * mask.to(dtype)
         t_in, t_center = self.type_inputs(nei_type, atype)
         sigma = rr[..., :1]
-        strip_net = self.embedding_strip
-        if strip_net is None:
+        if not self.strip:
             g = self.embedding.along_first(sigma, t_in)
         else:
             g_s = self.embedding.along_first(sigma)
-            g_t = strip_net(t_in)
+            g_t = self.strip_type_rows(nei_type, atype)
             if self.smooth:
                 g_t = g_t * sw.unsqueeze(-1)
             g = g_s * g_t + g_s  # (nf, nloc, nnei, ng)
@@ -297,6 +296,26 @@ class DescrptDPA1(nn.Module):
             return t_nei, t_center
         nnei = nei_type.shape[-1]
         return torch.cat([t_nei, t_center.unsqueeze(2).expand(-1, -1, nnei, -1)], dim=-1), t_center
+
+    def strip_type_rows(self, nei_type: Tensor, atype: Tensor) -> Tensor:
+        """Strip mode's type factor ``N_t(T_nei, T_i)``, ``(nf, nloc, nnei, ng)``.
+
+        It depends on the two types only, so the type net runs once per (neighbour type, centre
+        type) pair, ``(ntypes + 1)²`` rows, and each slot gathers its row, as DeePMD-kit does,
+        instead of once per slot.
+        """
+        net = self.embedding_strip
+        if net is None:  # concat mode has no type factor
+            raise RuntimeError("strip_type_rows: the descriptor is in concat mode")
+        table = self.type_embedding()  # (ntypes + 1, nt)
+        if self.type_one_side:
+            return net(table)[nei_type]
+        n = table.shape[0]
+        # pairs[j, i] = [T_j, T_i]: the neighbour's row first, as in type_inputs
+        pairs = torch.cat(
+            [table.unsqueeze(1).expand(n, n, -1), table.unsqueeze(0).expand(n, n, -1)], dim=-1
+        )
+        return net(pairs)[nei_type, atype.unsqueeze(-1)]
 
     # --- statistics -------------------------------------------------------------------
     @torch.jit.unused

@@ -414,14 +414,14 @@ class EnergyModel(nn.Module):
             # a frozen model carries its C++ block kernel here (dpa1 freeze with the ops)
             if self.accel is not None and rij.device.type == "cpu":
                 x = self._kernel_inputs(rij, mask, nei_type, atype, fparam, aparam)
-                e_net = self.accel(x[0], x[1], x[2], x[3], x[4], x[5], x[6], x[7], x[8])
-                return self.fitting.finish(e_net.view(atype.shape), x[9], atype)
+                e_net = self.accel(x[0], x[1], x[2], x[3], x[4], x[5], x[6], x[7], x[8], x[9])
+                return self.fitting.finish(e_net.view(atype.shape), x[10], atype)
         if not torch.jit.is_scripting():
             kernel = accel_hook.energy_kernel(self, rij)
             if kernel is not None:
                 x = self._kernel_inputs(rij, mask, nei_type, atype, fparam, aparam)
-                e_net = kernel(*x[:9])
-                return self.fitting.finish(e_net.view(atype.shape), x[9], atype)
+                e_net = kernel(*x[:10])
+                return self.fitting.finish(e_net.view(atype.shape), x[10], atype)
         desc = self.descriptor(rij, mask, nei_type, atype)
         return self.fitting(desc, atype, fparam, aparam)
 
@@ -433,12 +433,13 @@ class EnergyModel(nn.Module):
         atype: Tensor,
         fparam: Tensor | None,
         aparam: Tensor | None,
-    ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor,
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor,
                list[Tensor]]:
         """What the block kernel (``dpa1.accel.energy_block``) takes, flattened over the
         ``nb = nf·n`` centres: what the modules' forward does before and around the networks
-        (padding trimming, exclusions, type-embedding rows, the fitting's extra inputs). The
-        last item is the fitting's extra inputs for ``fitting.finish``."""
+        (padding trimming, exclusions, type-embedding rows or strip mode's type factor, the
+        fitting's extra inputs). The last item is the fitting's extra inputs for
+        ``fitting.finish``."""
         d, f = self.descriptor, self.fitting
         nf, nloc, _ = mask.shape
         rij, mask, nei_type, slot_weight, _ = d.trim(rij, mask, nei_type)
@@ -446,19 +447,26 @@ class EnergyModel(nn.Module):
         nb = nf * nloc
         keep = d.pair_kept(mask, nei_type, atype)
         t_in, t_center = d.type_inputs(nei_type, atype)
+        empty = torch.empty(0, dtype=d.dtype, device=rij.device)
+        if d.strip:
+            type_rows = t_in.new_empty(nb, nnei, 0)
+            strip_rows = d.strip_type_rows(nei_type, atype).detach().reshape(nb, nnei, -1)
+        else:
+            type_rows = t_in.detach().reshape(nb, nnei, -1)
+            strip_rows = empty
         extra = f.extra_inputs(nf, nloc, fparam, aparam)
         fit_extra: list[Tensor] = []
         if d.concat_output_tebd:
             fit_extra.append(t_center.to(d.dtype))
         fit_extra.extend(extra)
-        empty = torch.empty(0, dtype=d.dtype, device=rij.device)
         return (
             rij.to(d.dtype).reshape(nb, nnei, 3).contiguous(),
             mask.reshape(nb, nnei).contiguous(),
             keep.reshape(nb, nnei).contiguous(),
             atype.reshape(nb).contiguous(),
             slot_weight if slot_weight is not None else empty,
-            t_in.detach().reshape(nb, nnei, -1).contiguous(),
+            type_rows.contiguous(),
+            strip_rows.contiguous(),
             torch.cat(fit_extra, dim=-1).detach().reshape(nb, -1).contiguous()
             if len(fit_extra) > 0 else empty,
             d.davg[:, :nnei].contiguous(),

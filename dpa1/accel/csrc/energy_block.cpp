@@ -10,11 +10,12 @@
 // The math is that of env_mat.py, descriptor.py and fitting.py (docs/design.md), for one block of
 // nb centres and n slots, already trimmed:
 //   forward:  R̃ = s(r)·(1/(r+p), r⃗/(r+p)²), R = κ·(R̃ − davg)/dstd, ŝ = s·mask·κ, u = R[1:4]/|R[1:4]|,
-//             G = N_g([R₀, type rows]), G ← attention(G), T1ᵀ = (R·w_slot)ᵀ G / sel,
+//             G = N_g([R₀, type rows]) (concat) or N_g(R₀)⊙(1 + N_t·ŝ) (strip, N_t given per slot),
+//             G ← attention(G), T1ᵀ = (R·w_slot)ᵀ G / sel,
 //             D = T1ᵀᵀ T1ᵀ[:, :na], e = FN([D, extra]);
 //   backward: from ∂E/∂e (one number per centre) to g = ∂E/∂r⃗ (nb, n, 3).
-// The type rows and `extra` (output type embedding, fparam, aparam) do not depend on r⃗ and
-// come in ready; biases and masks on e are applied by the caller.
+// The type rows, the strip type factor N_t and `extra` (output type embedding, fparam, aparam) do
+// not depend on r⃗ and come in ready; biases and masks on e are applied by the caller.
 
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
@@ -235,12 +236,13 @@ Tensor fitting_backward(const Tensor& de, const std::vector<NetLayer>& layers, c
 
 // --- the ops ---------------------------------------------------------------------------------
 
-// saved = [rr, w, u, dy, gp, t1t, rrw, the attention's saved..., the fitting's tanh outputs...]
-constexpr size_t kFrontSaved = 7;
+// saved = [rr, w, u, dy, gp, t1t, rrw, 1 + N_t·ŝ, G_s⊙N_t, the attention's saved..., the fitting's tanh
+// outputs...]; the two strip factors are empty in concat mode, the second also without smoothing.
+constexpr size_t kFrontSaved = 9;
 
 std::vector<Tensor> block_forward(const Tensor& rij, const Tensor& nei_mask, const Tensor& keep, const Tensor& davg,
                                   const Tensor& dstd, const Tensor& atype, const Tensor& type_rows,
-                                  const Tensor& slot_weight, const Tensor& extra, at::TensorList emb,
+                                  const Tensor& strip_rows, const Tensor& slot_weight, const Tensor& extra, at::TensorList emb,
                                   at::IntArrayRef emb_skips, at::TensorList attn, at::TensorList fit,
                                   at::IntArrayRef fit_skips, at::ArrayRef<double> geometry, at::IntArrayRef sizes,
                                   double scaling, bool normalize, bool smooth, bool do_mask, bool dotr,
@@ -281,6 +283,15 @@ std::vector<Tensor> block_forward(const Tensor& rij, const Tensor& nei_mask, con
   Tensor gmat = e_out[0].view({nb, n, ng});
   Tensor dy = e_out[1];
   const Tensor empty = at::empty({0}, opt);
+  Tensor onegt = empty, gsr = empty;
+  if (present(strip_rows)) {  // strip: G = G_s ⊙ (1 + N_t·ŝ), ŝ only with smoothing
+    TORCH_CHECK(strip_rows.sizes() == at::IntArrayRef({nb, n, ng}),
+                "dpa1::energy_block: strip_rows must be (nb, n, ng) with ng the embedding width ", ng);
+    const Tensor nt = strip_rows.to(rij.scalar_type());
+    if (smooth) gsr = gmat * nt;
+    onegt = (smooth ? nt * w.unsqueeze(2) : nt) + 1;
+    gmat = gmat * onegt;
+  }
   const Tensor lw = present(slot_weight) && smooth ? at::log(slot_weight) : empty;
   std::vector<Tensor> attn_saved;
   Tensor gp = gmat;
@@ -298,7 +309,7 @@ std::vector<Tensor> block_forward(const Tensor& rij, const Tensor& nei_mask, con
   const auto fl = unpack_net(fit, fit_skips, "the fitting net");
   std::vector<Tensor> ts;
   Tensor e = fitting_forward(fx, fl, ts);
-  std::vector<Tensor> out{e.view({nb}), rr, w, u, dy, gp, t1t, rrw};
+  std::vector<Tensor> out{e.view({nb}), rr, w, u, dy, gp, t1t, rrw, onegt, gsr};
   out.insert(out.end(), attn_saved.begin(), attn_saved.end());
   out.insert(out.end(), ts.begin(), ts.end());
   return out;
@@ -317,7 +328,7 @@ Tensor block_backward(const Tensor& de, const Tensor& rij, const Tensor& nei_mas
   TORCH_CHECK(saved.size() == kFrontSaved + n_attn + (fl.size() - 1),
               "dpa1::energy_block_backward: saved tensors do not match the nets");
   const Tensor &rr = saved[0], &w = saved[1], &u = saved[2], &dy = saved[3], &gp = saved[4], &t1t = saved[5],
-               &rrw = saved[6];
+               &rrw = saved[6], &onegt = saved[7], &gsr = saved[8];
   const std::vector<Tensor> attn_saved(saved.begin() + kFrontSaved, saved.begin() + kFrontSaved + n_attn);
   const std::vector<Tensor> ts(saved.begin() + kFrontSaved + n_attn, saved.end());
   const int64_t nb = rij.size(0), n = rij.size(1), ng = gp.size(2), na = c.axis_neuron;
@@ -341,6 +352,13 @@ Tensor block_backward(const Tensor& de, const Tensor& rij, const Tensor& nei_mas
     dw = smooth ? grads[1] : empty;
     du = dotr ? grads[2] : empty;
   }
+  if (present(onegt)) {  // strip: back through G = G_s ⊙ (1 + N_t·ŝ)
+    if (present(gsr)) {
+      Tensor dws = at::sum(dg * gsr, 2);
+      dw = present(dw) ? dw + dws : dws;
+    }
+    dg = dg * onegt;
+  }
   // the embedding net: ∂E/∂R₀ = ⟨∂E/∂G, ∂G/∂R₀⟩ per slot
   dR.select(2, 0).add_(at::sum(dg.reshape({nb * n, ng}) * dy, 1).view({nb, n}));
   Tensor g = at::empty({nb, n, 3}, opt);
@@ -350,12 +368,10 @@ Tensor block_backward(const Tensor& de, const Tensor& rij, const Tensor& nei_mas
   return g;
 }
 
-// The block as one autograd node: its backward is block_backward, so a TorchScript module (a frozen model,
-// DeePMD-kit's LAMMPS plugin) that takes forces with torch.autograd.grad runs the C++ path both ways. Only
-// the pair vectors get a gradient (the parameters go in as constants), and only once: training, which
-// differentiates forces again, keeps the PyTorch modules.
 // Rows [b, b + len) of a per-centre tensor; empty tensors (absent inputs) pass through.
-Tensor rows(const Tensor& t, int64_t b, int64_t len) { return t.numel() == 0 ? t : t.narrow(0, b, len); }
+Tensor rows(const Tensor& t, int64_t b, int64_t len) {
+  return t.dim() <= 1 && t.numel() == 0 ? t : t.narrow(0, b, len);
+}
 
 // Chunk boundaries over nb centres: one chunk per intra-op thread, at least kMinChunk centres each.
 constexpr int64_t kMinChunk = 8;
@@ -367,12 +383,16 @@ std::vector<int64_t> chunk_bounds(int64_t nb) {
   return bounds;
 }
 
+// The block as one autograd node: its backward is block_backward, so a TorchScript module (a frozen model,
+// DeePMD-kit's LAMMPS plugin) that takes forces with torch.autograd.grad runs the C++ path both ways. Only
+// the pair vectors get a gradient (the parameters go in as constants), and only once: training, which
+// differentiates forces again, keeps the PyTorch modules.
 class EnergyBlockFunction : public torch::autograd::Function<EnergyBlockFunction> {
  public:
   static Tensor forward(torch::autograd::AutogradContext* ctx, const Tensor& rij, const Tensor& nei_mask,
                         const Tensor& keep, const Tensor& davg, const Tensor& dstd, const Tensor& atype,
-                        const Tensor& type_rows, const Tensor& slot_weight, const Tensor& extra,
-                        const std::vector<Tensor>& emb, const std::vector<int64_t>& emb_skips,
+                        const Tensor& type_rows, const Tensor& strip_rows, const Tensor& slot_weight,
+                        const Tensor& extra, const std::vector<Tensor>& emb, const std::vector<int64_t>& emb_skips,
                         const std::vector<Tensor>& attn, const std::vector<Tensor>& fit,
                         const std::vector<int64_t>& fit_skips, const std::vector<double>& geometry,
                         const std::vector<int64_t>& sizes, double scaling, bool normalize, bool smooth, bool do_mask,
@@ -386,9 +406,9 @@ class EnergyBlockFunction : public torch::autograd::Function<EnergyBlockFunction
     auto run = [&](int64_t ci) {
       const int64_t b = bounds[ci], len = bounds[ci + 1] - bounds[ci];
       outs[ci] = block_forward(rows(rij, b, len), rows(nei_mask, b, len), rows(keep, b, len), davg, dstd,
-                               rows(atype, b, len), rows(type_rows, b, len), slot_weight, rows(extra, b, len), emb,
-                               emb_skips, attn, fit, fit_skips, geometry, sizes, scaling, normalize, smooth, do_mask,
-                               dotr, ln_eps);
+                               rows(atype, b, len), rows(type_rows, b, len), rows(strip_rows, b, len), slot_weight,
+                               rows(extra, b, len), emb, emb_skips, attn, fit, fit_skips, geometry, sizes, scaling,
+                               normalize, smooth, do_mask, dotr, ln_eps);
     };
     if (nchunks == 1) {
       run(0);
@@ -457,19 +477,19 @@ class EnergyBlockFunction : public torch::autograd::Function<EnergyBlockFunction
       });
     }
     Tensor g = nchunks == 1 ? gs[0] : at::cat(gs);
-    torch::autograd::variable_list out(22);  // one per forward argument: the pair vectors' only
+    torch::autograd::variable_list out(23);  // one per forward argument: the pair vectors' only
     out[0] = g;
     return out;
   }
 };
 
 Tensor energy_block(const Tensor& rij, const Tensor& nei_mask, const Tensor& keep, const Tensor& davg,
-                    const Tensor& dstd, const Tensor& atype, const Tensor& type_rows, const Tensor& slot_weight,
-                    const Tensor& extra, at::TensorList emb, at::IntArrayRef emb_skips, at::TensorList attn,
+                    const Tensor& dstd, const Tensor& atype, const Tensor& type_rows, const Tensor& strip_rows,
+                    const Tensor& slot_weight, const Tensor& extra, at::TensorList emb, at::IntArrayRef emb_skips, at::TensorList attn,
                     at::TensorList fit, at::IntArrayRef fit_skips, at::ArrayRef<double> geometry,
                     at::IntArrayRef sizes, double scaling, bool normalize, bool smooth, bool do_mask, bool dotr,
                     double ln_eps) {
-  return EnergyBlockFunction::apply(rij, nei_mask, keep, davg, dstd, atype, type_rows, slot_weight, extra,
+  return EnergyBlockFunction::apply(rij, nei_mask, keep, davg, dstd, atype, type_rows, strip_rows, slot_weight, extra,
                                     emb.vec(), emb_skips.vec(), attn.vec(), fit.vec(), fit_skips.vec(),
                                     geometry.vec(), sizes.vec(), scaling, normalize, smooth, do_mask, dotr, ln_eps);
 }
@@ -480,7 +500,7 @@ Tensor energy_block(const Tensor& rij, const Tensor& nei_mask, const Tensor& kee
 TORCH_LIBRARY_FRAGMENT(dpa1, m) {
   m.def(
       "energy_block(Tensor rij, Tensor nei_mask, Tensor keep, Tensor davg, Tensor dstd, Tensor atype, "
-      "Tensor type_rows, Tensor slot_weight, Tensor extra, Tensor[] emb, int[] emb_skips, Tensor[] attn, "
+      "Tensor type_rows, Tensor strip_rows, Tensor slot_weight, Tensor extra, Tensor[] emb, int[] emb_skips, Tensor[] attn, "
       "Tensor[] fit, int[] fit_skips, float[] geometry, int[] sizes, float scaling, bool normalize, bool smooth, "
       "bool do_mask, bool dotr, float ln_eps) -> Tensor",
       &energy_block);
