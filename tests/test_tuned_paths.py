@@ -36,9 +36,11 @@ from dpa1.model.build import build_model
 from dpa1.model.env_mat import smooth_switch
 
 from helpers import (
+    make_model,
     make_system,
     params_for,
     single_thread,  # noqa: F401  (autouse fixture)
+    small_model_config,
     water_frames,
 )
 from test_model_physics import NAMES, _compare, evaluate, model_for, tol
@@ -485,7 +487,8 @@ def test_native_ops_run_in_evaluation_not_training(monkeypatch: pytest.MonkeyPat
 
 @pytest.mark.parametrize("name", NAMES)
 def test_native_block_equals_modules(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Every configuration the block op covers (tanh nets, either type-embedding mode) gives the
+    """Every configuration the block op covers (one precision in descriptor and fitting: every
+    configuration here, type-embedding modes and activations alike) gives the
     modules' energies, forces and virials, per atom too, with trimming, several blocks, virtual
     atoms, exclusions, fparam/aparam and vacuum energies; the others keep the modules. Its
     backward is not differentiable again."""
@@ -502,7 +505,7 @@ def test_native_block_equals_modules(name: str, monkeypatch: pytest.MonkeyPatch)
     coords, atype, boxes, fp, ap = pbc_frames(model, (3, 4))
     got = evaluate(model, coords, atype, boxes, fp, ap)
     d, f = model.descriptor, model.fitting
-    covered = d.activation_function == f.activation_function == "tanh"
+    covered = d.dtype == f.dtype
     assert bool(used) == covered, (name, len(used))
     model.native = False
     want = evaluate(model, coords, atype, boxes, fp, ap)
@@ -576,6 +579,52 @@ def test_native_embedding_equals_pytorch_layers(
     s = sigma.clone().requires_grad_()
     with pytest.raises(RuntimeError, match="differentiable once"):
         torch.autograd.grad(net.along_first(s, rest).sum(), s, create_graph=True)
+
+
+ACTIVATIONS = ["tanh", "relu", "relu6", "softplus", "sigmoid", "silu", "gelu", "gelu_tf",
+               "silut:1.5", "custom_silu", "none"]
+
+
+@pytest.mark.parametrize("activation", ACTIVATIONS)
+def test_native_embedding_and_block_take_every_activation(
+    activation: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each of DeePMD-kit's activations, in the embedding op (values and the σ derivative it
+    carries forward, pre-activations on both sides of every kink and of the silut threshold)
+    and in a whole model through the block op (embedding and fitting nets): the PyTorch
+    layers' numbers."""
+    from dpa1.accel import energy_block
+    from dpa1.model.network import EmbeddingNet
+
+    require_native()
+    gen = torch.Generator().manual_seed(7)
+    net = EmbeddingNet(3, [6, 12, 12], activation_function=activation, resnet_dt=True,
+                       dtype=torch.float64, generator=gen).eval()
+    sigma = torch.rand(4, 9, 1, generator=gen, dtype=torch.float64) * 16 - 8
+    rest = torch.randn(4, 9, 2, generator=gen, dtype=torch.float64)
+    weights = torch.randn(4, 9, 12, generator=gen, dtype=torch.float64)
+    results = []
+    for native in (False, True):
+        net.native = native
+        s = sigma.clone().requires_grad_()
+        y = net.along_first(s, rest)
+        results.append((y.detach(), torch.autograd.grad((y * weights).sum(), s)[0]))
+    for label, a, b in zip(("y", "d/dsigma"), results[1], results[0], strict=True):
+        assert torch.allclose(a, b, rtol=1e-12, atol=1e-12), (activation, label)
+
+    model = make_model(small_model_config({"activation_function": activation},
+                                          {"activation_function": activation}))
+    used = []
+    real = energy_block.EnergyKernel.forward
+    monkeypatch.setattr(
+        energy_block.EnergyKernel, "forward", lambda *a: used.append(1) or real(*a)
+    )
+    coords, atype, boxes, fp, ap = pbc_frames(model, (5, 6))
+    got = evaluate(model, coords, atype, boxes, fp, ap)
+    assert used, activation
+    model.native = False
+    want = evaluate(model, coords, atype, boxes, fp, ap)
+    _compare(got, want, 1e-12, f"C++ block vs modules, {activation}")
 
 
 def test_failed_native_build_falls_back_to_pytorch(tmp_path: Path) -> None:

@@ -8,8 +8,17 @@ from torch import Tensor
 from dpa1.accel.settings import TUNING, refuse_second_derivative
 
 
+def activation_spec(layer) -> str:
+    """A ``Layer``'s activation as the ops take it (``csrc/activation.h``): the canonical name,
+    ``gelu`` for both gelus (the same tanh approximation) and ``silut:T`` with its threshold."""
+    act = layer.act
+    if act.name == "silut":
+        return f"silut:{act.threshold!r}"
+    return "gelu" if act.name == "gelu_tf" else act.name
+
+
 def along_first(net, first: Tensor, rest: Tensor | None) -> Tensor:
-    """``net(cat([first, rest], -1))`` for a tanh ``EmbeddingNet``; differentiable once, along
+    """``net(cat([first, rest], -1))`` for an ``EmbeddingNet``; differentiable once, along
     ``first (..., 1)`` only (``rest``, the type embedding, and the parameters get no gradient)."""
     return _EmbeddingTangent.apply(first, rest, net)
 
@@ -32,6 +41,7 @@ class _EmbeddingTangent(torch.autograd.Function):
             [empty if layer.idt is None else layer.idt for layer in layers],
             [layer.skip for layer in layers],
             TUNING.embedding_tile,
+            activation_spec(layers[0]),
         )
         ctx.save_for_backward(dy)
         return y.view(*lead, y.shape[-1])

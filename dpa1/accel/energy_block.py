@@ -19,14 +19,15 @@ import torch
 from torch import Tensor, nn
 
 from dpa1.accel.attention_op import layer_params
+from dpa1.accel.embedding_op import activation_spec
 from dpa1.accel.settings import TUNING, evaluates_natively
 
 
 def applies(model, rij: Tensor) -> bool:
     """Whether :class:`EnergyKernel` evaluates ``model``'s blocks: in evaluation on a CPU with the
-    C++ ops (``model.native`` and the attention's and embedding's switches on), for tanh nets and
-    one precision in descriptor and fitting (either type-embedding mode). Other models keep the
-    modules, whose attention still runs its own C++ op."""
+    C++ ops (``model.native`` and the attention's and embedding's switches on), for one precision
+    in descriptor and fitting (any type-embedding mode and activations). Other models keep the
+    modules, whose attention and embedding still run their own C++ ops."""
     return evaluates_natively(model, rij) and covers(model)
 
 
@@ -36,8 +37,7 @@ def covers(model) -> bool:
     return (
         d.embedding.native
         and d.attention.native
-        and d.activation_function == "tanh"
-        and f.activation_function == "tanh"
+        and len(d.embedding.layers) > 0
         and d.dtype == f.dtype
     )
 
@@ -72,6 +72,8 @@ class EnergyKernel(nn.Module):
     fit_skips: list[int]
     geometry: list[float]
     sizes: list[int]
+    emb_activation: str
+    fit_activation: str
 
     def __init__(self, model) -> None:
         super().__init__()
@@ -79,6 +81,8 @@ class EnergyKernel(nn.Module):
         self.emb, self.emb_skips = _net_params(d.embedding)
         self.attn = [t for layer in d.attention.layers for t in layer_params(layer)]
         self.fit, self.fit_skips = _net_params(model.fitting.net)
+        self.emb_activation = activation_spec(d.embedding.layers[0])
+        self.fit_activation = activation_spec(model.fitting.net.layers[0])
         layer0 = d.attention.layers[0] if d.attention.layer_num > 0 else None
         self.scaling = float(layer0.scaling) if layer0 is not None else 1.0
         self.normalize = bool(layer0.normalize) if layer0 is not None else False
@@ -134,4 +138,6 @@ class EnergyKernel(nn.Module):
             self.do_mask,
             self.dotr,
             self.ln_eps,
+            self.emb_activation,
+            self.fit_activation,
         )

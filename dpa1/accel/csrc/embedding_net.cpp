@@ -12,8 +12,9 @@
 // two products (values, tangents) and one fused pass over rows that sit in L2. The products are
 // ATen's (MKL BLAS).
 //
-// Layer l: y = tanh(h·W + b)·idt + skip(h), skip = h (out = in), [h, h] (out = 2·in) or 0
-// (docs/design.md, "Dense layers"); its tangent: dy = (1 − tanh²)·(dh·W)·idt + skip(dh), with dh₀ = e₀.
+// Layer l: y = φ(h·W + b)·idt + skip(h), skip = h (out = in), [h, h] (out = 2·in) or 0
+// (docs/design.md, "Dense layers"); its tangent: dy = φ'·(dh·W)·idt + skip(dh), with dh₀ = e₀.
+// φ is tanh (φ' = 1 − φ², from the values) or another activation of activation.h (φ' comes in).
 
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
@@ -30,11 +31,19 @@ namespace {
 
 using at::Tensor;
 
-// One row of a layer: t = tanh(h·W + b) and ta (dh·W, or W's first row) in, y and dy out.
+// One row of a layer: t = φ(h·W + b), φ' (dv; null for tanh: 1 − t²) and ta (dh·W, or W's first
+// row) in, y and dy out.
 template <typename T>
-void tanh_layer_row(const T* t, const T* ta, const T* idt, const T* h, const T* th, int64_t in, int64_t out,
-                    int skip, T* y, T* dy) {
-  if (idt) {
+void layer_row(const T* t, const T* dv, const T* ta, const T* idt, const T* h, const T* th, int64_t in,
+               int64_t out, int skip, T* y, T* dy) {
+  if (dv) {
+#pragma omp simd
+    for (int64_t j = 0; j < out; ++j) {
+      const T s = idt ? idt[j] : T(1);
+      y[j] = t[j] * s;
+      dy[j] = dv[j] * ta[j] * s;
+    }
+  } else if (idt) {
 #pragma omp simd
     for (int64_t j = 0; j < out; ++j) {
       y[j] = t[j] * idt[j];
@@ -60,7 +69,7 @@ void tanh_layer_row(const T* t, const T* ta, const T* idt, const T* h, const T* 
 
 template <typename T>
 std::vector<Tensor> forward_impl(const Tensor& x, at::TensorList weights, at::TensorList biases,
-                                 at::TensorList idts, at::IntArrayRef skips, int64_t tile) {
+                                 at::TensorList idts, at::IntArrayRef skips, int64_t tile, const dpa1::Activation& act) {
   const int64_t rows = x.size(0), in0 = x.size(1);
   const int64_t nl = static_cast<int64_t>(weights.size());
   int64_t widest = in0;
@@ -99,7 +108,8 @@ std::vector<Tensor> forward_impl(const Tensor& x, at::TensorList weights, at::Te
         } else {
           at::mm_out(a_t, h, w);
         }
-        at::tanh_(a_t);
+        const Tensor d_t = act.apply_(a_t);  // tanh: undefined (1 − t² from the values)
+        const T* dvp = d_t.defined() ? d_t.data_ptr<T>() : nullptr;
         const bool first = l == 0;
         if (!first) {
           Tensor ta_t = at::from_blob(ta, {tr, wo}, opt);
@@ -110,8 +120,8 @@ std::vector<Tensor> forward_impl(const Tensor& x, at::TensorList weights, at::Te
         const T* s = idts[l].defined() && idts[l].numel() ? idts[l].data_ptr<T>() : nullptr;
         const T* w0 = w.data_ptr<T>();  // dh₀ = e₀: the first layer's tangent product is W's first row
         for (int64_t r = 0; r < tr; ++r) {
-          tanh_layer_row<T>(a + r * wo, first ? w0 : ta + r * wo, s, hp + r * in, thp + r * in, in, wo,
-                            static_cast<int>(skips[l]), yo + r * wo, dyo + r * wo);
+          layer_row<T>(a + r * wo, dvp ? dvp + r * wo : nullptr, first ? w0 : ta + r * wo, s, hp + r * in,
+                       thp + r * in, in, wo, static_cast<int>(skips[l]), yo + r * wo, dyo + r * wo);
         }
         hp = yo;
         thp = dyo;
@@ -126,7 +136,8 @@ std::vector<Tensor> forward_impl(const Tensor& x, at::TensorList weights, at::Te
 }  // namespace
 
 std::vector<Tensor> dpa1::embedding_tangent(const Tensor& x, at::TensorList weights, at::TensorList biases,
-                                            at::TensorList idts, at::IntArrayRef skips, int64_t tile) {
+                                            at::TensorList idts, at::IntArrayRef skips, int64_t tile,
+                                            const dpa1::Activation& act) {
   TORCH_CHECK(x.dim() == 2 && x.is_contiguous(), "dpa1::embedding_tangent: x must be a contiguous (rows, in) tensor");
   const size_t nl = weights.size();
   TORCH_CHECK(nl > 0 && biases.size() == nl && idts.size() == nl && skips.size() == nl,
@@ -150,14 +161,25 @@ std::vector<Tensor> dpa1::embedding_tangent(const Tensor& x, at::TensorList weig
   }
   std::vector<Tensor> result;
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "embedding_tangent", [&] {
-    result = forward_impl<scalar_t>(x, weights, biases, idts, skips, tile);
+    result = forward_impl<scalar_t>(x, weights, biases, idts, skips, tile, act);
   });
   return result;
 }
 
-TORCH_LIBRARY_FRAGMENT(dpa1, m) {
-  m.def("embedding_tangent(Tensor x, Tensor[] weights, Tensor[] biases, Tensor[] idts, int[] skips, int tile) "
-        "-> Tensor[]");
+namespace {
+
+std::vector<Tensor> embedding_tangent_op(const Tensor& x, at::TensorList weights, at::TensorList biases,
+                                         at::TensorList idts, at::IntArrayRef skips, int64_t tile,
+                                         c10::string_view activation) {
+  return dpa1::embedding_tangent(x, weights, biases, idts, skips, tile,
+                                 dpa1::Activation::parse(std::string(activation)));
 }
 
-TORCH_LIBRARY_IMPL(dpa1, CPU, m) { m.impl("embedding_tangent", &dpa1::embedding_tangent); }
+}  // namespace
+
+TORCH_LIBRARY_FRAGMENT(dpa1, m) {
+  m.def("embedding_tangent(Tensor x, Tensor[] weights, Tensor[] biases, Tensor[] idts, int[] skips, int tile, "
+        "str activation) -> Tensor[]");
+}
+
+TORCH_LIBRARY_IMPL(dpa1, CPU, m) { m.impl("embedding_tangent", &embedding_tangent_op); }

@@ -1,7 +1,8 @@
-// The evaluation path of one block of centres (energy_block.py): the descriptor with a concat
-// type embedding, the fitting net and their backward to the pair vectors, in one op with its own
-// autograd node (callable from TorchScript), instead of ~45 PyTorch ops and ~80 autograd nodes around the attention and embedding
-// ops (whose C++ functions this calls directly, ops.h).
+// The evaluation path of one block of centres (energy_block.py): the descriptor (either type-embedding
+// mode), the fitting net and their backward to the pair vectors, in one op with its own autograd node
+// (callable from TorchScript), instead of ~45 PyTorch ops and ~80 autograd nodes around the attention
+// and embedding ops (whose C++ functions this calls directly, ops.h). The nets' activations are those of
+// activation.h.
 //
 // Why: those small ops were ~20 % of a float32 evaluation on one thread, and each one's Python
 // glue holds the GIL, which the threads evaluating blocks side by side (block_pool.py) then wait
@@ -196,16 +197,17 @@ void front_backward(const Tensor& rij, const Tensor& nei, const Tensor& keep, co
 
 // --- the fitting net ------------------------------------------------------------------------------
 
-// Hidden layers tanh (with their skips and idt), the last one linear. Returns e (nb, 1); the
-// hidden layers' tanh outputs go to `ts` for the backward.
-Tensor fitting_forward(const Tensor& x, const std::vector<NetLayer>& layers, std::vector<Tensor>& ts) {
+// Hidden layers φ (with their skips and idt), the last one linear. Returns e (nb, 1); for the
+// backward, each hidden layer's φ' goes to `ts` (for tanh its output, φ' = 1 − φ²).
+Tensor fitting_forward(const Tensor& x, const std::vector<NetLayer>& layers, const dpa1::Activation& act,
+                       std::vector<Tensor>& ts) {
   Tensor h = x;
   for (size_t l = 0; l < layers.size(); ++l) {
     const NetLayer& p = layers[l];
     Tensor a = present(p.b) ? at::addmm(p.b, h, p.w) : at::mm(h, p.w);
     if (l + 1 == layers.size()) return a;
-    at::tanh_(a);
-    ts.push_back(a);
+    const Tensor d = act.apply_(a);
+    ts.push_back(d.defined() ? d : a);
     Tensor y = present(p.idt) ? a * p.idt : a.clone();
     if (p.skip == 1) y.add_(h);
     if (p.skip == 2) y.add_(at::cat({h, h}, 1));
@@ -214,7 +216,8 @@ Tensor fitting_forward(const Tensor& x, const std::vector<NetLayer>& layers, std
   return h;
 }
 
-Tensor fitting_backward(const Tensor& de, const std::vector<NetLayer>& layers, const std::vector<Tensor>& ts) {
+Tensor fitting_backward(const Tensor& de, const std::vector<NetLayer>& layers, const dpa1::Activation& act,
+                        const std::vector<Tensor>& ts) {
   Tensor dy = de.view({-1, 1});
   for (size_t l = layers.size(); l-- > 0;) {
     const NetLayer& p = layers[l];
@@ -224,7 +227,7 @@ Tensor fitting_backward(const Tensor& de, const std::vector<NetLayer>& layers, c
     }
     const Tensor& t = ts[l];
     Tensor da = present(p.idt) ? dy * p.idt : dy.clone();
-    da.mul_(1 - t * t);
+    da.mul_(act.is_tanh() ? 1 - t * t : t);
     Tensor dh = at::mm(da, p.w.t());
     const int64_t in = p.w.size(0);
     if (p.skip == 1) dh.add_(dy);
@@ -236,8 +239,9 @@ Tensor fitting_backward(const Tensor& de, const std::vector<NetLayer>& layers, c
 
 // --- the ops ---------------------------------------------------------------------------------
 
-// saved = [rr, w, u, dy, gp, t1t, rrw, 1 + N_t·ŝ, G_s⊙N_t, the attention's saved..., the fitting's tanh
-// outputs...]; the two strip factors are empty in concat mode, the second also without smoothing.
+// saved = [rr, w, u, dy, gp, t1t, rrw, 1 + N_t·ŝ, G_s⊙N_t, the attention's saved..., the fitting's φ' per
+// hidden layer (tanh: its output)...]; the two strip factors are empty in concat mode, the second also
+// without smoothing.
 constexpr size_t kFrontSaved = 9;
 
 std::vector<Tensor> block_forward(const Tensor& rij, const Tensor& nei_mask, const Tensor& keep, const Tensor& davg,
@@ -246,7 +250,7 @@ std::vector<Tensor> block_forward(const Tensor& rij, const Tensor& nei_mask, con
                                   at::IntArrayRef emb_skips, at::TensorList attn, at::TensorList fit,
                                   at::IntArrayRef fit_skips, at::ArrayRef<double> geometry, at::IntArrayRef sizes,
                                   double scaling, bool normalize, bool smooth, bool do_mask, bool dotr,
-                                  double ln_eps) {
+                                  double ln_eps, const dpa1::Activation& emb_act, const dpa1::Activation& fit_act) {
   at::NoGradGuard no_grad;  // the parameters may require grad; nothing here is differentiated again
   const Config c = make_config(geometry, sizes, scaling, normalize, smooth, do_mask, dotr, ln_eps);
   TORCH_CHECK(rij.dim() == 3 && rij.size(2) == 3 && rij.is_contiguous(),
@@ -278,7 +282,7 @@ std::vector<Tensor> block_forward(const Tensor& rij, const Tensor& nei_mask, con
     eb.push_back(p.b);
     ei.push_back(p.idt);
   }
-  auto e_out = dpa1::embedding_tangent(x, ew, eb, ei, emb_skips, c.tile);
+  auto e_out = dpa1::embedding_tangent(x, ew, eb, ei, emb_skips, c.tile, emb_act);
   const int64_t ng = e_out[0].size(1);
   Tensor gmat = e_out[0].view({nb, n, ng});
   Tensor dy = e_out[1];
@@ -308,7 +312,7 @@ std::vector<Tensor> block_forward(const Tensor& rij, const Tensor& nei_mask, con
   Tensor fx = present(extra) ? at::cat({d, extra.to(d.scalar_type()).view({nb, -1})}, 1) : d;
   const auto fl = unpack_net(fit, fit_skips, "the fitting net");
   std::vector<Tensor> ts;
-  Tensor e = fitting_forward(fx, fl, ts);
+  Tensor e = fitting_forward(fx, fl, fit_act, ts);
   std::vector<Tensor> out{e.view({nb}), rr, w, u, dy, gp, t1t, rrw, onegt, gsr};
   out.insert(out.end(), attn_saved.begin(), attn_saved.end());
   out.insert(out.end(), ts.begin(), ts.end());
@@ -320,7 +324,8 @@ Tensor block_backward(const Tensor& de, const Tensor& rij, const Tensor& nei_mas
                       const Tensor& dstd, const Tensor& atype, const Tensor& slot_weight, at::TensorList saved,
                       at::TensorList emb, at::IntArrayRef emb_skips, at::TensorList attn, at::TensorList fit,
                       at::IntArrayRef fit_skips, at::ArrayRef<double> geometry, at::IntArrayRef sizes, double scaling,
-                      bool normalize, bool smooth, bool do_mask, bool dotr, double ln_eps) {
+                      bool normalize, bool smooth, bool do_mask, bool dotr, double ln_eps,
+                      const dpa1::Activation& fit_act) {
   at::NoGradGuard no_grad;
   const Config c = make_config(geometry, sizes, scaling, normalize, smooth, do_mask, dotr, ln_eps);
   const auto fl = unpack_net(fit, fit_skips, "the fitting net");
@@ -334,7 +339,7 @@ Tensor block_backward(const Tensor& de, const Tensor& rij, const Tensor& nei_mas
   const int64_t nb = rij.size(0), n = rij.size(1), ng = gp.size(2), na = c.axis_neuron;
   const auto opt = rij.options();
   const Tensor empty = at::empty({0}, opt);
-  Tensor dx = fitting_backward(de.to(rij.scalar_type()).contiguous(), fl, ts);
+  Tensor dx = fitting_backward(de.to(rij.scalar_type()).contiguous(), fl, fit_act, ts);
   Tensor dd = dx.narrow(1, 0, ng * na).view({nb, ng, na});
   // D = T1ᵀᵀ·T1ᵀ[:, :na]: both factors' gradients
   Tensor dt1t = at::bmm(t1t.narrow(2, 0, na), dd.transpose(1, 2));
@@ -396,7 +401,9 @@ class EnergyBlockFunction : public torch::autograd::Function<EnergyBlockFunction
                         const std::vector<Tensor>& attn, const std::vector<Tensor>& fit,
                         const std::vector<int64_t>& fit_skips, const std::vector<double>& geometry,
                         const std::vector<int64_t>& sizes, double scaling, bool normalize, bool smooth, bool do_mask,
-                        bool dotr, double ln_eps) {
+                        bool dotr, double ln_eps, const std::string& emb_activation,
+                        const std::string& fit_activation) {
+    const auto emb_act = dpa1::Activation::parse(emb_activation), fit_act = dpa1::Activation::parse(fit_activation);
     // One chunk of centres per intra-op thread, each through the whole block on its own thread (the
     // ATen ops inside a parallel region run inline): what evaluation blocks side by side do in Python
     // (block_pool.py), here also for TorchScript callers, which evaluate one block at a time.
@@ -408,7 +415,7 @@ class EnergyBlockFunction : public torch::autograd::Function<EnergyBlockFunction
       outs[ci] = block_forward(rows(rij, b, len), rows(nei_mask, b, len), rows(keep, b, len), davg, dstd,
                                rows(atype, b, len), rows(type_rows, b, len), rows(strip_rows, b, len), slot_weight,
                                rows(extra, b, len), emb, emb_skips, attn, fit, fit_skips, geometry, sizes, scaling,
-                               normalize, smooth, do_mask, dotr, ln_eps);
+                               normalize, smooth, do_mask, dotr, ln_eps, emb_act, fit_act);
     };
     if (nchunks == 1) {
       run(0);
@@ -438,6 +445,7 @@ class EnergyBlockFunction : public torch::autograd::Function<EnergyBlockFunction
     ctx->saved_data["scaling"] = scaling;
     ctx->saved_data["flags"] = std::vector<bool>{normalize, smooth, do_mask, dotr};
     ctx->saved_data["ln_eps"] = ln_eps;
+    ctx->saved_data["fit_activation"] = fit_activation;
     return nchunks == 1 ? energies[0] : at::cat(energies);
   }
 
@@ -457,6 +465,7 @@ class EnergyBlockFunction : public torch::autograd::Function<EnergyBlockFunction
                fit_skips = ctx->saved_data["fit_skips"].toIntVector(), sizes = ctx->saved_data["sizes"].toIntVector();
     const auto geometry = ctx->saved_data["geometry"].toDoubleVector();
     const double scaling = ctx->saved_data["scaling"].toDouble(), ln_eps = ctx->saved_data["ln_eps"].toDouble();
+    const auto fit_act = dpa1::Activation::parse(ctx->saved_data["fit_activation"].toStringRef());
     const int64_t nchunks = static_cast<int64_t>(counts.size());
     std::vector<int64_t> first(nchunks + 1, 0);
     for (int64_t ci = 0; ci < nchunks; ++ci) first[ci + 1] = first[ci] + counts[ci];
@@ -467,7 +476,7 @@ class EnergyBlockFunction : public torch::autograd::Function<EnergyBlockFunction
       gs[ci] = block_backward(rows(grads[0], b, len), rows(in[0], b, len), rows(in[1], b, len), rows(in[2], b, len),
                               in[3], rows(in[4], b, len), in[5], saved_c, emb, emb_skips, attn, fit, fit_skips,
                               geometry, sizes, scaling, flags.get(0), flags.get(1), flags.get(2), flags.get(3),
-                              ln_eps);
+                              ln_eps, fit_act);
     };
     if (nchunks == 1) {
       run(0);
@@ -477,7 +486,7 @@ class EnergyBlockFunction : public torch::autograd::Function<EnergyBlockFunction
       });
     }
     Tensor g = nchunks == 1 ? gs[0] : at::cat(gs);
-    torch::autograd::variable_list out(23);  // one per forward argument: the pair vectors' only
+    torch::autograd::variable_list out(25);  // one per forward argument: the pair vectors' only
     out[0] = g;
     return out;
   }
@@ -488,10 +497,11 @@ Tensor energy_block(const Tensor& rij, const Tensor& nei_mask, const Tensor& kee
                     const Tensor& slot_weight, const Tensor& extra, at::TensorList emb, at::IntArrayRef emb_skips, at::TensorList attn,
                     at::TensorList fit, at::IntArrayRef fit_skips, at::ArrayRef<double> geometry,
                     at::IntArrayRef sizes, double scaling, bool normalize, bool smooth, bool do_mask, bool dotr,
-                    double ln_eps) {
+                    double ln_eps, c10::string_view emb_activation, c10::string_view fit_activation) {
   return EnergyBlockFunction::apply(rij, nei_mask, keep, davg, dstd, atype, type_rows, strip_rows, slot_weight, extra,
                                     emb.vec(), emb_skips.vec(), attn.vec(), fit.vec(), fit_skips.vec(),
-                                    geometry.vec(), sizes.vec(), scaling, normalize, smooth, do_mask, dotr, ln_eps);
+                                    geometry.vec(), sizes.vec(), scaling, normalize, smooth, do_mask, dotr, ln_eps,
+                                    std::string(emb_activation), std::string(fit_activation));
 }
 
 }  // namespace
@@ -502,6 +512,6 @@ TORCH_LIBRARY_FRAGMENT(dpa1, m) {
       "energy_block(Tensor rij, Tensor nei_mask, Tensor keep, Tensor davg, Tensor dstd, Tensor atype, "
       "Tensor type_rows, Tensor strip_rows, Tensor slot_weight, Tensor extra, Tensor[] emb, int[] emb_skips, Tensor[] attn, "
       "Tensor[] fit, int[] fit_skips, float[] geometry, int[] sizes, float scaling, bool normalize, bool smooth, "
-      "bool do_mask, bool dotr, float ln_eps) -> Tensor",
+      "bool do_mask, bool dotr, float ln_eps, str emb_activation, str fit_activation) -> Tensor",
       &energy_block);
 }

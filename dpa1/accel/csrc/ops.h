@@ -4,6 +4,8 @@
 
 #include <ATen/ATen.h>
 
+#include "activation.h"
+
 #include <vector>
 
 namespace dpa1 {
@@ -22,6 +24,7 @@ std::vector<at::Tensor> attention_stack_backward(const at::Tensor& grad, const a
 
 // embedding_net.cpp: [y, dy/dx₀]
 std::vector<at::Tensor> embedding_tangent(const at::Tensor& x, at::TensorList weights, at::TensorList biases,
-                                          at::TensorList idts, at::IntArrayRef skips, int64_t tile);
+                                          at::TensorList idts, at::IntArrayRef skips, int64_t tile,
+                                          const Activation& act);
 
 }  // namespace dpa1
