@@ -52,7 +52,7 @@ def test_ops_path_loader_registers_the_ops(frozen_with_ops: Path, capsys) -> Non
     """``dpa1 ops-path`` prints the loader; loaded alone, it registers the ops and the frozen
     model loads, silently."""
     assert main(["ops-path"]) == 0
-    path = Path(capsys.readouterr().out.strip())
+    path = Path(capsys.readouterr().out.strip().splitlines()[-1])
     assert path == plugin_path() and path.is_file() and path.parent == library_path().parent
     run = load_in_fresh_process(path, frozen_with_ops)
     assert run.returncode == 0, run.stderr[-2000:]
@@ -96,3 +96,20 @@ def test_ops_path_refuses_when_switched_off(capsys, monkeypatch) -> None:
     err = capsys.readouterr().err.strip().splitlines()
     assert err == ["dpa1 ops-path: error: DPA1_NATIVE=0 switches the C++ ops off: unset it to "
                    "build or find them"]
+
+
+def test_file_frozen_without_the_ops_needs_no_loader(tmp_path) -> None:
+    """``DPA1_NATIVE=0 dpa1 freeze --lammps`` writes plain layers: the file loads where no op
+    library is, and freeze says that no DP_PLUGIN_PATH is needed."""
+    out = tmp_path / "plain_lammps.pth"
+    env = {**os.environ, "DPA1_NATIVE": "0"}
+    run = subprocess.run(
+        [sys.executable, "-m", "dpa1", "freeze", "-c", str(TINY_DP), "-o", str(out), "--lammps"],
+        capture_output=True, text=True, timeout=300, env=env,
+    )
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert "no DP_PLUGIN_PATH needed" in run.stdout
+    script = "import sys, torch; print(torch.jit.load(sys.argv[1]).get_rcut())"
+    load = subprocess.run([sys.executable, "-c", script, str(out)], capture_output=True,
+                          text=True, timeout=300)
+    assert load.returncode == 0 and float(load.stdout) == 4.0, load.stderr[-2000:]

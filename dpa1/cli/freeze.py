@@ -29,11 +29,13 @@ def run(args: argparse.Namespace) -> int:
     if src.is_dir():
         src = src / "model.ckpt.pt"
     model, config = load_energy_model(src, args.model_branch)
-    freeze(model, args.output, config=(config or {}).get("model") if config else None,
-           lammps=args.lammps)
+    ops = freeze(model, args.output, config=(config or {}).get("model") if config else None,
+                 lammps=args.lammps)
     print(f"froze {src} -> {args.output}")
     if args.lammps:
+        plugin = ("it calls dpa1's C++ ops: run lmp with DP_PLUGIN_PATH=$(dpa1 ops-path)" if ops
+                  else "plain PyTorch layers (no C++ ops): no DP_PLUGIN_PATH needed")
         print(f"LAMMPS: pair_style deepmd {args.output}; pair_coeff * * "
               f"{' '.join(model.type_map)} (LAMMPS atom types 1..{model.ntypes} in this order); "
-              "run lmp with DP_PLUGIN_PATH=$(dpa1 ops-path)")
+              f"{plugin}")
     return 0

@@ -202,8 +202,9 @@ def _unwrap(model: torch.nn.Module) -> EnergyModel:
 
 def freeze(
     model: EnergyModel, path: str | os.PathLike, config: dict | None = None, *, lammps: bool = False
-) -> None:
-    """Write a self-contained TorchScript model that needs no training code to run.
+) -> bool:
+    """Write a self-contained TorchScript model that needs no training code to run; returns
+    whether the file calls dpa1's C++ ops (and so needs their library to load).
 
     Where the C++ ops are available and cover the model, the module calls the block op
     (``dpa1::energy_block``, with its backward in C++), as eager evaluation does; loading it
@@ -246,6 +247,7 @@ def freeze(
             str(tmp),
             _extra_files={FROZEN_META: json.dumps(meta), FROZEN_MODEL: weights.getvalue()},
         )
+    return kernel is not None
 
 
 def load_frozen(path: str | os.PathLike, device: str | torch.device = "cpu"):
