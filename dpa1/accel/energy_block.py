@@ -25,9 +25,8 @@ from dpa1.accel.settings import TUNING, evaluates_natively
 
 def applies(model, rij: Tensor) -> bool:
     """Whether :class:`EnergyKernel` evaluates ``model``'s blocks: in evaluation on a CPU with the
-    C++ ops (``model.native`` and the attention's and embedding's switches on), for one precision
-    in descriptor and fitting (any type-embedding mode and activations). Other models keep the
-    modules, whose attention and embedding still run their own C++ ops."""
+    C++ ops (``model.native`` and the attention's and embedding's switches on): any type-embedding
+    mode, activation and precisions of descriptor and fitting."""
     return evaluates_natively(model, rij) and covers(model)
 
 
@@ -38,7 +37,7 @@ def covers(model) -> bool:
         d.embedding.native
         and d.attention.native
         and len(d.embedding.layers) > 0
-        and d.dtype == f.dtype
+        and len(f.net.layers) > 0
     )
 
 

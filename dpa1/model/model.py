@@ -457,7 +457,7 @@ class EnergyModel(nn.Module):
         extra = f.extra_inputs(nf, nloc, fparam, aparam)
         fit_extra: list[Tensor] = []
         if d.concat_output_tebd:
-            fit_extra.append(t_center.to(d.dtype))
+            fit_extra.append(t_center.to(f.dtype))
         fit_extra.extend(extra)
         return (
             rij.to(d.dtype).reshape(nb, nnei, 3).contiguous(),

@@ -16,7 +16,8 @@
 //             D = T1ᵀᵀ T1ᵀ[:, :na], e = FN([D, extra]);
 //   backward: from ∂E/∂e (one number per centre) to g = ∂E/∂r⃗ (nb, n, 3).
 // The type rows, the strip type factor N_t and `extra` (output type embedding, fparam, aparam) do
-// not depend on r⃗ and come in ready; biases and masks on e are applied by the caller.
+// not depend on r⃗ and come in ready; the fitting net runs in its own precision; biases and masks on e
+// are applied by the caller.
 
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
@@ -309,8 +310,10 @@ std::vector<Tensor> block_forward(const Tensor& rij, const Tensor& nei_mask, con
   Tensor rrw = present(slot_weight) ? rr * slot_weight.view({1, n, 1}) : rr;
   Tensor t1t = at::bmm(rrw.transpose(1, 2), gp).div_(double(c.sel));
   Tensor d = at::bmm(t1t.transpose(1, 2), t1t.narrow(2, 0, c.axis_neuron)).view({nb, -1});
-  Tensor fx = present(extra) ? at::cat({d, extra.to(d.scalar_type()).view({nb, -1})}, 1) : d;
+  // the fitting net in its own precision (it may differ from the descriptor's)
   const auto fl = unpack_net(fit, fit_skips, "the fitting net");
+  const auto fdt = fl[0].w.scalar_type();
+  Tensor fx = present(extra) ? at::cat({d.to(fdt), extra.to(fdt).view({nb, -1})}, 1) : d.to(fdt);
   std::vector<Tensor> ts;
   Tensor e = fitting_forward(fx, fl, fit_act, ts);
   std::vector<Tensor> out{e.view({nb}), rr, w, u, dy, gp, t1t, rrw, onegt, gsr};
@@ -339,8 +342,8 @@ Tensor block_backward(const Tensor& de, const Tensor& rij, const Tensor& nei_mas
   const int64_t nb = rij.size(0), n = rij.size(1), ng = gp.size(2), na = c.axis_neuron;
   const auto opt = rij.options();
   const Tensor empty = at::empty({0}, opt);
-  Tensor dx = fitting_backward(de.to(rij.scalar_type()).contiguous(), fl, fit_act, ts);
-  Tensor dd = dx.narrow(1, 0, ng * na).view({nb, ng, na});
+  Tensor dx = fitting_backward(de.to(fl[0].w.scalar_type()).contiguous(), fl, fit_act, ts);
+  Tensor dd = dx.narrow(1, 0, ng * na).to(rij.scalar_type()).view({nb, ng, na});
   // D = T1ᵀᵀ·T1ᵀ[:, :na]: both factors' gradients
   Tensor dt1t = at::bmm(t1t.narrow(2, 0, na), dd.transpose(1, 2));
   dt1t.narrow(2, 0, na).add_(at::bmm(t1t, dd));
