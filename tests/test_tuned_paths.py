@@ -485,27 +485,34 @@ def test_native_ops_run_in_evaluation_not_training(monkeypatch: pytest.MonkeyPat
     assert not calls
 
 
+def block_and_modules(model, monkeypatch: pytest.MonkeyPatch, seeds: tuple[int, int]):
+    """Two periodic frames evaluated through the block op (checked to run) and through the
+    modules (``model.native = False``, left so): ``(got, want, fparam, aparam)``."""
+    from dpa1.accel import energy_block
+
+    used = []
+    real = energy_block.EnergyKernel.forward
+    monkeypatch.setattr(
+        energy_block.EnergyKernel, "forward", lambda *a: used.append(1) or real(*a)
+    )
+    coords, atype, boxes, fp, ap = pbc_frames(model, seeds)
+    got = evaluate(model, coords, atype, boxes, fp, ap)
+    assert used, "the block op did not run"
+    model.native = False
+    want = evaluate(model, coords, atype, boxes, fp, ap)
+    return got, want, fp, ap
+
+
 @pytest.mark.parametrize("name", NAMES)
 def test_native_block_equals_modules(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """The block op covers every configuration (type-embedding modes, activations, precisions)
     and gives the modules' energies, forces and virials, per atom too, with trimming, several
     blocks, virtual atoms, exclusions, fparam/aparam and vacuum energies. Its backward is not
     differentiable again."""
-    from dpa1.accel import energy_block
-
     require_native()
     model = copy.deepcopy(model_for(name))
     model.block_atoms = 6  # several blocks of 3 centres per frame, each trimmed to its width
-    used = []
-    real = energy_block.EnergyKernel.forward
-    monkeypatch.setattr(
-        energy_block.EnergyKernel, "forward", lambda *a: used.append(1) or real(*a)
-    )
-    coords, atype, boxes, fp, ap = pbc_frames(model, (3, 4))
-    got = evaluate(model, coords, atype, boxes, fp, ap)
-    assert used, name
-    model.native = False
-    want = evaluate(model, coords, atype, boxes, fp, ap)
+    got, want, fp, ap = block_and_modules(model, monkeypatch, (3, 4))
     _compare(got, want, tol(name, 1e-12, 1e-5), "C++ block vs modules")
     model.native = True
     nei = 8
@@ -530,23 +537,12 @@ def test_native_block_takes_mixed_precisions(
     """A descriptor and a fitting net of different precisions (with fparam and aparam, whose
     inputs are in the fitting's precision) through the block op: the modules' numbers, to
     float32 round-off."""
-    from dpa1.accel import energy_block
-
     require_native()
     model = make_model(small_model_config(
         {"precision": descriptor, "smooth_type_embedding": True},
         {"precision": fitting, "numb_fparam": 2, "numb_aparam": 1},
     ))
-    used = []
-    real = energy_block.EnergyKernel.forward
-    monkeypatch.setattr(
-        energy_block.EnergyKernel, "forward", lambda *a: used.append(1) or real(*a)
-    )
-    coords, atype, boxes, fp, ap = pbc_frames(model, (3, 4))
-    got = evaluate(model, coords, atype, boxes, fp, ap)
-    assert used
-    model.native = False
-    want = evaluate(model, coords, atype, boxes, fp, ap)
+    got, want, _, _ = block_and_modules(model, monkeypatch, (3, 4))
     _compare(got, want, 1e-5, f"C++ block vs modules, {descriptor} descriptor, {fitting} fitting")
 
 
@@ -616,7 +612,6 @@ def test_native_embedding_and_block_take_every_activation(
     carries forward, pre-activations on both sides of every kink and of the silut threshold)
     and in a whole model through the block op (embedding and fitting nets): the PyTorch
     layers' numbers."""
-    from dpa1.accel import energy_block
     from dpa1.model.network import EmbeddingNet
 
     require_native()
@@ -637,16 +632,7 @@ def test_native_embedding_and_block_take_every_activation(
 
     model = make_model(small_model_config({"activation_function": activation},
                                           {"activation_function": activation}))
-    used = []
-    real = energy_block.EnergyKernel.forward
-    monkeypatch.setattr(
-        energy_block.EnergyKernel, "forward", lambda *a: used.append(1) or real(*a)
-    )
-    coords, atype, boxes, fp, ap = pbc_frames(model, (5, 6))
-    got = evaluate(model, coords, atype, boxes, fp, ap)
-    assert used, activation
-    model.native = False
-    want = evaluate(model, coords, atype, boxes, fp, ap)
+    got, want, _, _ = block_and_modules(model, monkeypatch, (5, 6))
     _compare(got, want, 1e-12, f"C++ block vs modules, {activation}")
 
 
