@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import copy
 import json
+import os
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +48,18 @@ def single_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+def require_native() -> None:
+    """The C++ ops must build wherever a C++ compiler is installed (CI has gcc): a broken build
+    fails here instead of passing silently on the PyTorch fallback."""
+    from dpa1.accel.build import native_ops
+
+    if os.environ.get("DPA1_NATIVE", "1") == "0" or not (
+        shutil.which("c++") or shutil.which("g++")
+    ):
+        pytest.skip("the C++ op is switched off (DPA1_NATIVE=0) or there is no C++ compiler")
+    assert native_ops(), "the C++ ops did not build (see the RuntimeWarning)"
 
 
 # === configurations ========================================================================

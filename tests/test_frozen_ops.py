@@ -13,13 +13,12 @@ import numpy as np
 import pytest
 import torch
 
-from dpa1.accel.build import native_ops
 from dpa1.infer.deep_pot import DeepPot
 from dpa1.io.model_file import freeze, load_frozen
 from dpa1.io.serialize import load_dp_model
 
 from data_paths import TINY_DP, TINY_REFERENCE
-from helpers import make_model, make_system, small_model_config
+from helpers import make_model, make_system, require_native, small_model_config
 
 
 def _reference():
@@ -29,8 +28,7 @@ def _reference():
 
 @pytest.fixture(scope="module")
 def frozen_with_ops(tmp_path_factory) -> Path:
-    if os.environ.get("DPA1_NATIVE", "1") == "0" or not native_ops():
-        pytest.skip("the C++ ops are switched off (DPA1_NATIVE=0)")
+    require_native()
     path = tmp_path_factory.mktemp("frozen") / "tiny.pth"
     model, _ = load_dp_model(TINY_DP)
     freeze(model, path)
@@ -120,8 +118,7 @@ def test_frozen_model_falls_back_without_the_ops(frozen_with_ops: Path) -> None:
 def test_frozen_strip_model_runs_the_block_op(tmp_path: Path, smooth: bool) -> None:
     """A strip-mode model (``se_atten_v2``, and its non-smooth variant) frozen with the ops
     runs the block op too, and its energies, forces and virials are the plain modules'."""
-    if os.environ.get("DPA1_NATIVE", "1") == "0" or not native_ops():
-        pytest.skip("the C++ ops are switched off (DPA1_NATIVE=0)")
+    require_native()
     desc = {"type": "se_atten_v2"} if smooth else {"tebd_input_mode": "strip"}
     model = make_model(small_model_config(desc))
     freeze(model, tmp_path / "strip.pth")

@@ -16,10 +16,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from dpa1.accel.build import build_loader, library_path, native_ops, plugin_path
+from dpa1.accel.build import build_loader, library_path, plugin_path
 from dpa1.cli.main import main
 
 from data_paths import TINY_DP
+from helpers import require_native
 
 # as DeePMD-kit's C++ does: dlopen the plugin, then torch::jit::load the model
 _LOAD = """
@@ -34,8 +35,7 @@ if ok:
 
 @pytest.fixture(scope="module")
 def frozen_with_ops(tmp_path_factory) -> Path:
-    if os.environ.get("DPA1_NATIVE", "1") == "0" or not native_ops():
-        pytest.skip("the C++ ops are switched off (DPA1_NATIVE=0)")
+    require_native()
     out = tmp_path_factory.mktemp("loader") / "tiny_lammps.pth"
     assert main(["freeze", "-c", str(TINY_DP), "-o", str(out), "--lammps"]) == 0
     return out

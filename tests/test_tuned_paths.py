@@ -18,7 +18,6 @@ import copy
 import json
 import math
 import os
-import shutil
 import subprocess
 import sys
 import threading
@@ -39,6 +38,7 @@ from helpers import (
     make_model,
     make_system,
     params_for,
+    require_native,
     single_thread,  # noqa: F401  (autouse fixture)
     small_model_config,
     water_frames,
@@ -329,18 +329,6 @@ def test_evaluation_frees_each_block_graph() -> None:
 
 
 # === the C++ attention stack (dpa1/accel/csrc/attention_stack.cpp) ===========================
-def require_native() -> None:
-    """The op must build wherever a C++ compiler is installed (CI has gcc): a broken build
-    fails here instead of passing silently on the PyTorch fallback."""
-    from dpa1.accel.build import native_ops
-
-    if os.environ.get("DPA1_NATIVE", "1") == "0" or not (
-        shutil.which("c++") or shutil.which("g++")
-    ):
-        pytest.skip("the C++ op is switched off (DPA1_NATIVE=0) or there is no C++ compiler")
-    assert native_ops(), "the C++ attention op did not build (see the RuntimeWarning)"
-
-
 def _attention_inputs(nb: int, n: int, embed: int, dtype: torch.dtype, seed: int):
     """Random attention inputs with padding, a centre without neighbours and one slot standing
     for several padding slots (``key_log_weight``, as padding trimming makes)."""
