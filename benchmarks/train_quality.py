@@ -21,7 +21,14 @@ For each input the script prints every run's held-out force RMSE (eV/Å) and ene
 Every finished run is stored in ``--workdir`` (default ``benchmarks/results/train_quality``)
 as one JSON file, and a later call reuses it: a long comparison can be run in pieces
 (``--inputs``, ``--seeds``, ``--codes``) and the table printed from all stored runs with
-``--report``. ``--jobs 2`` trains two runs side by side with one thread each (on two cores
+``--report``. A run in progress lives in ``<workdir>/runs/<input>_<code>_seed<k>/`` and
+checkpoints every 100 steps; a call that finds it (the machine was stopped, the process
+killed) continues it with ``--restart`` from its latest readable checkpoint. dpa1's restart
+continues the same run exactly (weights, optimiser, samplers); DeePMD-kit's restores weights,
+optimiser and step but draws its batches afresh, which its users get too. The steps at which
+a run was continued are stored with its result (``restarts``).
+
+``--jobs 2`` trains two runs side by side with one thread each (on two cores
 this has about twice the throughput of one run on two threads; the errors do not depend on
 it, training is deterministic for a given thread count).
 
@@ -38,7 +45,6 @@ import json
 import os
 import shutil
 import sys
-import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -63,7 +69,7 @@ SMALL = {
     "learning_rate": {"type": "exp", "decay_steps": 100, "start_lr": 0.002, "stop_lr": 1e-05},
     "loss": {"type": "ener", "start_pref_e": 0.02, "limit_pref_e": 1, "start_pref_f": 1000,
              "limit_pref_f": 1, "start_pref_v": 0, "limit_pref_v": 0},
-    "training": {"numb_steps": 1500, "seed": 10, "disp_freq": 100, "save_freq": 1500},
+    "training": {"numb_steps": 1500, "seed": 10, "disp_freq": 100},
 }
 
 
@@ -72,7 +78,7 @@ def base_input(name: str) -> dict:
         return copy.deepcopy(SMALL)
     if name == "example":
         cfg = json.loads((ROOT / "examples" / "water" / "input.json").read_text())
-        cfg["training"].update(numb_steps=1000, disp_freq=100, save_freq=1000)
+        cfg["training"].update(numb_steps=1000, disp_freq=100)
         cfg["learning_rate"]["decay_steps"] = 100
         return cfg
     raise ValueError(f"unknown input {name!r}: use 'small' or 'example'")
@@ -86,6 +92,8 @@ def make_input(name: str, seed: int, workdir: Path) -> Path:
     cfg["training"]["training_data"] = {"systems": [str(DATA / "data_0"), str(DATA / "data_1")],
                                         "batch_size": 1}
     cfg["training"].pop("validation_data", None)
+    # a checkpoint every 100 steps, for continuing a stopped run (saving changes no number)
+    cfg["training"].update(save_freq=100, max_ckpt_keep=2)
     path = workdir / "input.json"
     path.write_text(json.dumps(cfg, indent=1))
     return path
@@ -104,28 +112,70 @@ def lcurve_force(path: Path) -> list[tuple[int, float]]:
     rows = np.loadtxt(path, ndmin=2)
     header = path.read_text().splitlines()[0].split()[1:]
     col = header.index("rmse_f_trn")
-    return [(int(r[0]), float(r[col])) for r in rows]
+    by_step = {int(r[0]): float(r[col]) for r in rows}  # a restart may repeat steps: last wins
+    return sorted(by_step.items())
+
+
+def latest_checkpoint(work: Path) -> tuple[int, Path] | None:
+    """The newest ``model.ckpt-<step>.pt`` in ``work`` that loads; unreadable ones (a write
+    cut short when the process was killed) are removed."""
+    import torch
+
+    found = sorted(
+        (int(p.stem.rpartition("-")[2]), p)
+        for p in work.glob("model.ckpt-*.pt")
+        if p.stem.rpartition("-")[2].isdigit()
+    )
+    for step, path in reversed(found):
+        try:
+            torch.load(path, map_location="cpu", weights_only=False)
+        except Exception:  # noqa: BLE001 - any failure means the file cannot be restarted from
+            path.unlink()
+            continue
+        return step, path
+    return None
 
 
 def train_one(name: str, code: str, seed: int, a: argparse.Namespace, threads: int) -> dict:
     env = {**os.environ, "OMP_NUM_THREADS": str(threads),
            "DP_INTRA_OP_PARALLELISM_THREADS": str(threads), "DP_INTER_OP_PARALLELISM_THREADS": "1"}
-    with tempfile.TemporaryDirectory(prefix=f"tq_{name}_{code}_{seed}_") as tmp:
-        work = Path(tmp)
-        inp = make_input(name, seed, work)
+    work = run_dir(Path(a.workdir), name, code, seed)
+    work.mkdir(parents=True, exist_ok=True)
+    progress_file = work / "restarts.json"
+    restarts = json.loads(progress_file.read_text()) if progress_file.exists() else []
+    inp = make_input(name, seed, work)
+    steps = json.loads(inp.read_text())["training"]["numb_steps"]
+    ckpt = latest_checkpoint(work)
+    first_step = 0
+    resume: list[str] = []
+    if ckpt is not None and ckpt[0] < steps:
+        first_step = ckpt[0]
+        restarts.append(first_step)
+        progress_file.write_text(json.dumps(restarts))
+        resume = ["--restart", ckpt[1].name]
+    if ckpt is None or ckpt[0] < steps:
         if code == "dpa1":
-            t = run([sys.executable, "-m", "dpa1", "train", str(inp), "-o", str(work),
-                     "--log-level", "WARNING"], work, env)
-            model = work / "model.ckpt.pt"
+            cmd = [sys.executable, "-m", "dpa1", "train", str(inp), "-o", str(work),
+                   "--log-level", "WARNING", *resume]
         else:
-            t = run([a.dp, "--pt", "train", str(inp), "--skip-neighbor-stat"], work, env)
-            run([a.dp, "--pt", "freeze", "-o", "frozen.pth"], work, env)
-            run([a.dp, "convert-backend", "frozen.pth", "frozen.dp"], work, env)
-            model = work / "frozen.dp"
-        steps = json.loads(inp.read_text())["training"]["numb_steps"]
-        return {"input": name, "code": code, "seed": seed, "threads": threads,
-                "s_per_step": t / steps, "lcurve_f": lcurve_force(work / "lcurve.out"),
-                **held_out(model, work, env)}
+            cmd = [a.dp, "--pt", "train", str(inp), "--skip-neighbor-stat", *resume]
+        t = run(cmd, work, env)
+        (work / "seconds.json").write_text(json.dumps([t, steps - first_step]))
+    timing = work / "seconds.json"  # absent if stopped between the last checkpoint and here
+    t, trained = json.loads(timing.read_text()) if timing.exists() else (float("nan"), 1)
+    if code == "dpa1":
+        model = work / "model.ckpt.pt"
+    else:
+        run([a.dp, "--pt", "freeze", "-o", "frozen.pth"], work, env)
+        run([a.dp, "convert-backend", "frozen.pth", "frozen.dp"], work, env)
+        model = work / "frozen.dp"
+    return {"input": name, "code": code, "seed": seed, "threads": threads,
+            "s_per_step": t / trained, "restarts": restarts,
+            "lcurve_f": lcurve_force(work / "lcurve.out"), **held_out(model, work, env)}
+
+
+def run_dir(workdir: Path, name: str, code: str, seed: int) -> Path:
+    return workdir / "runs" / result_path(workdir, name, code, seed).stem
 
 
 def result_path(workdir: Path, name: str, code: str, seed: int) -> Path:
@@ -233,6 +283,7 @@ def main() -> None:
             name, code, seed = item
             res = train_one(name, code, seed, a, threads)
             result_path(workdir, name, code, seed).write_text(json.dumps(res, indent=1))
+            shutil.rmtree(run_dir(workdir, name, code, seed))
             print(
                 f"{name:8s} {code:10s} seed {seed}: rmse_f {res['rmse_f']:.4f} eV/Å  "
                 f"rmse_e {res['rmse_e_mev']:.3f} meV/atom  ({res['s_per_step']:.2f} s/step)",
