@@ -80,12 +80,25 @@ def test_detail_files_datafile(at_root, tmp_path) -> None:
     _assert_same_detail(prefix, DP_TEST_DETAIL / "multi")
 
 
+def test_shuffle_test_picks_deepmd_frames(at_root, tmp_path) -> None:
+    """--shuffle-test -r: the frames DeePMD-kit picks with the same seed. The seed is above
+    2**32 (dp test takes it mod 2**32), water_v's 4 frames span two sets, and water_nov's
+    order (1, 0) comes from the generator the first system left, not a fresh one."""
+    listing = tmp_path / "systems.txt"
+    listing.write_text(f"{WATER_V}\n{WATER_NOV}\n")
+    prefix = tmp_path / "shuffled"
+    assert main(["test", "-m", str(TINY_DP), "-f", str(listing), "-n", "3", "--shuffle-test",
+                 "-r", "4294967315", "-d", str(prefix)]) == 0
+    _assert_same_detail(prefix, DP_TEST_DETAIL / "shuffled")
+
+
 def test_test_flags_refused(at_root, tmp_path, capsys) -> None:
     model = str(TINY_DP)
     listing = tmp_path / "systems.txt"
     listing.write_text(f"{WATER_NOV}\n")
     _fail(["test", "-m", model, "-s", WATER_V, "-f", str(listing)], capsys, "-s", "-f")
     _fail(["test", "-m", model, "-s", WATER_V, "-n", "-1"], capsys, "-n -1")
+    _fail(["test", "-m", model, "-s", WATER_V, "-r", "3"], capsys, "-r 3", "--shuffle-test")
     _fail(["test", "-m", model, "-s", WATER_V, "-d", "."], capsys, "--detail-file", "prefix")
     _fail(["test", "-m", model, "-f", str(tmp_path / "none.txt")], capsys, "none.txt")
     _fail(["test", "-m", model, "-f", str(listing), "-a"], capsys, "water_nov", "atom_ener.npy")

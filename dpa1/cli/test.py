@@ -1,6 +1,6 @@
-"""``dpa1 test -m MODEL (-s SYSTEMS... | -f LIST) [-n N] [-d PREFIX] [-a] [--json F]
-[--plot F.png] [--model-branch B]``: ``dp test`` (errors and detail files as DeePMD-kit
-writes them)."""
+"""``dpa1 test -m MODEL (-s SYSTEMS... | -f LIST) [-n N] [--shuffle-test [-r SEED]]
+[-d PREFIX] [-a] [--json F] [--plot F.png] [--model-branch B]``: ``dp test`` (errors and
+detail files as DeePMD-kit writes them)."""
 
 from __future__ import annotations
 
@@ -36,6 +36,10 @@ def add_parser(sub) -> None:
     )
     p.add_argument("-n", "--numb-test", type=int, default=0,
                    help="the first N frames of each system (0 = all)")
+    p.add_argument("--shuffle-test", action="store_true",
+                   help="shuffle each system's frames (all sets) before taking the first N")
+    p.add_argument("-r", "--rand-seed", type=int, default=None,
+                   help="seed of --shuffle-test's order (the frames dp test -r picks)")
     p.add_argument("-d", "--detail-file", help="prefix of the dp test detail files "
                    "(PREFIX.e.out, .e_peratom.out, .f.out, .v.out, .v_peratom.out, .s.out)")
     p.add_argument("-a", "--atomic", action="store_true",
@@ -102,6 +106,9 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError("-s and -f both name the systems to test; give one of them")
     if args.numb_test < 0:
         raise ValueError(f"-n {args.numb_test}: the number of frames must be >= 0 (0 = all)")
+    if args.rand_seed is not None and not args.shuffle_test:
+        raise ValueError(f"-r {args.rand_seed} seeds the order of --shuffle-test, which is "
+                         "not set: add --shuffle-test or drop -r")
     # results must not be computed and then lost to an unwritable output
     if args.detail_file:
         check_detail_prefix(args.detail_file)
@@ -112,11 +119,20 @@ def run(args: argparse.Namespace) -> int:
     paths = read_system_list(args.datafile) if args.datafile else expand_systems(
         args.systems or ["."])
     dp = DeepPot(args.model, device=args.device, model_branch=args.model_branch)
+    # dp test's order: one generator seeded with -r mod 2**32, shuffling each system's frame
+    # indices in turn (so the same -r picks the same frames in both codes)
+    rng = np.random.RandomState(
+        None if args.rand_seed is None else args.rand_seed % 2**32
+    ) if args.shuffle_test else None
     results = []
     for path in paths:
         system = DeepmdSystem(path, dp.get_type_map())
+        frames = None
+        if rng is not None:
+            frames = np.arange(system.nframes)
+            rng.shuffle(frames)
         res = evaluate_system(dp, system, args.numb_test, detail=bool(args.detail_file),
-                              atomic=args.atomic)
+                              atomic=args.atomic, frames=frames)
         results.append(res)
         err = res.errors()
         print(f"# system {path}: {res.nframes} frames")

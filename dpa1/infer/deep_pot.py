@@ -58,7 +58,7 @@ class DeepPot:
         self._dtype = torch.float64
         # geometry warnings already given (each once per model, not at every MD step)
         self._warned: set[str] = set()
-        self._naming: tuple[str, int, np.ndarray | None] | None = None
+        self._naming: tuple[str, int | np.ndarray, np.ndarray | None] | None = None
 
     # --- metadata (DeePMD names) ---------------------------------------------------------
     def get_type_map(self) -> list[str]:
@@ -230,12 +230,16 @@ class DeepPot:
 
     @contextlib.contextmanager
     def naming(
-        self, where: str, first_frame: int = 0, atom_index: np.ndarray | None = None
+        self,
+        where: str,
+        first_frame: int | np.ndarray = 0,
+        atom_index: np.ndarray | None = None,
     ) -> Iterator[None]:
         """Within the block, overlap errors and geometry warnings name the source ``where``,
-        count frames from ``first_frame`` and number atoms by ``atom_index`` (evaluated atom
+        number frames from ``first_frame`` (or by it: evaluated frame ``f`` is the caller's
+        ``first_frame[f]`` when it is an array) and atoms by ``atom_index`` (evaluated atom
         ``k`` is the caller's ``atom_index[k]``): for callers that evaluate a system in
-        pieces or in another atom order."""
+        pieces or in another frame or atom order."""
         saved = self._naming
         self._naming = (where, first_frame, atom_index)
         try:
@@ -254,7 +258,8 @@ class DeepPot:
             crowded = s.count > sel and "sel" not in self._warned
             if not (overlap or close or crowded):
                 continue
-            frame = f"frame {first_frame + f}" if nf > 1 or where else ""
+            number = first_frame + f if np.isscalar(first_frame) else int(first_frame[f])
+            frame = f"frame {number}" if nf > 1 or where else ""
             place = ", ".join(x for x in (where, frame) if x)
             place = f"{place}: " if place else ""
             i, j, busiest = (

@@ -71,12 +71,15 @@ def evaluate_system(
     *,
     detail: bool = False,
     atomic: bool = False,
+    frames: np.ndarray | None = None,
 ) -> SystemResult:
     """Evaluate ``system`` (a :class:`dpa1.data.system.DeepmdSystem`) frame by frame.
 
     Args:
         nframes: the first ``nframes`` frames over all sets (None or 0 = all), as
             ``dp test -n``.
+        frames: the order of the frames (indices over all sets), of which the first
+            ``nframes`` are evaluated; default: the files' order.
         detail: also keep the rows of the ``-d`` files (:attr:`SystemResult.detail`).
         atomic: compare atomic energies with ``atom_ener.npy`` (required then).
     """
@@ -93,11 +96,12 @@ def evaluate_system(
         acc[name][0].append(lab)
         acc[name][1].append(pred)
 
+    order = np.arange(system.nframes) if frames is None else np.asarray(frames)
     for start in range(0, n, batch):
-        idx = np.arange(start, min(n, start + batch))
+        idx = order[start:min(n, start + batch)]
         fr = system.get_frames(idx)
         atype = fr["atype"]
-        with dp.naming(str(system.path), start, system.idx_map):  # atoms as in the files
+        with dp.naming(str(system.path), idx, system.idx_map):  # frames, atoms as in the files
             out = dp.eval(
                 fr["coord"], fr.get("box"), atype, atomic=atomic,
                 fparam=fr.get("fparam"), aparam=fr.get("aparam"),
