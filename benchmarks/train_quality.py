@@ -210,6 +210,10 @@ def report(workdir: Path, inputs: list[str]) -> bool:
                     f"{r['rmse_f']:.4f} {r['rmse_e_mev']:7.3f}" if r else f"{'–':>6s} {'–':>7s}"
                 )
             print(f"{9 + s:>6d}/{s:<2d} | {cells[0]:>20s} | {cells[1]:>16s}")
+        for (code, s), r in sorted(by.items()):
+            if r.get("restarts"):
+                steps = ", ".join(map(str, r["restarts"]))
+                print(f"  {code} {9 + s}/{s} was stopped and continued from step {steps}")
         both = [s for s in seeds if ("dpa1", s) in by and ("DeePMD-kit", s) in by]
         if not both:
             ok = False
