@@ -92,6 +92,37 @@ def test_shuffle_test_picks_deepmd_frames(at_root, tmp_path) -> None:
     _assert_same_detail(prefix, DP_TEST_DETAIL / "shuffled")
 
 
+def test_train_and_valid_data_of_an_input(at_root, tmp_path, monkeypatch, capsys) -> None:
+    """--train-data / --valid-data: the systems of an input file, relative to its directory
+    when not found from the working directory (as dpa1 train), rglob_patterns applied."""
+    import shutil
+
+    ref = tmp_path / "ref.json"
+    assert main(["test", "-m", str(TINY_DP), "-s", WATER_V, WATER_NOV, "--json", str(ref)]) == 0
+    expected = json.loads(ref.read_text())["systems"]
+    run = tmp_path / "run"
+    for name in ("water_v", "water_nov"):
+        shutil.copytree(ROOT / "tests" / "data" / "detail" / name, run / "data" / name)
+    inp = run / "input.json"
+    inp.write_text(json.dumps({"training": {
+        "training_data": {"systems": ["data/water_v"]},
+        "validation_data": {"systems": "data", "rglob_patterns": ["water_n*"]}}}))
+    monkeypatch.chdir(tmp_path)  # not the input's directory
+    for flag, system, ref_system in (("--train-data", "water_v", WATER_V),
+                                     ("--valid-data", "water_nov", WATER_NOV)):
+        out = tmp_path / f"{flag[2:]}.json"
+        assert main(["test", "-m", str(TINY_DP), flag, "run/input.json", "--json", str(out)]) == 0
+        got = json.loads(out.read_text())["systems"]
+        assert list(got) == [f"run/data/{system}"]
+        assert got[f"run/data/{system}"] == pytest.approx(expected[ref_system], rel=1e-12)
+    inp.write_text(json.dumps({"training": {"training_data": {"systems": ["data/water_v"]}}}))
+    _fail(["test", "-m", str(TINY_DP), "--valid-data", "run/input.json"], capsys,
+          "run/input.json", "training.validation_data.systems")
+    _fail(["test", "-m", str(TINY_DP), "--train-data", "run/none.json"], capsys, "none.json")
+    _fail(["test", "-m", str(TINY_DP), "-s", "run/data", "--train-data", "run/input.json"],
+          capsys, "-s", "--train-data")
+
+
 def test_test_flags_refused(at_root, tmp_path, capsys) -> None:
     model = str(TINY_DP)
     listing = tmp_path / "systems.txt"

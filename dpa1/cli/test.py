@@ -1,6 +1,6 @@
-"""``dpa1 test -m MODEL (-s SYSTEMS... | -f LIST) [-n N] [--shuffle-test [-r SEED]]
-[-d PREFIX] [-a] [--json F] [--plot F.png] [--model-branch B]``: ``dp test`` (errors and
-detail files as DeePMD-kit writes them)."""
+"""``dpa1 test -m MODEL (-s SYSTEMS... | -f LIST | --train-data IN | --valid-data IN)
+[-n N] [--shuffle-test [-r SEED]] [-d PREFIX] [-a] [--json F] [--plot F.png]
+[--model-branch B]``: ``dp test`` (errors and detail files as DeePMD-kit writes them)."""
 
 from __future__ import annotations
 
@@ -34,6 +34,10 @@ def add_parser(sub) -> None:
     p.add_argument(
         "-f", "--datafile", help="text file naming one system directory per line (not with -s)"
     )
+    p.add_argument("--train-data", metavar="INPUT",
+                   help="the training systems of an input file (found as dpa1 train finds them)")
+    p.add_argument("--valid-data", metavar="INPUT",
+                   help="the validation systems of an input file")
     p.add_argument("-n", "--numb-test", type=int, default=0,
                    help="the first N frames of each system (0 = all)")
     p.add_argument("--shuffle-test", action="store_true",
@@ -96,14 +100,41 @@ def _plot(path: str, results) -> None:
     plt.close(fig)
 
 
+def input_systems(path: str, section: str) -> list[str]:
+    """The systems of ``training.<section>`` of the input file ``path`` (``dp test
+    --train-data`` / ``--valid-data``), resolved and searched as ``dpa1 train`` does."""
+    from dpa1.data.system import expand_systems, resolve_system_paths
+    from dpa1.io.config import read_input
+
+    if not Path(path).is_file():
+        raise ValueError(f"{path}: no such input file")
+    raw = read_input(Path(path))
+    data = raw.get("training", {}).get(section) if isinstance(raw, dict) else None
+    systems = data.get("systems") if isinstance(data, dict) else None
+    if not systems:
+        raise ValueError(f"{path}: training.{section}.systems is not set: no systems to test")
+    if not (isinstance(systems, str) or (
+            isinstance(systems, list) and all(isinstance(x, str) for x in systems))):
+        raise ValueError(f"{path}: training.{section}.systems: expected a path or a list of "
+                         f"paths, got {systems!r}")
+    patterns = data.get("rglob_patterns")
+    if patterns is not None and not (
+            isinstance(patterns, list) and all(isinstance(x, str) for x in patterns)):
+        raise ValueError(f"{path}: training.{section}.rglob_patterns: expected a list of "
+                         f"patterns, got {patterns!r}")
+    return expand_systems(resolve_system_paths(systems, Path(path).parent), patterns)
+
+
 def run(args: argparse.Namespace) -> int:
     from dpa1.data.system import DeepmdSystem, expand_systems, read_system_list
     from dpa1.infer.deep_pot import DeepPot
     from dpa1.infer.detail_files import check_detail_prefix, write_detail_files
     from dpa1.infer.evaluate import evaluate_system, weighted_total
 
-    if args.datafile and args.systems:
-        raise ValueError("-s and -f both name the systems to test; give one of them")
+    given = [flag for flag, value in (("-s", args.systems), ("-f", args.datafile),
+             ("--train-data", args.train_data), ("--valid-data", args.valid_data)) if value]
+    if len(given) > 1:
+        raise ValueError(f"{' and '.join(given)} each name the systems to test; give one of them")
     if args.numb_test < 0:
         raise ValueError(f"-n {args.numb_test}: the number of frames must be >= 0 (0 = all)")
     if args.rand_seed is not None and not args.shuffle_test:
@@ -116,8 +147,12 @@ def run(args: argparse.Namespace) -> int:
         if path:
             check_output_path(path, option)
     # -f: each line is one system, as written (dp test -f); -s: searched recursively
-    paths = read_system_list(args.datafile) if args.datafile else expand_systems(
-        args.systems or ["."])
+    if args.train_data or args.valid_data:
+        paths = input_systems(args.train_data or args.valid_data,
+                              "training_data" if args.train_data else "validation_data")
+    else:
+        paths = read_system_list(args.datafile) if args.datafile else expand_systems(
+            args.systems or ["."])
     dp = DeepPot(args.model, device=args.device, model_branch=args.model_branch)
     # dp test's order: one generator seeded with -r mod 2**32, shuffling each system's frame
     # indices in turn (so the same -r picks the same frames in both codes)

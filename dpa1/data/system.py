@@ -522,6 +522,24 @@ def expand_systems(
     return result
 
 
+def resolve_system_paths(systems: str | Sequence[str], base: Path) -> list[str]:
+    """The entries of a ``systems`` value relative to the working directory (as DeePMD-kit),
+    else to ``base`` (the input file's directory), so ``dpa1 train path/to/input.json``
+    works from anywhere."""
+    items = [systems] if isinstance(systems, str) else list(systems)
+    out = []
+    for s in items:
+        # an HDF5 entry "file.h5#/group" is resolved by its file name
+        name, sep, group = (s, "", "") if Path(s).is_dir() else s.partition("#")
+        p = Path(name)
+        is_glob = any(ch in name for ch in "*?[")
+        found_here = bool(list(Path().glob(name))) if is_glob else p.exists()
+        if not p.is_absolute() and not found_here and (is_glob or (base / p).exists()):
+            p = base / p
+        out.append(str(p) + sep + group)
+    return out
+
+
 def read_system_list(path: str | os.PathLike) -> list[str]:
     """The systems named by a ``-f/--datafile`` file: one path per line (surrounding
     blanks and empty lines skipped), kept as written; a relative path is relative to

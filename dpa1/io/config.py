@@ -62,7 +62,7 @@ class ConfigError(ValueError):
 
 
 # === validation ===
-def _read_input(path: Path) -> Any:
+def read_input(path: Path) -> Any:
     """The parsed content of a JSON (or, with PyYAML, a ``.yaml``/``.yml``) input file."""
     text = path.read_text()
     try:
@@ -78,12 +78,12 @@ def _read_input(path: Path) -> Any:
 
 def load_config(path: str | os.PathLike[str]) -> dict[str, Any]:
     """Read a JSON (or, with PyYAML, a ``.yaml``/``.yml``) input file and normalise it."""
-    return normalize_config(_read_input(Path(path)))
+    return normalize_config(read_input(Path(path)))
 
 
 def load_settings(path: str | os.PathLike[str]) -> Config:
     """Read an input file (as :func:`load_config`) into typed settings."""
-    return parse_config(_read_input(Path(path)))
+    return parse_config(read_input(Path(path)))
 
 
 def parse_config(data: Mapping[str, Any] | Config) -> Config:

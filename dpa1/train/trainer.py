@@ -23,7 +23,12 @@ import torch
 
 from dpa1.data import stats as dstats
 from dpa1.data.loader import SystemSampler
-from dpa1.data.system import DeepmdSystem, expand_systems, labels_for_model
+from dpa1.data.system import (
+    DeepmdSystem,
+    expand_systems,
+    labels_for_model,
+    resolve_system_paths,
+)
 from dpa1.io.atomic import atomic_path
 from dpa1.io.config import (
     Config,
@@ -53,26 +58,9 @@ _CPU = torch.device("cpu")
 _SINGLE_PROCESS = DistInfo()
 
 
-def _resolve_paths(systems: Any, base: Path) -> list[str]:
-    """Systems relative to the working directory (as DeePMD-kit), else to the input file's
-    directory, so ``dpa1 train path/to/input.json`` works from anywhere."""
-    items = [systems] if isinstance(systems, str) else list(systems)
-    out = []
-    for s in items:
-        # an HDF5 entry "file.h5#/group" is resolved by its file name
-        name, sep, group = (s, "", "") if Path(s).is_dir() else s.partition("#")
-        p = Path(name)
-        is_glob = any(ch in name for ch in "*?[")
-        found_here = bool(list(Path().glob(name))) if is_glob else p.exists()
-        if not p.is_absolute() and not found_here and (is_glob or (base / p).exists()):
-            p = base / p
-        out.append(str(p) + sep + group)
-    return out
-
-
 def open_systems(data: TrainingData, type_map: list[str], base: Path) -> list[DeepmdSystem]:
     """The systems of ``training_data`` / ``validation_data``, read with ``type_map``."""
-    paths = expand_systems(_resolve_paths(data.systems, base), data.rglob_patterns)
+    paths = expand_systems(resolve_system_paths(data.systems, base), data.rglob_patterns)
     return [DeepmdSystem(p, type_map) for p in paths]
 
 
