@@ -110,7 +110,7 @@ def test_restart_continues_like_an_uninterrupted_run(tmp_path, monkeypatch):
         main(["train", str(cut), "-o", str(run)])
     monkeypatch.setattr(SystemSampler, "next_batch", real_next)
     assert len(_lcurve(run / "lcurve.out")[1]) == 7  # rows 1..7 were written before the kill
-    assert main(["train", str(cut), "-o", str(run), "--restart", str(run / "model.ckpt.pt")]) == 0
+    assert main(["train", str(cut), "-o", str(run), "-r", str(run / "model.ckpt.pt")]) == 0
     a = _lcurve(tmp_path / "full" / "run" / "lcurve.out")[1]
     b = _lcurve(run / "lcurve.out")[1]
     assert a.shape == b.shape

@@ -20,11 +20,15 @@ def add_parser(sub) -> None:
     p = sub.add_parser("train", help="train a model from a DeePMD-kit style input.json")
     p.add_argument("input", help="input.json (DeePMD-kit format)")
     start = p.add_mutually_exclusive_group()
-    start.add_argument("--restart", metavar="CKPT", help="continue a run from its checkpoint")
+    # -r/-i/-t: DeePMD-kit's short forms
     start.add_argument(
-        "--init-model", metavar="CKPT", help="start from a checkpoint's weights only"
+        "-r", "--restart", metavar="CKPT", help="continue a run from its checkpoint"
     )
     start.add_argument(
+        "-i", "--init-model", metavar="CKPT", help="start from a checkpoint's weights only"
+    )
+    start.add_argument(
+        "-t",
         "--finetune",
         metavar="MODEL",
         help="fine-tune a pretrained model (.pt or .dp) on this input's data",
