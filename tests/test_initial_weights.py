@@ -1,12 +1,13 @@
 """A fresh model's weights are drawn from DeePMD-kit 3.2.0's distributions.
 
-How a run starts decides how long it sits on the early plateau of training
-(docs/benchmarks.md, ``train_quality.py``), so every parameter of a new model follows
-DeePMD-kit's default ``MLPLayer`` initialisation (``deepmd/pt/model/network/mlp.py``):
-weights ``N(0, 1/(n_in + n_out))``, biases ``N(0, 1)``, ``idt`` ``N(0.1, 0.001²)`` and only
-on layers with a skip connection, layer norms ones and zeros, and a type embedding without
-bias (``use_tebd_bias`` false). Each parameter is checked as a sample of its distribution
-(Kolmogorov-Smirnov), so a wrong scale or shape in any one layer fails.
+A run's start is part of how it trains (docs/benchmarks.md, ``train_quality.py``: runs of
+both codes sit on an early plateau for a time that depends on their draws), so every
+parameter of a new model follows DeePMD-kit's default ``MLPLayer`` initialisation
+(``deepmd/pt/model/network/mlp.py``): weights ``N(0, 1/(n_in + n_out))``, biases ``N(0, 1)``,
+``idt`` ``N(0.1, 0.001²)`` and only on layers with a skip connection, layer norms ones and
+zeros, and a type embedding without bias (``use_tebd_bias`` false). Each parameter is checked
+as a sample of its distribution (Kolmogorov-Smirnov), so a wrong scale or shape in any one
+layer fails.
 """
 
 from __future__ import annotations
