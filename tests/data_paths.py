@@ -8,6 +8,7 @@ ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / "tests" / "data"
 
 WATER = ROOT / "examples" / "water" / "data"  # data_0, data_1, data_2: 192-atom periodic water
+EXAMPLE_INPUT = ROOT / "examples" / "water" / "input.json"  # the bundled example's input
 NOPBC = DATA / "nopbc"  # C1H4O2, C4H3O1: gas-phase molecules, type map C H O
 TINY_DP = DATA / "tiny.dp"  # DeePMD-kit 3.2.0 DPA-1 model, type map O H, rcut 4, sel 40
 TINY_INPUT = DATA / "tiny_input.json"  # the input it was trained with

@@ -24,7 +24,7 @@ from dpa1.io.config import normalize_config
 from dpa1.model.build import build_model
 from dpa1.model.network import Layer, LayerNorm
 
-from data_paths import ROOT
+from data_paths import EXAMPLE_INPUT
 
 # A fixed seed makes every draw, and so every p-value, reproducible: this floor only has to
 # be far below what a correct draw gives and far above what a wrong scale gives (~1e-30).
@@ -32,7 +32,7 @@ P_MIN = 1e-4
 
 
 def _model(descriptor: dict) -> torch.nn.Module:
-    raw = json.loads((ROOT / "examples" / "water" / "input.json").read_text())
+    raw = json.loads(EXAMPLE_INPUT.read_text())
     raw["model"]["descriptor"].update(descriptor)
     raw["training"]["training_data"] = {"systems": ["unused"]}
     return build_model(normalize_config(raw)["model"])
